@@ -1,0 +1,3 @@
+from fedgov.cli import main
+
+main()

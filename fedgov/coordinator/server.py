@@ -1,0 +1,137 @@
+"""Coordinator process: configuration, gRPC server, liveness watchdog.
+
+Config (``coordinator.toml``; paths relative to the file)::
+
+    [coordinator]
+    listen = "127.0.0.1:50051"     # host:port; port 0 picks a free port
+    kit = "../federation/kits/coordinator"
+    state_dir = "../federation/state/coordinator"
+    node_timeout_seconds = 30      # a running job fails when a participant is silent this long
+    max_payload_mb = 512           # largest relayed envelope
+
+On start the coordinator writes ``<state_dir>/coordinator.addr`` with the
+address it actually listens on, for scripts that asked for port 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from cryptography import x509
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from fedgov.coordinator.service import JobsService, RegistryService, RelayService
+from fedgov.coordinator.store import CoordinatorStore
+from fedgov.errors import ConfigError
+from fedgov.tomlutil import check_keys, get_int, get_str, get_table, load_toml
+from fedgov.transport.tls import SERVER_OPTIONS, TlsMaterial, server_credentials
+from fedgov.v1 import jobs_pb2_grpc, registry_pb2_grpc, relay_pb2_grpc
+
+log = logging.getLogger("fedgov.coordinator")
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    listen: str
+    kit: Path
+    state_dir: Path
+    node_timeout: float = 30.0
+    max_payload: int = 512 * 1024 * 1024
+
+    @classmethod
+    def load(cls, path: Path) -> CoordinatorConfig:
+        doc = load_toml(path)
+        where = str(path)
+        check_keys(doc, ("coordinator",), where, required=("coordinator",))
+        t = get_table(doc, "coordinator", where, required=True)
+        w = f"{where}: coordinator"
+        check_keys(
+            t,
+            ("listen", "kit", "state_dir", "node_timeout_seconds", "max_payload_mb"),
+            w,
+            required=("listen", "kit", "state_dir"),
+        )
+        base = path.parent
+        listen = get_str(t, "listen", w)
+        if ":" not in listen:
+            raise ConfigError(f"listen must be host:port, got '{listen}'", where=w)
+        return cls(
+            listen=listen,
+            kit=(base / get_str(t, "kit", w)).resolve(),
+            state_dir=(base / get_str(t, "state_dir", w)).resolve(),
+            node_timeout=float(get_int(t, "node_timeout_seconds", w, 30, minimum=1)),
+            max_payload=get_int(t, "max_payload_mb", w, 512, minimum=1) * 1024 * 1024,
+        )
+
+
+class Coordinator:
+    """A running coordinator: gRPC server plus watchdog thread."""
+
+    def __init__(self, config: CoordinatorConfig) -> None:
+        self.config = config
+        self.material = TlsMaterial.from_kit(config.kit)
+        if self.material.identity.role != "coordinator":
+            raise ConfigError(
+                f"kit certificate has role '{self.material.identity.role}', expected 'coordinator'",
+                where=str(config.kit),
+            )
+        ca_cert = x509.load_pem_x509_certificate(self.material.ca)
+        self.store = CoordinatorStore(config.state_dir / "coordinator.db")
+        self.store.reset_liveness()
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=64), options=SERVER_OPTIONS)
+        registry_pb2_grpc.add_RegistryServicer_to_server(RegistryService(self.store, ca_cert), self.server)
+        jobs_pb2_grpc.add_JobsServicer_to_server(JobsService(self.store, ca_cert), self.server)
+        relay_pb2_grpc.add_RelayServicer_to_server(RelayService(self.store, config.max_payload), self.server)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        host, _, port = config.listen.rpartition(":")
+        try:
+            self.port = self.server.add_secure_port(f"{host}:{port}", server_credentials(self.material))
+        except RuntimeError as exc:
+            raise ConfigError(f"cannot listen on {config.listen}: {exc}", where="coordinator") from None
+        if self.port == 0:
+            raise ConfigError(f"cannot listen on {config.listen} (address in use?)", where="coordinator")
+        self.address = f"{host}:{self.port}"
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        self.server.start()
+        for svc in ("", "fedgov.v1.Registry", "fedgov.v1.Jobs", "fedgov.v1.Relay"):
+            self.health.set(svc, health_pb2.HealthCheckResponse.SERVING)
+        threading.Thread(target=self._watchdog, name="watchdog", daemon=True).start()
+        addr_file = self.config.state_dir / "coordinator.addr"
+        tmp = addr_file.with_suffix(".tmp")
+        tmp.write_text(self.address + "\n")
+        tmp.replace(addr_file)
+        log.info("coordinator listening on %s (mTLS)", self.address)
+
+    def _watchdog(self) -> None:
+        while not self._stop.wait(1.0):
+            for job_id, node, silent in self.store.stale_participants(self.config.node_timeout):
+                if self.store.finish_job(
+                    job_id, "failed", f"node '{node}' stopped responding ({silent:.0f} s without contact)"
+                ):
+                    log.warning("job %s failed: node %s silent for %.0f s", job_id, node, silent)
+
+    def stop(self, grace: float = 2.0) -> None:
+        self._stop.set()
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        self.store.close()
+
+
+def serve(config: CoordinatorConfig) -> None:
+    """Run until SIGTERM/SIGINT."""
+    coord = Coordinator(config)
+    coord.start()
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    coord.stop()

@@ -1,0 +1,385 @@
+"""gRPC servicers of the coordinator: thin checks around :class:`CoordinatorStore`.
+
+Every handler first derives the caller from its client certificate and checks
+the caller's role; request fields never name the caller. The coordinator
+holds no raw data and cannot open relayed envelopes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+
+import grpc
+from cryptography import x509
+
+from fedgov import __version__
+from fedgov.coordinator.store import TERMINAL, CoordinatorStore, JobRow
+from fedgov.crypto.pki import Identity
+from fedgov.crypto.signing import verify_manifest
+from fedgov.errors import FedgovError
+from fedgov.manifest import parse_manifest
+from fedgov.transport.tls import CHUNK_SIZE, caller_identity
+from fedgov.v1 import (
+    common_pb2,
+    jobs_pb2,
+    jobs_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+    relay_pb2,
+    relay_pb2_grpc,
+)
+
+log = logging.getLogger("fedgov.coordinator")
+
+MAX_WAIT = 30.0
+
+
+def _require(context: grpc.ServicerContext, *roles: str) -> Identity:
+    ident = caller_identity(context)
+    if ident.role not in roles:
+        context.abort(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"'{ident.name}' has role '{ident.role}'; this call needs {' or '.join(roles)}",
+        )
+    return ident
+
+
+def job_status(job: JobRow) -> jobs_pb2.JobStatus:
+    return jobs_pb2.JobStatus(
+        job_id=job.job_id,
+        kind=job.kind,
+        purpose=job.purpose,
+        requester=job.requester,
+        state=job.state,
+        reason=job.reason,
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        participants=[
+            jobs_pb2.ParticipantStatus(
+                node=p.node,
+                decision=p.decision,
+                reason=p.reason,
+                task_state=p.task_state,
+                approvers=list(p.approvers),
+            )
+            for p in job.participants
+        ],
+    )
+
+
+class RegistryService(registry_pb2_grpc.RegistryServicer):
+    def __init__(self, store: CoordinatorStore, ca_cert: x509.Certificate) -> None:
+        self.store = store
+        self.ca_cert = ca_cert
+
+    def Register(self, request, context):  # noqa: N802
+        ident = _require(context, "node")
+        if not request.key_bundle:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "key_bundle is required")
+        # The coordinator checks the bundle too (nodes re-check; they never trust us).
+        from fedgov.crypto.keys import verify_bundle
+
+        try:
+            verify_bundle(request.key_bundle, self.ca_cert, ident.name)
+        except FedgovError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"key bundle rejected: {exc}")
+        broken = self.store.register_node(ident.name, request.key_bundle)
+        for job_id in broken:
+            self.store.finish_job(job_id, "failed", f"node '{ident.name}' restarted during the job")
+        log.info("node %s registered", ident.name)
+        return registry_pb2.RegisterReply(node=ident.name, coordinator_version=__version__)
+
+    def PublishCatalog(self, request, context):  # noqa: N802
+        ident = _require(context, "node")
+        catalog = [
+            {
+                "name": d.name,
+                "schema": json.loads(d.schema_json or "{}"),
+                "schema_digest": d.schema_digest,
+                "rows": d.rows,
+            }
+            for d in request.datasets
+        ]
+        self.store.publish_catalog(ident.name, catalog)
+        return common_pb2.Ack()
+
+    def ListNodes(self, request, context):  # noqa: N802
+        caller_identity(context)
+        now = time.time()
+        out = []
+        for n in self.store.nodes():
+            out.append(
+                registry_pb2.NodeInfo(
+                    name=n["name"],
+                    online=now - n["last_seen"] < 30,
+                    last_seen=n["last_seen"],
+                    registered_at=n["registered_at"],
+                    datasets=[
+                        common_pb2.DatasetInfo(
+                            name=d["name"],
+                            schema_json=json.dumps(d["schema"], sort_keys=True),
+                            schema_digest=d["schema_digest"],
+                            rows=d["rows"],
+                        )
+                        for d in n["catalog"]
+                    ],
+                )
+            )
+        return registry_pb2.ListNodesReply(nodes=out)
+
+    def GetKeyBundle(self, request, context):  # noqa: N802
+        caller_identity(context)
+        bundle = self.store.node_bundle(request.node)
+        if bundle is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"node '{request.node}' is not registered")
+        return registry_pb2.KeyBundle(node=request.node, bundle=bundle)
+
+
+class JobsService(jobs_pb2_grpc.JobsServicer):
+    def __init__(self, store: CoordinatorStore, ca_cert: x509.Certificate) -> None:
+        self.store = store
+        self.ca_cert = ca_cert
+
+    # -- analysts --------------------------------------------------------
+    def Submit(self, request, context):  # noqa: N802
+        ident = _require(context, "analyst", "admin")
+        cert_pem = context.auth_context()["x509_pem_cert"][0]
+        try:
+            manifest = parse_manifest(request.manifest_toml)
+            signer = verify_manifest(cert_pem, self.ca_cert, request.manifest_toml, request.signature)
+        except FedgovError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if signer.name != ident.name:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "manifest signed by someone else")
+        if manifest.requester is not None and manifest.requester != ident.name:
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"manifest names requester '{manifest.requester}' but you are '{ident.name}'",
+            )
+        nodes = {n["name"]: n for n in self.store.nodes()}
+        for i, p in enumerate(manifest.participants):
+            where = f"manifest: participants[{i}]"
+            if p.node not in nodes:
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"{where}: node '{p.node}' is not registered (known: {', '.join(sorted(nodes)) or 'none'})",
+                )
+            catalog = {d["name"]: d for d in nodes[p.node]["catalog"]}
+            if p.dataset not in catalog:
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"{where}: node '{p.node}' publishes no dataset '{p.dataset}' "
+                    f"(published: {', '.join(sorted(catalog)) or 'none'})",
+                )
+            fields = {f["name"] for f in catalog[p.dataset]["schema"].get("fields", [])}
+            unknown = [f for f in p.fields if f not in fields]
+            if unknown:
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"{where}: dataset '{p.node}/{p.dataset}' has no field(s) {', '.join(unknown)}",
+                )
+        job_id = self.store.create_job(
+            kind=manifest.kind,
+            purpose=manifest.purpose,
+            requester=ident.name,
+            manifest=request.manifest_toml,
+            signature=request.signature,
+            requester_cert=cert_pem,
+            nodes=list(manifest.nodes),
+        )
+        log.info("job %s (%s) submitted by %s", job_id, manifest.kind, ident.name)
+        return job_status(self._job(job_id, context))
+
+    def _job(self, job_id: str, context) -> JobRow:
+        job = self.store.job(job_id)
+        if job is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no job '{job_id}'")
+        return job
+
+    def _readable(self, job: JobRow, ident: Identity, context) -> None:
+        if ident.role in ("admin", "auditor") or ident.name == job.requester:
+            return
+        if ident.role == "node" and ident.name in {p.node for p in job.participants}:
+            return
+        context.abort(grpc.StatusCode.PERMISSION_DENIED, f"'{ident.name}' may not see job {job.job_id}")
+
+    def Get(self, request, context):  # noqa: N802
+        ident = caller_identity(context)
+        job = self._job(request.job_id, context)
+        self._readable(job, ident, context)
+        return job_status(job)
+
+    def List(self, request, context):  # noqa: N802
+        ident = caller_identity(context)
+        jobs = self.store.jobs(request.state or None)
+        if ident.role not in ("admin", "auditor"):
+            jobs = [
+                j for j in jobs if j.requester == ident.name or ident.name in {p.node for p in j.participants}
+            ]
+        return jobs_pb2.ListJobsReply(jobs=[job_status(j) for j in jobs])
+
+    def Cancel(self, request, context):  # noqa: N802
+        ident = _require(context, "analyst", "admin")
+        job = self._job(request.job_id, context)
+        if ident.role != "admin" and ident.name != job.requester:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "only the requester or an admin may cancel")
+        if job.state in TERMINAL:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"job {job.job_id} already {job.state}")
+        self.store.finish_job(job.job_id, "cancelled", f"cancelled by {ident.name}")
+        return job_status(self._job(request.job_id, context))
+
+    def Result(self, request, context):  # noqa: N802
+        ident = caller_identity(context)
+        job = self._job(request.job_id, context)
+        if ident.role != "admin" and ident.name != job.requester:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "only the requester may read the result")
+        return jobs_pb2.JobResult(status=job_status(job), result_json=job.result_json)
+
+    # -- nodes -----------------------------------------------------------
+    def PollTasks(self, request, context):  # noqa: N802
+        ident = _require(context, "node")
+        if self.store.node_bundle(ident.name) is None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "register first")
+        deadline = time.monotonic() + max(0.0, min(request.wait_seconds, MAX_WAIT))
+        while True:
+            self.store.touch_node(ident.name)
+            tasks = self.store.take_tasks(ident.name)
+            if tasks or time.monotonic() >= deadline or not context.is_active():
+                break
+            with self.store.changed:
+                self.store.changed.wait(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+        return jobs_pb2.PollTasksReply(
+            tasks=[
+                jobs_pb2.Task(
+                    job_id=job.job_id,
+                    action=action,
+                    manifest_toml=job.manifest,
+                    manifest_signature=job.signature,
+                    requester_cert_pem=job.requester_cert,
+                    reason=job.reason,
+                )
+                for action, job in tasks
+            ]
+        )
+
+    def _participant(self, job_id: str, ident: Identity, context) -> JobRow:
+        job = self._job(job_id, context)
+        if ident.name not in {p.node for p in job.participants}:
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, f"node '{ident.name}' is not a participant of {job_id}"
+            )
+        return job
+
+    def Decide(self, request, context):  # noqa: N802
+        ident = _require(context, "node")
+        self._participant(request.job_id, ident, context)
+        new = self.store.record_decision(
+            request.job_id, ident.name, request.approve, request.reason, list(request.approvers)
+        )
+        if new:
+            log.info("job %s -> %s", request.job_id, new)
+        return common_pb2.Ack()
+
+    def Report(self, request, context):  # noqa: N802
+        ident = _require(context, "node")
+        self._participant(request.job_id, ident, context)
+        if request.ok and request.result_json:
+            try:
+                json.loads(request.result_json)
+            except ValueError:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "result_json is not JSON")
+        new = self.store.record_report(
+            request.job_id, ident.name, request.ok, request.result_json, request.error
+        )
+        if new:
+            log.info("job %s -> %s", request.job_id, new)
+        return common_pb2.Ack()
+
+
+class RelayService(relay_pb2_grpc.RelayServicer):
+    def __init__(self, store: CoordinatorStore, max_payload: int) -> None:
+        self.store = store
+        self.max_payload = max_payload
+
+    def _running_participants(self, job_id: str, nodes: tuple[str, ...], context) -> None:
+        job = self.store.job(job_id)
+        if job is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no job '{job_id}'")
+        if job.state != "running":
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"job {job_id} is {job.state}" + (f": {job.reason}" if job.reason else ""),
+            )
+        members = {p.node for p in job.participants}
+        for n in nodes:
+            if n not in members:
+                context.abort(grpc.StatusCode.PERMISSION_DENIED, f"'{n}' is not a participant of {job_id}")
+
+    def Send(self, request_iterator, context):  # noqa: N802
+        ident = _require(context, "node")
+        parts: list[bytes] = []
+        first: relay_pb2.RelayChunk | None = None
+        received = 0
+        for chunk in request_iterator:
+            if first is None:
+                first = chunk
+                if chunk.total_size > self.max_payload:
+                    context.abort(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"payload of {chunk.total_size} bytes exceeds the relay limit of "
+                        f"{self.max_payload} bytes (coordinator max_payload_mb)",
+                    )
+                self._running_participants(chunk.job_id, (ident.name, chunk.recipient), context)
+            elif (chunk.job_id, chunk.step, chunk.recipient, chunk.seq) != (
+                first.job_id,
+                first.step,
+                first.recipient,
+                first.seq,
+            ):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "chunks of one message changed address")
+            if chunk.index != len(parts):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"chunk {chunk.index} out of order")
+            received += len(chunk.data)
+            if received > first.total_size:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "more bytes than announced")
+            parts.append(chunk.data)
+        if first is None:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty message")
+        if len(parts) != first.total or received != first.total_size:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "message truncated")
+        self.store.put_message(
+            first.job_id, first.step, ident.name, first.recipient, first.seq, b"".join(parts)
+        )
+        return common_pb2.Ack()
+
+    def Receive(self, request, context) -> Iterator[relay_pb2.RelayChunk]:  # noqa: N802
+        ident = _require(context, "node")
+        deadline = time.monotonic() + max(0.0, min(request.wait_seconds, MAX_WAIT))
+        while True:
+            self.store.touch_node(ident.name)
+            self._running_participants(request.job_id, (ident.name, request.sender), context)
+            data = self.store.get_message(
+                request.job_id, request.step, request.sender, ident.name, request.seq
+            )
+            if data is not None or time.monotonic() >= deadline or not context.is_active():
+                break
+            with self.store.changed:
+                self.store.changed.wait(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+        if data is None:
+            return
+        total = max(1, -(-len(data) // CHUNK_SIZE))
+        for i in range(total):
+            yield relay_pb2.RelayChunk(
+                job_id=request.job_id,
+                step=request.step,
+                sender=request.sender,
+                recipient=ident.name,
+                seq=request.seq,
+                index=i,
+                total=total,
+                total_size=len(data),
+                data=data[i * CHUNK_SIZE : (i + 1) * CHUNK_SIZE],
+            )

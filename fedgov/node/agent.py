@@ -1,0 +1,323 @@
+"""The department node: dials out, registers, enforces its policy, runs tasks.
+
+Guarantees:
+- no inbound port: every connection is an outbound mTLS call to the coordinator;
+- every task is checked here, against this node's own policy, with the
+  analyst's signature on the manifest verified against the federation CA —
+  the coordinator's word is never taken; the manifest that runs must be the
+  one that was approved (same digest);
+- manual approval counts distinct approvers of *this* department whose signed
+  decisions verify;
+- every payload that leaves the node (relay envelope digests and sizes,
+  result JSON, decisions) is appended to the local hash-chained audit log;
+- when the coordinator goes away the node reconnects with jittered backoff.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Sequence
+
+import grpc
+import pyarrow as pa
+from cryptography import x509
+
+from fedgov import __version__
+from fedgov.crypto.keys import NodeKeys
+from fedgov.crypto.signing import verify_approval, verify_manifest
+from fedgov.datasources import read_dataset
+from fedgov.errors import FedgovError
+from fedgov.manifest import Manifest, manifest_digest, parse_manifest
+from fedgov.node.channel import JobChannel, PeerDirectory
+from fedgov.node.config import NodeConfig
+from fedgov.node.handlers import HANDLERS, TaskContext
+from fedgov.node.store import NodeStore
+from fedgov.policy import Decision
+from fedgov.transport.rpc import describe, with_retry
+from fedgov.transport.tls import TlsMaterial, secure_channel
+from fedgov.v1 import (
+    common_pb2,
+    jobs_pb2,
+    jobs_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+    relay_pb2_grpc,
+)
+
+log = logging.getLogger("fedgov.node")
+
+
+class NodeAgent:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.material = TlsMaterial.from_kit(config.kit)
+        ident = self.material.identity
+        if ident.role != "node" or ident.name != config.name:
+            raise FedgovError(
+                f"kit certificate is '{ident.name}' ({ident.role}), expected node '{config.name}'",
+                where=str(config.kit),
+            )
+        self.keys = NodeKeys.load(config.kit)
+        self.ca_cert = x509.load_pem_x509_certificate(self.material.ca)
+        self.store = NodeStore(config.state_dir)
+        self.stop = threading.Event()
+        self._running: dict[str, threading.Event] = {}
+        self._evaluated: set[str] = set()
+
+    # -- connection ----------------------------------------------------------
+    def _connect(self) -> grpc.Channel:
+        channel = secure_channel(self.material, self.config.coordinator)
+        self.registry = registry_pb2_grpc.RegistryStub(channel)
+        self.jobs = jobs_pb2_grpc.JobsStub(channel)
+        self.relay = relay_pb2_grpc.RelayStub(channel)
+        return channel
+
+    def _register(self) -> None:
+        self.registry.Register(
+            registry_pb2.RegisterRequest(software_version=__version__, key_bundle=self.keys.bundle()),
+            timeout=10,
+        )
+        datasets = []
+        for ds in self.config.datasets.values():
+            table = self._read(ds.name, None)
+            schema_json = json.dumps(ds.schema.to_dict(), sort_keys=True)
+            datasets.append(
+                common_pb2.DatasetInfo(
+                    name=ds.name,
+                    schema_json=schema_json,
+                    schema_digest=ds.schema.digest(),
+                    rows=table.num_rows,
+                )
+            )
+        self.registry.PublishCatalog(registry_pb2.PublishCatalogRequest(datasets=datasets), timeout=10)
+        log.info(
+            "node %s registered with %s (%d datasets)",
+            self.config.name,
+            self.config.coordinator,
+            len(datasets),
+        )
+
+    def _read(self, dataset: str, columns: Sequence[str] | None) -> pa.Table:
+        ds = self.config.datasets[dataset]
+        return read_dataset(
+            ds.source, ds.schema, base_dir=ds.base_dir, table=ds.table, query=ds.query, columns=columns
+        )
+
+    def run(self) -> None:
+        """Serve until :attr:`stop` is set; reconnect with backoff on failure."""
+        delay = 0.5
+        while not self.stop.is_set():
+            channel = self._connect()
+            try:
+                self._register()
+                delay = 0.5
+                self._poll_loop()
+            except grpc.RpcError as exc:
+                err = describe(exc)
+                log.warning("coordinator connection lost (%s); retrying in %.1f s", err, delay)
+            finally:
+                channel.close()
+            if self.stop.wait(delay * (0.5 + random.random())):
+                break
+            delay = min(delay * 2, 10.0)
+        for ev in self._running.values():
+            ev.set()
+
+    def _poll_loop(self) -> None:
+        while not self.stop.is_set():
+            wait = 1.0 if self.store.pending() else 5.0
+            reply = self.jobs.PollTasks(jobs_pb2.PollTasksRequest(wait_seconds=wait), timeout=wait + 10)
+            for task in reply.tasks:
+                self._handle(task)
+            self._check_approvals()
+
+    # -- tasks ---------------------------------------------------------------
+    def _handle(self, task: jobs_pb2.Task) -> None:
+        if task.action == "evaluate":
+            self._evaluate(task)
+        elif task.action == "run":
+            self._start(task)
+        elif task.action == "abort":
+            ev = self._running.get(task.job_id)
+            if ev is not None:
+                ev.set()
+            self.store.set_pending_status(task.job_id, "aborted")
+            log.info("job %s aborted: %s", task.job_id, task.reason)
+
+    def _check_task(self, task: jobs_pb2.Task) -> tuple[Manifest, Decision]:
+        """Verify the analyst's signature and evaluate this node's policy."""
+        signer = verify_manifest(
+            task.requester_cert_pem, self.ca_cert, task.manifest_toml, task.manifest_signature
+        )
+        if signer.role not in ("analyst", "admin"):
+            raise FedgovError(f"requester '{signer.name}' has role '{signer.role}', not analyst")
+        manifest = parse_manifest(task.manifest_toml)
+        if manifest.requester is not None and manifest.requester != signer.name:
+            raise FedgovError(
+                f"manifest names requester '{manifest.requester}' but was signed by '{signer.name}'"
+            )
+        me = manifest.participant(self.config.name)
+        ds = self.config.datasets.get(me.dataset)
+        if ds is None:
+            raise FedgovError(f"this node has no dataset '{me.dataset}'")
+        unknown = [f for f in me.fields if f not in ds.schema.field_names]
+        if unknown:
+            raise FedgovError(f"dataset '{me.dataset}' has no field(s) {', '.join(unknown)}")
+        if manifest.kind not in HANDLERS:
+            raise FedgovError(f"this node does not implement job kind '{manifest.kind}'")
+        decision = self.config.policy.check(
+            dataset=me.dataset,
+            kind=manifest.kind,
+            purpose=manifest.purpose,
+            requester=signer.name,
+            fields=me.fields,
+        )
+        return manifest, decision
+
+    def _decide(self, job_id: str, approve: bool, reason: str, approvers: list[str], digest: str) -> None:
+        if approve:
+            self.store.mark_approved(job_id, digest)
+        self.store.audit(
+            job_id, "decision", approve=approve, reason=reason, approvers=approvers, manifest_sha256=digest
+        )
+        with_retry(
+            lambda: self.jobs.Decide(
+                jobs_pb2.TaskDecision(job_id=job_id, approve=approve, reason=reason, approvers=approvers),
+                timeout=10,
+            )
+        )
+        log.info(
+            "job %s %s%s", job_id, "approved" if approve else "rejected", f": {reason}" if reason else ""
+        )
+
+    def _evaluate(self, task: jobs_pb2.Task) -> None:
+        digest = manifest_digest(task.manifest_toml)
+        try:
+            manifest, decision = self._check_task(task)
+        except FedgovError as exc:
+            self._decide(task.job_id, False, str(exc), [], digest)
+            return
+        if not decision.allowed:
+            self._decide(task.job_id, False, "; ".join(decision.reasons), [], digest)
+        elif decision.approval == "auto":
+            self._decide(task.job_id, True, "policy: automatic approval", [], digest)
+        else:
+            self.store.add_pending(
+                task.job_id, task.manifest_toml, manifest.requester or "", decision.approvers_required
+            )
+            self.store.audit(task.job_id, "awaiting-approval", required=decision.approvers_required)
+            log.info(
+                "job %s awaits manual approval (%d approver(s) needed): fedgov node approve %s",
+                task.job_id,
+                decision.approvers_required,
+                task.job_id,
+            )
+
+    def _check_approvals(self) -> None:
+        for pending in self.store.pending():
+            manifest = parse_manifest(pending.manifest)
+            me = manifest.participant(self.config.name)
+            allowed_names = self.config.policy.datasets[me.dataset].approvers
+            approvers: list[str] = []
+            for name, approve, reason, cert_pem, sig in self.store.approvals(pending.job_id):
+                try:
+                    ident = verify_approval(
+                        cert_pem, self.ca_cert, pending.job_id, manifest.digest, approve, reason, sig
+                    )
+                except FedgovError as exc:
+                    log.warning("ignoring approval of %s by %s: %s", pending.job_id, name, exc)
+                    continue
+                if ident.role != "approver" or ident.department != self.config.name or ident.name != name:
+                    log.warning("ignoring approval by %s: not an approver of %s", name, self.config.name)
+                    continue
+                if allowed_names and ident.name not in allowed_names:
+                    log.warning("ignoring approval by %s: not listed in policy approvers", name)
+                    continue
+                if not approve:
+                    self.store.set_pending_status(pending.job_id, "rejected")
+                    self._decide(
+                        pending.job_id, False, f"rejected by {name}: {reason}", [name], manifest.digest
+                    )
+                    break
+                if name not in approvers:
+                    approvers.append(name)
+            else:
+                if len(approvers) >= pending.required:
+                    self.store.set_pending_status(pending.job_id, "approved")
+                    self._decide(
+                        pending.job_id,
+                        True,
+                        f"approved by {', '.join(approvers)}",
+                        approvers,
+                        manifest.digest,
+                    )
+
+    def _start(self, task: jobs_pb2.Task) -> None:
+        if task.job_id in self._running:
+            return
+        abort = threading.Event()
+        self._running[task.job_id] = abort
+        threading.Thread(
+            target=self._run_job, args=(task, abort), name=f"job-{task.job_id}", daemon=True
+        ).start()
+
+    def _report(self, job_id: str, ok: bool, result: dict | None, error: str) -> None:
+        result_json = json.dumps(result, sort_keys=True) if result is not None else ""
+        self.store.audit(job_id, "report", ok=ok, result=result, error=error)
+        with_retry(
+            lambda: self.jobs.Report(
+                jobs_pb2.TaskReport(job_id=job_id, ok=ok, result_json=result_json, error=error), timeout=30
+            )
+        )
+
+    def _run_job(self, task: jobs_pb2.Task, abort: threading.Event) -> None:
+        job_id = task.job_id
+        try:
+            manifest, decision = self._check_task(task)
+            if not decision.allowed:
+                raise FedgovError("; ".join(decision.reasons))
+            if self.store.approved_digest(job_id) != manifest.digest:
+                raise FedgovError("the manifest to run is not the one this node approved")
+            me = manifest.participant(self.config.name)
+            fields = list(me.fields)
+
+            def load(columns: Sequence[str] | None) -> pa.Table:
+                cols = list(columns) if columns is not None else fields
+                outside = [c for c in cols if c not in fields]
+                if outside:
+                    raise FedgovError(f"handler asked for undeclared field(s) {', '.join(outside)}")
+                return self._read(me.dataset, cols)
+
+            channel = JobChannel(
+                job_id, self.keys, self.relay, PeerDirectory(self.registry, self.ca_cert), self.store, abort
+            )
+            ctx = TaskContext(
+                job_id=job_id,
+                me=self.config.name,
+                manifest=manifest,
+                participant=me,
+                decision=decision,
+                channel=channel,
+                abort=abort,
+                load=load,
+            )
+            started = time.monotonic()
+            result = HANDLERS[manifest.kind](ctx)
+            log.info("job %s: my part done in %.2f s", job_id, time.monotonic() - started)
+            self._report(job_id, True, result, "")
+        except FedgovError as exc:
+            log.warning("job %s failed here: %s", job_id, exc)
+            if not abort.is_set():
+                with contextlib.suppress(FedgovError):
+                    self._report(job_id, False, None, str(exc))
+        except Exception as exc:  # a bug: report it, keep the node alive
+            log.exception("job %s: unexpected error", job_id)
+            with contextlib.suppress(FedgovError):
+                self._report(job_id, False, None, f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            self._running.pop(job_id, None)

@@ -1,0 +1,137 @@
+"""A job's secure channel between nodes, over the coordinator's relay.
+
+``send`` seals each payload to the recipient (HPKE, signed by this node,
+header = job/step/sender/recipient/seq) and streams it in chunks; ``recv``
+fetches the addressed envelope, checks it (signature, recipient, sequence)
+and returns the plaintext. Peers' keys come from the coordinator but are
+verified against the federation CA here, so the coordinator cannot slip in
+its own key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+
+from cryptography import x509
+
+from fedgov.crypto.envelope import Header, open_envelope, seal
+from fedgov.crypto.keys import NodeKeys, PeerKeys, verify_bundle
+from fedgov.errors import FedgovError, JobFailed
+from fedgov.node.store import NodeStore
+from fedgov.transport.rpc import with_retry
+from fedgov.transport.tls import CHUNK_SIZE
+from fedgov.v1 import registry_pb2, registry_pb2_grpc, relay_pb2, relay_pb2_grpc
+
+
+class PeerDirectory:
+    """Verified peer key bundles, fetched once per job."""
+
+    def __init__(self, registry: registry_pb2_grpc.RegistryStub, ca_cert: x509.Certificate) -> None:
+        self._registry = registry
+        self._ca = ca_cert
+        self._cache: dict[str, PeerKeys] = {}
+
+    def __call__(self, name: str) -> PeerKeys:
+        if name not in self._cache:
+            reply = with_retry(
+                lambda: self._registry.GetKeyBundle(registry_pb2.GetKeyBundleRequest(node=name))
+            )
+            self._cache[name] = verify_bundle(reply.bundle, self._ca, name)
+        return self._cache[name]
+
+
+class JobChannel:
+    """Sealed, ordered, replay-protected messages for one job."""
+
+    def __init__(
+        self,
+        job_id: str,
+        keys: NodeKeys,
+        relay: relay_pb2_grpc.RelayStub,
+        peers: PeerDirectory,
+        store: NodeStore,
+        abort: threading.Event,
+    ) -> None:
+        self.job_id = job_id
+        self.keys = keys
+        self.relay = relay
+        self.peers = peers
+        self.store = store
+        self.abort = abort
+        self._next_seq: dict[tuple[str, str], int] = defaultdict(int)
+        #: bytes this node sent / received through the relay (envelopes), for reports
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    def _check_abort(self) -> None:
+        if self.abort.is_set():
+            raise JobFailed("job aborted by the coordinator", where=self.job_id)
+
+    def send(self, to: str, step: str, payload: bytes) -> None:
+        """Seal ``payload`` to ``to`` and hand it to the relay (idempotent on retry)."""
+        self._check_abort()
+        seq = self._next_seq[(to, step)]
+        header = Header(job_id=self.job_id, step=step, sender=self.keys.name, recipient=to, seq=seq)
+        blob = seal(header, payload, self.keys, self.peers(to))
+        total = max(1, -(-len(blob) // CHUNK_SIZE))
+
+        def chunks() -> Iterator[relay_pb2.RelayChunk]:
+            for i in range(total):
+                yield relay_pb2.RelayChunk(
+                    job_id=self.job_id,
+                    step=step,
+                    recipient=to,
+                    seq=seq,
+                    index=i,
+                    total=total,
+                    total_size=len(blob),
+                    data=blob[i * CHUNK_SIZE : (i + 1) * CHUNK_SIZE],
+                )
+
+        with_retry(lambda: self.relay.Send(chunks()), stop=self.abort.is_set)
+        self._next_seq[(to, step)] = seq + 1
+        self.bytes_sent += len(blob)
+        self.store.audit(
+            self.job_id,
+            "relay-send",
+            to=to,
+            step=step,
+            seq=seq,
+            envelope_bytes=len(blob),
+            envelope_sha256=hashlib.sha256(blob).hexdigest(),
+            payload_sha256=hashlib.sha256(payload).hexdigest(),
+        )
+
+    def recv(self, frm: str, step: str, *, timeout: float = 600.0) -> bytes:
+        """Wait for the next envelope from ``frm`` at ``step``; verify and open it."""
+        seq_key = (f"<-{frm}", step)
+        seq = self._next_seq[seq_key]
+        deadline = time.monotonic() + timeout
+        while True:
+            self._check_abort()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise JobFailed(
+                    f"no message from '{frm}' at step '{step}' within {timeout:.0f} s", where=self.job_id
+                )
+            request = relay_pb2.ReceiveRequest(
+                job_id=self.job_id, step=step, sender=frm, seq=seq, wait_seconds=min(10.0, remaining)
+            )
+            parts = with_retry(lambda r=request: list(self.relay.Receive(r)), stop=self.abort.is_set)
+            if parts:
+                break
+        blob = b"".join(p.data for p in sorted(parts, key=lambda p: p.index))
+        if len(blob) != parts[0].total_size:
+            raise FedgovError(
+                f"relay delivered {len(blob)} of {parts[0].total_size} bytes", where=self.job_id
+            )
+        header, payload = open_envelope(blob, self.keys, self.peers, self.store)
+        if header.step != step or header.sender != frm:
+            raise FedgovError("envelope header does not match the relay address", where=self.job_id)
+        self._next_seq[seq_key] = seq + 1
+        self.bytes_received += len(blob)
+        return payload

@@ -1,0 +1,98 @@
+"""Node configuration (``nodes/<dept>/node.toml``); paths relative to the file.
+
+::
+
+    [node]
+    name = "tax"                              # = CN of the node certificate
+    coordinator = "127.0.0.1:50051"
+    kit = "../../federation/kits/tax"
+    state_dir = "../../federation/state/tax"
+    policy = "policy.toml"
+
+    [[datasets]]
+    name = "income"
+    schema = "schemas/income.toml"
+    source = "../../data/social_assistance/tax/income.csv"   # .csv | .parquet | SQL URL
+    # SQL sources: table = "..." or query = "SELECT ..."
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedgov.errors import ConfigError
+from fedgov.policy import Policy, load_policy
+from fedgov.schema import DatasetSchema, load_schema
+from fedgov.tomlutil import check_keys, get_str, get_table, load_toml
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    name: str
+    schema: DatasetSchema
+    source: str
+    table: str | None
+    query: str | None
+    base_dir: Path
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    name: str
+    coordinator: str
+    kit: Path
+    state_dir: Path
+    policy: Policy
+    datasets: dict[str, DatasetConfig]
+    path: Path
+
+    @classmethod
+    def load(cls, path: Path) -> NodeConfig:
+        """Load node.toml with its policy and schemas; every error names file and key."""
+        doc = load_toml(path)
+        where = str(path)
+        check_keys(doc, ("node", "datasets"), where, required=("node",))
+        node = get_table(doc, "node", where, required=True)
+        w = f"{where}: node"
+        check_keys(
+            node,
+            ("name", "coordinator", "kit", "state_dir", "policy"),
+            w,
+            required=("name", "coordinator", "kit", "state_dir", "policy"),
+        )
+        base = path.parent.resolve()
+        raw_ds = doc.get("datasets", [])
+        if not isinstance(raw_ds, list):
+            raise ConfigError("'datasets' must be an array of tables [[datasets]]", where=where)
+        datasets: dict[str, DatasetConfig] = {}
+        for i, d in enumerate(raw_ds):
+            wd = f"{where}: datasets[{i}]"
+            if not isinstance(d, dict):
+                raise ConfigError("must be a table", where=wd)
+            check_keys(
+                d, ("name", "schema", "source", "table", "query"), wd, required=("name", "schema", "source")
+            )
+            name = get_str(d, "name", wd)
+            if name in datasets:
+                raise ConfigError(f"dataset '{name}' listed twice", where=wd)
+            schema = load_schema(base / get_str(d, "schema", wd))
+            if schema.name != name:
+                raise ConfigError(f"schema describes dataset '{schema.name}', not '{name}'", where=wd)
+            datasets[name] = DatasetConfig(
+                name=name,
+                schema=schema,
+                source=get_str(d, "source", wd),
+                table=d.get("table"),
+                query=d.get("query"),
+                base_dir=base,
+            )
+        return cls(
+            name=get_str(node, "name", w),
+            coordinator=get_str(node, "coordinator", w),
+            kit=(base / get_str(node, "kit", w)).resolve(),
+            state_dir=(base / get_str(node, "state_dir", w)).resolve(),
+            policy=load_policy(base / get_str(node, "policy", w)),
+            datasets=datasets,
+            path=path.resolve(),
+        )

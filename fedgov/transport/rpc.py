@@ -1,0 +1,53 @@
+"""Calling the coordinator: retries while it restarts, one-line errors otherwise."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import grpc
+
+from fedgov.errors import FedgovError, PayloadTooLarge, TransportError
+
+T = TypeVar("T")
+
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
+
+
+class Aborted(FedgovError):
+    """The job this call belongs to ended (failed or cancelled) meanwhile."""
+
+
+def describe(exc: grpc.RpcError) -> FedgovError:
+    """Turn a gRPC error into the matching one-line fedgov error."""
+    code = exc.code() if hasattr(exc, "code") else None
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return PayloadTooLarge(details or "message too large")
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        return Aborted(details or "job no longer running")
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return TransportError(f"coordinator unreachable: {details}")
+    name = code.name if code is not None else "ERROR"
+    return TransportError(f"{details} [{name}]")
+
+
+def with_retry(fn: Callable[[], T], *, patience: float = 60.0, stop: Callable[[], bool] | None = None) -> T:
+    """Run ``fn``; retry with jittered backoff while the coordinator is unavailable.
+
+    Gives up after ``patience`` seconds (raising TransportError) or when
+    ``stop()`` becomes true. Other gRPC errors are raised at once as
+    fedgov errors.
+    """
+    deadline = time.monotonic() + patience
+    delay = 0.2
+    while True:
+        try:
+            return fn()
+        except grpc.RpcError as exc:
+            if exc.code() not in RETRYABLE or time.monotonic() >= deadline or (stop and stop()):
+                raise describe(exc) from None
+        time.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, 5.0)
