@@ -46,6 +46,9 @@ KINDS = (
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 PURPOSE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,80}$")
 WHERE_OPS = ("==", "!=", "<", "<=", ">", ">=", "in")
+#: participant keys some job kinds use (id column, label column, held-out dataset)
+KIND_PARTICIPANT_KEYS = ("id", "label", "eval_dataset")
+PARTICIPANT_KEYS = ("node", "dataset", "fields", "role", "where", *KIND_PARTICIPANT_KEYS)
 
 
 @dataclass(frozen=True)
@@ -145,18 +148,14 @@ def parse_manifest(text: str, where: str = "manifest") -> Manifest:
         w = f"{where}: participants[{i}]"
         if not isinstance(raw, dict):
             raise ConfigError("must be a table", where=w)
-        known = ("node", "dataset", "fields", "role", "where")
+        check_keys(raw, PARTICIPANT_KEYS, w, required=("node", "dataset", "fields"))
         node = get_str(raw, "node", w)
         if not NAME_RE.match(node):
             raise ConfigError(f"invalid node name '{node}'", where=w)
         if node in seen:
             raise ConfigError(f"node '{node}' listed twice", where=w)
         seen.add(node)
-        extra = {k: v for k, v in raw.items() if k not in known}
-        # kind-specific participant keys are allowed but must be simple scalars/lists
-        for k, v in extra.items():
-            if isinstance(v, dict):
-                raise ConfigError(f"unknown table '{k}'", where=w)
+        extra = {k: v for k, v in raw.items() if k in KIND_PARTICIPANT_KEYS}
         fields = get_str_list(raw, "fields", w)
         if len(set(fields)) != len(fields):
             raise ConfigError("duplicate entries in 'fields'", where=w)

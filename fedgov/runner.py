@@ -62,12 +62,15 @@ class LocalFederation:
         nodes: list[NodeSpec],
         *,
         approvers: dict[str, list[str]] | None = None,
+        extra_kits: list[tuple[str, str]] | None = None,
         node_timeout: int = 20,
         max_payload_mb: int = 512,
     ) -> None:
         self.workdir = workdir.resolve()
         self.nodes = nodes
         self.approvers = approvers or {}
+        #: (name, role) of further identities to provision without starting a process
+        self.extra_kits = extra_kits or []
         self.node_timeout = node_timeout
         self.max_payload_mb = max_payload_mb
         self.procs: dict[str, Proc] = {}
@@ -86,6 +89,8 @@ class LocalFederation:
         issue_kit(ca, self.kits / "analyst", "analyst", "analyst")
         issue_kit(ca, self.kits / "admin", "admin", "admin")
         issue_kit(ca, self.kits / "auditor", "auditor", "auditor")
+        for name, role in self.extra_kits:
+            issue_kit(ca, self.kits / name, name, role)
         for dept, names in self.approvers.items():
             for name in names:
                 issue_kit(ca, self.kits / name, name, "approver", department=dept)
@@ -155,7 +160,7 @@ class LocalFederation:
         deadline = time.monotonic() + timeout
         while not addr_file.exists():
             if proc.popen.poll() is not None:
-                raise FedgovError(f"coordinator exited at start:\n{self.tail('coordinator')}")
+                raise FedgovError(f"coordinator exited at start: {self.last_error('coordinator')}")
             if time.monotonic() > deadline:
                 raise FedgovError("coordinator did not start within 30 s")
             time.sleep(0.05)
@@ -202,7 +207,7 @@ class LocalFederation:
                 for n in missing:
                     p = self.procs.get(n)
                     if p is not None and p.popen.poll() is not None:
-                        raise FedgovError(f"node '{n}' exited at start:\n{self.tail(n)}")
+                        raise FedgovError(f"node '{n}' exited at start: {self.last_error(n)}")
                 if time.monotonic() > deadline:
                     raise FedgovError(f"nodes not registered after {timeout:.0f} s: {', '.join(missing)}")
                 time.sleep(0.2)
@@ -227,6 +232,14 @@ class LocalFederation:
             return "\n".join(self.procs[name].log.read_text(errors="replace").splitlines()[-lines:])
         except (KeyError, OSError):
             return ""
+
+    def last_error(self, name: str) -> str:
+        """The last ``fedgov: error:`` line a process printed (or its last line)."""
+        lines = self.tail(name, 50).splitlines()
+        for line in reversed(lines):
+            if line.startswith("fedgov: error: "):
+                return line.removeprefix("fedgov: error: ")
+        return lines[-1] if lines else "(no output)"
 
     def close(self) -> None:
         for proc in self.procs.values():

@@ -18,7 +18,14 @@ from collections.abc import Iterator
 
 from cryptography import x509
 
-from fedgov.crypto.envelope import Header, open_envelope, seal
+from fedgov.crypto.envelope import (
+    Header,
+    MalformedEnvelope,
+    ReplayedEnvelope,
+    open_envelope,
+    peek_header,
+    seal,
+)
 from fedgov.crypto.keys import NodeKeys, PeerKeys, verify_bundle
 from fedgov.errors import FedgovError, JobFailed
 from fedgov.node.store import NodeStore
@@ -129,9 +136,19 @@ class JobChannel:
             raise FedgovError(
                 f"relay delivered {len(blob)} of {parts[0].total_size} bytes", where=self.job_id
             )
+        header = peek_header(blob)
+        if header.job_id != self.job_id:
+            raise ReplayedEnvelope(
+                f"envelope from '{header.sender}' belongs to job {header.job_id}, not this job (replayed?)",
+                where=self.job_id,
+            )
         header, payload = open_envelope(blob, self.keys, self.peers, self.store)
-        if header.step != step or header.sender != frm:
-            raise FedgovError("envelope header does not match the relay address", where=self.job_id)
+        if header.step != step or header.sender != frm or header.seq != seq:
+            raise MalformedEnvelope(
+                f"envelope header ({header.where()}) does not match the relay address "
+                f"(from {frm}, step {step}, seq {seq})",
+                where=self.job_id,
+            )
         self._next_seq[seq_key] = seq + 1
         self.bytes_received += len(blob)
         return payload

@@ -38,6 +38,17 @@ _OPS = {
 }
 
 
+def _compatible(dtype: pa.DataType, value: Any) -> bool:
+    """Whether a filter literal has the kind of the column (no silent casts)."""
+    if pa.types.is_string(dtype) or pa.types.is_large_string(dtype):
+        return isinstance(value, str)
+    if pa.types.is_boolean(dtype):
+        return isinstance(value, bool)
+    if pa.types.is_integer(dtype) or pa.types.is_floating(dtype):
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return True
+
+
 def row_mask(table: pa.Table, where: Sequence[Condition]) -> pa.ChunkedArray | pa.Array:
     """Boolean mask of rows matching every condition (nulls never match)."""
     mask = pa.array([True] * table.num_rows, type=pa.bool_())
@@ -45,6 +56,11 @@ def row_mask(table: pa.Table, where: Sequence[Condition]) -> pa.ChunkedArray | p
         if cond.field not in table.column_names:
             raise ConfigError(f"filter field '{cond.field}' is not in the dataset", where="where")
         col = table.column(cond.field)
+        values = cond.value if isinstance(cond.value, list) else [cond.value]
+        if not all(_compatible(col.type, v) for v in values):
+            raise ConfigError(
+                f"cannot compare field '{cond.field}' ({col.type}) with {cond.value!r}", where="where"
+            )
         try:
             if cond.op == "in":
                 m = pc.is_in(col, value_set=pa.array(cond.value).cast(col.type))

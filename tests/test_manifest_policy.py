@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from fedgov.errors import ConfigError
+from fedgov.manifest import Condition, parse_manifest
+from fedgov.policy import parse_policy
+from fedgov.protocols import cohort_count
+from fedgov.tomlutil import parse_toml
+
+GOOD = """
+[job]
+kind = "cohort-count"
+purpose = "social-assistance-statistics"
+
+[[participants]]
+node = "civil_affairs"
+dataset = "applications"
+fields = ["district", "eligible"]
+where = [{ field = "eligible", op = "==", value = 1 }]
+
+[[participants]]
+node = "tax"
+dataset = "income"
+fields = ["annual_income"]
+"""
+
+
+def test_manifest_parses() -> None:
+    m = parse_manifest(GOOD)
+    assert m.kind == "cohort-count" and m.nodes == ("civil_affairs", "tax")
+    assert m.participant("civil_affairs").where == (Condition("eligible", "==", 1),)
+    assert m.recipients == ("requester",)
+    assert len(m.digest) == 64 and parse_manifest(GOOD + "\n").digest != m.digest
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (GOOD.replace('kind = "cohort-count"', 'kind = "mine-bitcoin"'), "unknown job kind 'mine-bitcoin'"),
+        (GOOD.replace("purpose", "porpose", 1), "unknown key 'porpose' (did you mean 'purpose'?)"),
+        (GOOD.replace('node = "tax"', 'node = "civil_affairs"'), "listed twice"),
+        (GOOD.replace('op = "=="', 'op = "~"'), "unknown op '~'"),
+        (GOOD.replace('field = "eligible"', 'field = "income"'), "where uses field 'income'"),
+        (GOOD + '\n[results]\nrecipients = ["police"]\n', "result recipient 'police'"),
+        ("[job\nkind=1", "invalid TOML"),
+        ('[job]\nkind = "psi"\npurpose = "x y"\n', "purpose 'x y'"),
+    ],
+)
+def test_manifest_errors_name_the_problem(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_manifest(text, "m.toml")
+    assert message in str(exc.value) and str(exc.value).startswith("m.toml")
+
+
+POLICY = """
+[defaults]
+min_cohort = 11
+requesters = ["analyst"]
+
+[datasets.income]
+approval = "manual"
+approvers_required = 2
+[[datasets.income.rules]]
+purposes = ["social-assistance-eligibility"]
+kinds = ["psi", "vertical-lr"]
+fields = ["resident_id", "annual_income"]
+"""
+
+
+def test_policy_decisions() -> None:
+    p = parse_policy(parse_toml(POLICY, "p"), "p")
+    ok = p.check(
+        dataset="income",
+        kind="psi",
+        purpose="social-assistance-eligibility",
+        requester="analyst",
+        fields=["resident_id"],
+    )
+    assert ok.allowed and ok.approval == "manual" and ok.approvers_required == 2 and ok.min_cohort == 11
+    bad = p.check(
+        dataset="income",
+        kind="he-stats",
+        purpose="marketing",
+        requester="bob",
+        fields=["resident_id", "employer"],
+    )
+    assert not bad.allowed
+    assert any("requester 'bob'" in r for r in bad.reasons)
+    assert any("purpose 'marketing'" in r for r in bad.reasons)
+    field_bad = p.check(
+        dataset="income",
+        kind="psi",
+        purpose="social-assistance-eligibility",
+        requester="analyst",
+        fields=["resident_id", "employer"],
+    )
+    assert not field_bad.allowed and "employer" in field_bad.reasons[0]
+    assert not p.check(dataset="vehicles", kind="psi", purpose="x", requester="analyst", fields=[]).allowed
+
+
+def test_policy_is_strict() -> None:
+    with pytest.raises(ConfigError, match="did you mean 'kinds'"):
+        parse_policy(parse_toml(POLICY.replace("kinds", "kind"), "p"), "p")
+    with pytest.raises(ConfigError, match="approval must be"):
+        parse_policy(parse_toml(POLICY.replace('"manual"', '"sometimes"'), "p"), "p")
+
+
+def test_reference_policies_load() -> None:
+    from pathlib import Path
+
+    from fedgov.policy import load_policy
+
+    paths = sorted(Path(__file__).resolve().parents[1].glob("nodes/*/policy.toml"))
+    assert len(paths) == 6
+    for path in paths:
+        assert load_policy(path).datasets
+
+
+def test_cohort_count_and_suppression() -> None:
+    t = pa.table({"d": ["a", "b", "a", None], "v": [1, 5, 7, 9]})
+    assert cohort_count.count(t, [Condition("d", "==", "a")]) == 2
+    assert cohort_count.count(t, [Condition("v", ">", 4), Condition("d", "in", ["a", "b"])]) == 2
+    assert cohort_count.count(t, []) == 4
+    assert cohort_count.release(5, 11) is None and cohort_count.release(0, 11) == 0
+    assert cohort_count.release(11, 11) == 11
+    out = cohort_count.combine({"x": 20, "y": None})
+    assert out == {"counts": {"x": 20, "y": None}, "suppressed": ["y"], "total_released": 20}
+    with pytest.raises(ConfigError, match="cannot compare field 'd'"):
+        cohort_count.count(t, [Condition("d", ">", 3)])
