@@ -6,6 +6,7 @@ misaddress envelopes; go silent) against real coordinator and node processes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from pathlib import Path
@@ -58,10 +59,8 @@ class FakeNode:
 
         def loop() -> None:
             while not self._beat.wait(every):
-                try:
+                with contextlib.suppress(grpc.RpcError):
                     self.jobs.PollTasks(jobs_pb2.PollTasksRequest(wait_seconds=0), timeout=5)
-                except grpc.RpcError:
-                    pass
 
         threading.Thread(target=loop, daemon=True).start()
 
