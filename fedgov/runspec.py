@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,6 +195,8 @@ def manifest_for(spec: RunSpec) -> str:
     if params:
         lines += ["", "[parameters]"]
         lines += [f"{k} = {json.dumps(v)}" for k, v in params.items()]
+    # a local run's operator stands for every party: each receives its outputs
+    lines += ["", "[results]", f"recipients = {json.dumps(['requester', *[p.name for p in spec.parties]])}"]
     return "\n".join(lines) + "\n"
 
 
@@ -211,9 +215,44 @@ def federation_for(spec: RunSpec, workdir: Path) -> LocalFederation:
     return LocalFederation(workdir / "federation", nodes)
 
 
-#: kind -> function(spec, result, out_dir) turning the job result into the CLI's JSON
-Summariser = Callable[[RunSpec, dict[str, Any], Path | None], dict[str, Any]]
-SUMMARISERS: dict[str, Summariser] = {}
+@dataclass(frozen=True)
+class Outcome:
+    """What a finished run hands to a kind's summariser."""
+
+    spec: RunSpec
+    job_id: str
+    result: dict[str, Any]
+    federation: LocalFederation
+    out_dir: Path | None
+
+    def party_output(self, party: str, name: str) -> Path:
+        """A node's private output file (the local runner operates every node)."""
+        return self.federation.workdir / "state" / party / "outputs" / self.job_id / f"{name}.csv"
+
+
+def _summarise_psi(o: Outcome) -> dict[str, Any]:
+    guest = (
+        next(p.name for p in o.spec.parties if p.role == "guest")
+        if any(p.role == "guest" for p in o.spec.parties)
+        else o.spec.parties[0].name
+    )
+    res = o.result.get(guest, {})
+    out: dict[str, Any] = {"intersection_size": res.get("intersection_size"), "mode": res.get("mode")}
+    if o.out_dir is not None:
+        o.out_dir.mkdir(parents=True, exist_ok=True)
+        written = {}
+        for p in o.spec.parties:
+            src = o.party_output(p.name, "aligned_ids")
+            if src.exists():
+                dst = o.out_dir / f"{p.name}.csv"
+                shutil.copyfile(src, dst)
+                written[p.name] = str(dst)
+        out["outputs"] = written
+    return out
+
+
+#: kind -> function turning the finished job into the CLI's JSON fields
+SUMMARISERS: dict[str, Callable[[Outcome], dict[str, Any]]] = {"psi": _summarise_psi}
 
 
 def run_spec(path: Path, *, out_dir: Path | None = None, workdir: Path | None = None) -> dict[str, Any]:
@@ -221,13 +260,22 @@ def run_spec(path: Path, *, out_dir: Path | None = None, workdir: Path | None = 
     spec = load_spec(path)
     with tempfile.TemporaryDirectory(prefix="fedgov-run-") as tmp:
         wd = workdir or Path(tmp)
+        started = time.monotonic()
         with federation_for(spec, wd) as fed:
+            ready = time.monotonic()
             out = run_job(fed, manifest_for(spec))
+        finished = time.monotonic()
         state = out["job"]["state"]
         if state != "succeeded":
             raise JobFailed(f"job {state}: {out['job']['reason']}", where=out["job"]["job_id"])
-        result = out["result"]
-        summary: dict[str, Any] = {"ok": True, "kind": spec.kind, "job_id": out["job"]["job_id"]}
+        outcome = Outcome(spec, out["job"]["job_id"], out["result"], fed, out_dir)
+        summary: dict[str, Any] = {
+            "ok": True,
+            "kind": spec.kind,
+            "job_id": outcome.job_id,
+            "seconds_startup": round(ready - started, 3),
+            "seconds_job": round(finished - ready, 3),
+        }
         summariser = SUMMARISERS.get(spec.kind)
-        summary.update(summariser(spec, result, out_dir) if summariser else {"result": result})
+        summary.update(summariser(outcome) if summariser else {"result": out["result"]})
         return summary

@@ -22,9 +22,11 @@ import random
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import grpc
 import pyarrow as pa
+import pyarrow.csv as pacsv
 from cryptography import x509
 
 from fedgov import __version__
@@ -257,6 +259,20 @@ class NodeAgent:
                         manifest.digest,
                     )
 
+    def output_dir(self, job_id: str) -> Path:
+        """This node's private output area for a job (never sent anywhere)."""
+        return self.config.state_dir / "outputs" / job_id
+
+    def save_output(self, job_id: str, name: str, table: pa.Table) -> Path:
+        out = self.output_dir(job_id)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"{name}.csv"
+        tmp = path.with_suffix(".tmp")
+        pacsv.write_csv(table, tmp)
+        tmp.replace(path)
+        self.store.audit(job_id, "output-saved", name=name, rows=table.num_rows, path=str(path))
+        return path
+
     def _start(self, task: jobs_pb2.Task) -> None:
         if task.job_id in self._running:
             return
@@ -293,6 +309,9 @@ class NodeAgent:
                     raise FedgovError(f"handler asked for undeclared field(s) {', '.join(outside)}")
                 return self._read(me.dataset, cols)
 
+            def save_output(name: str, table: pa.Table) -> str:
+                return str(self.save_output(job_id, name, table))
+
             channel = JobChannel(
                 job_id, self.keys, self.relay, PeerDirectory(self.registry, self.ca_cert), self.store, abort
             )
@@ -305,6 +324,7 @@ class NodeAgent:
                 channel=channel,
                 abort=abort,
                 load=load,
+                save_output=save_output,
             )
             started = time.monotonic()
             result = HANDLERS[manifest.kind](ctx)

@@ -14,7 +14,7 @@ import hashlib
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from cryptography import x509
 
@@ -112,6 +112,32 @@ class JobChannel:
             envelope_sha256=hashlib.sha256(blob).hexdigest(),
             payload_sha256=hashlib.sha256(payload).hexdigest(),
         )
+
+    def send_stream(self, to: str, step: str, chunks: Iterable[bytes]) -> int:
+        """Send a sequence of payloads as consecutive messages; the last is flagged.
+
+        Lets the receiver start work on chunk *i* while chunk *i+1* is in
+        flight, with memory bounded by one chunk on each side.
+        """
+        n = 0
+        pending: bytes | None = None
+        for chunk in chunks:
+            if pending is not None:
+                self.send(to, step, b"\x00" + pending)
+                n += 1
+            pending = chunk
+        self.send(to, step, b"\x01" + (pending or b""))
+        return n + 1
+
+    def recv_stream(self, frm: str, step: str, *, timeout: float = 600.0) -> Iterator[bytes]:
+        """Receive what :meth:`send_stream` sent, lazily, chunk by chunk."""
+        while True:
+            msg = self.recv(frm, step, timeout=timeout)
+            if not msg or msg[0] not in (0, 1):
+                raise MalformedEnvelope(f"bad stream frame from '{frm}' at step '{step}'", where=self.job_id)
+            yield msg[1:]
+            if msg[0] == 1:
+                return
 
     def recv(self, frm: str, step: str, *, timeout: float = 600.0) -> bytes:
         """Wait for the next envelope from ``frm`` at ``step``; verify and open it."""

@@ -1,0 +1,26 @@
+"""`fedgov demo --json`: the newcomer's first command must work and say what happened."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_json_runs_end_to_end() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "fedgov", "demo", "--json", "--households", "3000"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["ok"] is True and summary["nodes"] == 6
+    counts = summary["cohort_count"]["counts"]
+    assert set(counts) == {"civil_affairs", "tax", "hrss", "housing", "vehicles", "medical"}
+    assert all(isinstance(v, int) and v >= 11 for v in counts.values())
+    assert summary["small_cell"]["suppressed"] == ["civil_affairs"]
+    assert summary["refused"]["state"] == "rejected" and "birth_date" in summary["refused"]["reason"]
