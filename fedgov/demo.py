@@ -127,6 +127,36 @@ where = [
 ]
 """
 
+PSI_MANIFEST = """
+[job]
+kind = "psi"
+purpose = "social-assistance-eligibility"
+description = "Which applicants does each department know? (entity alignment)"
+
+[parameters]
+mode = "align"
+
+[results]
+recipients = ["requester", "tax", "hrss", "housing", "vehicles", "medical"]
+""" + "".join(
+    f"""
+[[participants]]
+node = "{node}"
+dataset = "{dataset}"
+fields = ["resident_id"]
+id = "resident_id"
+role = "{'guest' if node == 'civil_affairs' else 'host'}"
+"""
+    for node, dataset in (
+        ("civil_affairs", "applications"),
+        ("tax", "income"),
+        ("hrss", "insurance"),
+        ("housing", "property"),
+        ("vehicles", "vehicles"),
+        ("medical", "claims"),
+    )
+)
+
 FORBIDDEN_MANIFEST = """
 [job]
 kind = "cohort-count"
@@ -234,8 +264,17 @@ def run_demo(*, keep: Path | None = None, households: int = 6000, quiet: bool = 
                 + ("suppressed by civil affairs' policy (fewer than 11 people)." if sres.get("suppressed")
                    else f"{sres.get('total_released')} households (large enough to release).")
             )
+            story.say("6. Private set intersection: civil affairs aligns its applicants with every department;")
+            story.say("   no department learns anyone outside the overlap. Medical's approvers sign again:")
+            aligned = _submit(fed, PSI_MANIFEST, _approve_when_pending(fed, "medical", MEDICAL_APPROVERS, story))
+            if aligned["job"]["state"] != "succeeded":
+                raise FedgovError(f"PSI job {aligned['job']['state']}: {aligned['job']['reason']}")
+            pres = aligned["result"]["civil_affairs"]
+            for node, n in sorted(pres["pairwise_sizes"].items()):
+                story.say(f"   applicants known to {node:<9} {n:>6}")
+            story.say(f"   known to all six departments: {pres['intersection_size']}")
             refused = _submit(fed, FORBIDDEN_MANIFEST)
-            story.say(f"6. A request for a field civil affairs does not share is {refused['job']['state']}:")
+            story.say(f"7. A request for a field civil affairs does not share is {refused['job']['state']}:")
             story.say(f"   {refused['job']['reason']}")
             summary: dict[str, Any] = {
                 "ok": True,
@@ -244,6 +283,7 @@ def run_demo(*, keep: Path | None = None, households: int = 6000, quiet: bool = 
                 "catalog": {n["name"]: {d["name"]: d["rows"] for d in n["datasets"]} for n in catalog},
                 "cohort_count": res,
                 "small_cell": sres,
+                "psi": {"pairwise_sizes": pres["pairwise_sizes"], "intersection_size": pres["intersection_size"]},
                 "refused": {"state": refused["job"]["state"], "reason": refused["job"]["reason"]},
             }
         if refused["job"]["state"] != "rejected":

@@ -134,7 +134,7 @@ def run_psi(ctx: TaskContext) -> dict[str, Any]:
         return {}
     out: dict[str, Any] = {}
     if result.role == "guest":
-        out = {"intersection_size": result.size, "mode": mode}
+        out = {"intersection_size": result.size, "mode": mode, "pairwise_sizes": dict(result.pairwise_sizes)}
     if mode == "align" and result.ids is not None:
         id_col = _id_column(ctx)
         ctx.save_output(
