@@ -376,3 +376,32 @@ def test_node_with_bad_data_fails_at_start_with_a_clear_error(tmp_path: Path) ->
         pass
     assert "node 'alpha' exited at start" in str(exc.value)
     assert "row 2" in str(exc.value) and "x0" in str(exc.value) and "abc" in str(exc.value)
+
+
+def test_tls12_only_with_forward_secret_aead_suites(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """grpcio cannot refuse TLS 1.2, so 1.2 must be limited to ECDHE + AEAD suites,
+    whatever the environment says."""
+    import socket
+    import ssl
+
+    monkeypatch.setenv("GRPC_SSL_CIPHER_SUITES", "ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES128-GCM-SHA256")
+    with LocalFederation(tmp_path / "f", []) as fed:
+        host, port = fed.address.rsplit(":", 1)
+        kit = fed.kits / "analyst"
+
+        def handshake(ciphers: str) -> str | None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+            ctx.load_verify_locations(kit / "ca.crt")
+            ctx.load_cert_chain(kit / "tls.crt", kit / "tls.key")
+            ctx.set_ciphers(ciphers)
+            ctx.set_alpn_protocols(["h2"])
+            with socket.create_connection((host, int(port)), timeout=5) as raw:
+                try:
+                    with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                        return tls.cipher()[0]
+                except (ssl.SSLError, ConnectionResetError):
+                    return None
+
+        assert handshake("ECDHE-ECDSA-AES128-GCM-SHA256") == "ECDHE-ECDSA-AES128-GCM-SHA256"
+        assert handshake("ECDHE-ECDSA-AES128-SHA") is None  # CBC suite: refused

@@ -13,27 +13,15 @@ Guarantees:
 
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass
+from pathlib import Path
 
-# Must be set before grpc creates its first SSL credentials. TLS 1.2 suites
-# only; TLS 1.3 suites are not affected and are all AEAD + (EC)DHE.
-TLS12_SUITES = ":".join(
-    [
-        "ECDHE-ECDSA-AES128-GCM-SHA256",
-        "ECDHE-ECDSA-AES256-GCM-SHA384",
-        "ECDHE-ECDSA-CHACHA20-POLY1305",
-    ]
-)
-os.environ.setdefault("GRPC_SSL_CIPHER_SUITES", TLS12_SUITES)
+import grpc
+from cryptography import x509
 
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import grpc  # noqa: E402
-from cryptography import x509  # noqa: E402
-
-from fedgov.crypto.pki import Identity, identity_from_cert  # noqa: E402
-from fedgov.errors import ConfigError  # noqa: E402
+from fedgov import TLS12_SUITES  # noqa: F401  (applied in fedgov/__init__.py, before grpc loads)
+from fedgov.crypto.pki import Identity, identity_from_cert
+from fedgov.errors import ConfigError
 
 #: Largest single gRPC message either side accepts. Relay payloads larger than
 #: this travel as chunks of :data:`CHUNK_SIZE`.
