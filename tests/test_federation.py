@@ -405,3 +405,28 @@ def test_tls12_only_with_forward_secret_aead_suites(tmp_path: Path, monkeypatch:
 
         assert handshake("ECDHE-ECDSA-AES128-GCM-SHA256") == "ECDHE-ECDSA-AES128-GCM-SHA256"
         assert handshake("ECDHE-ECDSA-AES128-SHA") is None  # CBC suite: refused
+
+
+def test_cancel_withdraws_a_pending_job_everywhere(fed: LocalFederation) -> None:
+    cfg = str(fed.workdir / "nodes" / "gamma" / "node.toml")
+    common = ["--kit", str(fed.kits / "analyst"), "--coordinator", fed.address]
+    with fed.client() as c:
+        job = c.submit(manifest([("alpha", ["y"], ""), ("gamma", ["x2"], "")]))
+    deadline = time.monotonic() + 30
+    while not any(r["job_id"] == job.job_id for r in json.loads(_cli("node", "pending", "--json", "--config", cfg).stdout or "[]")):
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    r = _cli("job", "cancel", job.job_id, *common)
+    assert r.returncode == 0 and "cancelled" in r.stdout
+    listed = json.loads(_cli("job", "list", "--json", "--state", "cancelled", *common).stdout)
+    assert job.job_id in {j["job_id"] for j in listed}
+    # gamma drops it from its approval queue once told
+    deadline = time.monotonic() + 30
+    while any(r["job_id"] == job.job_id for r in json.loads(_cli("node", "pending", "--json", "--config", cfg).stdout or "[]")):
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    r = _cli("node", "approve", job.job_id, "--config", cfg, "--kit", str(fed.kits / "ann"))
+    assert r.returncode == 2 and "already aborted" in r.stderr
+    # a cancelled job cannot be cancelled again
+    r = _cli("job", "cancel", job.job_id, *common)
+    assert r.returncode == 2 and "already cancelled" in r.stderr
