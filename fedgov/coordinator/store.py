@@ -118,6 +118,7 @@ class CoordinatorStore:
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
+            before = self._db.total_changes
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
@@ -126,7 +127,10 @@ class CoordinatorStore:
                 raise
             else:
                 self._db.execute("COMMIT")
-                self.changed.notify_all()
+                # wake long polls only on a real change (a no-op poll must not
+                # wake every other poller, which would then wake this one ...)
+                if self._db.total_changes != before:
+                    self.changed.notify_all()
 
     def close(self) -> None:
         with self._lock:
