@@ -16,7 +16,8 @@ from cryptography import x509
 
 from fedgov.crypto.envelope import Header, seal
 from fedgov.crypto.keys import NodeKeys, PeerKeys, verify_bundle
-from fedgov.transport.tls import CHUNK_SIZE, TlsMaterial, secure_channel
+from fedgov.transport.chunks import relay_chunks
+from fedgov.transport.tls import TlsMaterial, secure_channel
 from fedgov.v1 import (
     common_pb2,
     jobs_pb2,
@@ -87,21 +88,7 @@ class FakeNode:
         return seal(header, payload, self.keys, self.peer(sealed_for or to))
 
     def post(self, job_id: str, step: str, to: str, seq: int, blob: bytes) -> None:
-        total = max(1, -(-len(blob) // CHUNK_SIZE))
-        chunks = [
-            relay_pb2.RelayChunk(
-                job_id=job_id,
-                step=step,
-                recipient=to,
-                seq=seq,
-                index=i,
-                total=total,
-                total_size=len(blob),
-                data=blob[i * CHUNK_SIZE : (i + 1) * CHUNK_SIZE],
-            )
-            for i in range(total)
-        ]
-        self.relay.Send(iter(chunks), timeout=30)
+        self.relay.Send(relay_chunks(blob, job_id=job_id, step=step, recipient=to, seq=seq), timeout=30)
 
     def fetch(self, job_id: str, step: str, frm: str, seq: int, wait: float = 5.0) -> bytes | None:
         parts = list(

@@ -21,7 +21,8 @@ from fedgov.crypto.pki import Identity
 from fedgov.crypto.signing import verify_manifest
 from fedgov.errors import FedgovError
 from fedgov.manifest import parse_manifest
-from fedgov.transport.tls import CHUNK_SIZE, caller_identity
+from fedgov.transport.chunks import relay_chunks
+from fedgov.transport.tls import caller_identity
 from fedgov.v1 import (
     common_pb2,
     jobs_pb2,
@@ -370,16 +371,11 @@ class RelayService(relay_pb2_grpc.RelayServicer):
                 self.store.changed.wait(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
         if data is None:
             return
-        total = max(1, -(-len(data) // CHUNK_SIZE))
-        for i in range(total):
-            yield relay_pb2.RelayChunk(
-                job_id=request.job_id,
-                step=request.step,
-                sender=request.sender,
-                recipient=ident.name,
-                seq=request.seq,
-                index=i,
-                total=total,
-                total_size=len(data),
-                data=data[i * CHUNK_SIZE : (i + 1) * CHUNK_SIZE],
-            )
+        yield from relay_chunks(
+            data,
+            job_id=request.job_id,
+            step=request.step,
+            sender=request.sender,
+            recipient=ident.name,
+            seq=request.seq,
+        )

@@ -29,8 +29,8 @@ from fedgov.crypto.envelope import (
 from fedgov.crypto.keys import NodeKeys, PeerKeys, verify_bundle
 from fedgov.errors import FedgovError, JobFailed
 from fedgov.node.store import NodeStore
+from fedgov.transport.chunks import relay_chunks
 from fedgov.transport.rpc import with_retry
-from fedgov.transport.tls import CHUNK_SIZE
 from fedgov.v1 import registry_pb2, registry_pb2_grpc, relay_pb2, relay_pb2_grpc
 
 
@@ -84,22 +84,10 @@ class JobChannel:
         seq = self._next_seq[(to, step)]
         header = Header(job_id=self.job_id, step=step, sender=self.keys.name, recipient=to, seq=seq)
         blob = seal(header, payload, self.keys, self.peers(to))
-        total = max(1, -(-len(blob) // CHUNK_SIZE))
-
-        def chunks() -> Iterator[relay_pb2.RelayChunk]:
-            for i in range(total):
-                yield relay_pb2.RelayChunk(
-                    job_id=self.job_id,
-                    step=step,
-                    recipient=to,
-                    seq=seq,
-                    index=i,
-                    total=total,
-                    total_size=len(blob),
-                    data=blob[i * CHUNK_SIZE : (i + 1) * CHUNK_SIZE],
-                )
-
-        with_retry(lambda: self.relay.Send(chunks()), stop=self.abort.is_set)
+        with_retry(
+            lambda: self.relay.Send(relay_chunks(blob, job_id=self.job_id, step=step, recipient=to, seq=seq)),
+            stop=self.abort.is_set,
+        )
         self._next_seq[(to, step)] = seq + 1
         self.bytes_sent += len(blob)
         self.store.audit(
