@@ -86,6 +86,16 @@ class Manifest:
         """sha256 hex of the exact manifest bytes (what the analyst signed)."""
         return manifest_digest(self.text)
 
+    @property
+    def data_participants(self) -> tuple[Participant, ...]:
+        """Participants that bring data (everyone but an arbiter)."""
+        return tuple(p for p in self.participants if p.role != "arbiter")
+
+    @property
+    def arbiter(self) -> str | None:
+        """The participant that holds a job's decryption key, if any."""
+        return next((p.node for p in self.participants if p.role == "arbiter"), None)
+
     def participant(self, node: str) -> Participant:
         for p in self.participants:
             if p.node == node:
@@ -148,7 +158,10 @@ def parse_manifest(text: str, where: str = "manifest") -> Manifest:
         w = f"{where}: participants[{i}]"
         if not isinstance(raw, dict):
             raise ConfigError("must be a table", where=w)
-        check_keys(raw, PARTICIPANT_KEYS, w, required=("node", "dataset", "fields"))
+        arbiter = raw.get("role") == "arbiter"
+        check_keys(raw, PARTICIPANT_KEYS, w, required=("node",) if arbiter else ("node", "dataset", "fields"))
+        if arbiter and (raw.get("dataset") or raw.get("fields")):
+            raise ConfigError("an arbiter holds no data: give it no dataset and no fields", where=w)
         node = get_str(raw, "node", w)
         if not NAME_RE.match(node):
             raise ConfigError(f"invalid node name '{node}'", where=w)
@@ -156,7 +169,7 @@ def parse_manifest(text: str, where: str = "manifest") -> Manifest:
             raise ConfigError(f"node '{node}' listed twice", where=w)
         seen.add(node)
         extra = {k: v for k, v in raw.items() if k in KIND_PARTICIPANT_KEYS}
-        fields = get_str_list(raw, "fields", w)
+        fields = get_str_list(raw, "fields", w, default=[])
         if len(set(fields)) != len(fields):
             raise ConfigError("duplicate entries in 'fields'", where=w)
         conds = _parse_where(raw.get("where", []), w)
@@ -166,7 +179,7 @@ def parse_manifest(text: str, where: str = "manifest") -> Manifest:
         parts.append(
             Participant(
                 node=node,
-                dataset=get_str(raw, "dataset", w),
+                dataset="" if arbiter else get_str(raw, "dataset", w),
                 fields=tuple(fields),
                 role=str(raw.get("role", "")),
                 where=conds,

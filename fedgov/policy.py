@@ -64,9 +64,33 @@ class Decision:
 
 
 @dataclass(frozen=True)
+class ArbiterPolicy:
+    """What a data-less key-holding node (an arbiter) agrees to serve."""
+
+    kinds: frozenset[str]
+    purposes: frozenset[str]
+    requesters: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Policy:
     datasets: dict[str, DatasetPolicy]
     source: str = "policy"
+    arbiter: ArbiterPolicy | None = None
+
+    def check_arbiter(self, *, kind: str, purpose: str, requester: str) -> Decision:
+        """Decide whether this node serves as arbiter (key holder) for a job."""
+        a = self.arbiter
+        if a is None:
+            return Decision(False, ("this node does not act as an arbiter (no [arbiter] in its policy)",))
+        reasons = []
+        if kind not in a.kinds:
+            reasons.append(f"the arbiter does not serve job kind '{kind}'")
+        if "*" not in a.purposes and purpose not in a.purposes:
+            reasons.append(f"the arbiter does not serve purpose '{purpose}'")
+        if "*" not in a.requesters and requester not in a.requesters:
+            reasons.append(f"the arbiter does not serve requester '{requester}'")
+        return Decision(not reasons, tuple(reasons))
 
     def check(
         self, *, dataset: str, kind: str, purpose: str, requester: str, fields: tuple[str, ...] | list[str]
@@ -128,7 +152,7 @@ def _settings(table: dict[str, Any], base: dict[str, Any], where: str) -> dict[s
 
 def parse_policy(doc: dict[str, Any], where: str) -> Policy:
     """Validate a parsed policy document (strict: unknown keys are errors)."""
-    check_keys(doc, ("defaults", "datasets"), where)
+    check_keys(doc, ("defaults", "datasets", "arbiter"), where)
     defaults_t = get_table(doc, "defaults", where)
     check_keys(defaults_t, SETTING_KEYS, f"{where}: defaults")
     defaults = _settings(
@@ -168,7 +192,17 @@ def parse_policy(doc: dict[str, Any], where: str) -> Policy:
         if settings["approval"] == "manual" and settings["approvers_required"] < 1:
             raise ConfigError("manual approval needs approvers_required >= 1", where=w)
         datasets[name] = DatasetPolicy(name=name, rules=tuple(rules), **settings)
-    return Policy(datasets=datasets, source=where)
+    arbiter = None
+    if "arbiter" in doc:
+        wa = f"{where}: arbiter"
+        t = get_table(doc, "arbiter", where)
+        check_keys(t, ("kinds", "purposes", "requesters"), wa, required=("kinds",))
+        arbiter = ArbiterPolicy(
+            kinds=frozenset(get_str_list(t, "kinds", wa)),
+            purposes=frozenset(get_str_list(t, "purposes", wa, default=["*"])),
+            requesters=tuple(get_str_list(t, "requesters", wa, default=["*"])),
+        )
+    return Policy(datasets=datasets, source=where, arbiter=arbiter)
 
 
 def load_policy(path: Path) -> Policy:

@@ -200,7 +200,10 @@ class LocalFederation:
         deadline = time.monotonic() + timeout
         with self.client("admin") as admin:
             while True:
-                ready = {n["name"] for n in admin.nodes() if n["online"] and n["datasets"]}
+                want = {spec.name: len(spec.datasets) for spec in self.nodes}
+                ready = {
+                    n["name"] for n in admin.nodes() if n["online"] and len(n["datasets"]) >= want.get(n["name"], 0)
+                }
                 missing = [n for n in names if n not in ready]
                 if not missing:
                     return

@@ -168,6 +168,8 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"{where}: node '{p.node}' is not registered (known: {', '.join(sorted(nodes)) or 'none'})",
                 )
+            if p.role == "arbiter":
+                continue
             catalog = {d["name"]: d for d in nodes[p.node]["catalog"]}
             if p.dataset not in catalog:
                 context.abort(

@@ -164,14 +164,18 @@ class NodeAgent:
                 f"manifest names requester '{manifest.requester}' but was signed by '{signer.name}'"
             )
         me = manifest.participant(self.config.name)
+        if manifest.kind not in HANDLERS:
+            raise FedgovError(f"this node does not implement job kind '{manifest.kind}'")
+        if me.role == "arbiter":
+            return manifest, self.config.policy.check_arbiter(
+                kind=manifest.kind, purpose=manifest.purpose, requester=signer.name
+            )
         ds = self.config.datasets.get(me.dataset)
         if ds is None:
             raise FedgovError(f"this node has no dataset '{me.dataset}'")
         unknown = [f for f in me.fields if f not in ds.schema.field_names]
         if unknown:
             raise FedgovError(f"dataset '{me.dataset}' has no field(s) {', '.join(unknown)}")
-        if manifest.kind not in HANDLERS:
-            raise FedgovError(f"this node does not implement job kind '{manifest.kind}'")
         decision = self.config.policy.check(
             dataset=me.dataset,
             kind=manifest.kind,
