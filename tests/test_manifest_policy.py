@@ -129,3 +129,16 @@ def test_cohort_count_and_suppression() -> None:
     assert out == {"counts": {"x": 20, "y": None}, "suppressed": ["y"], "total_released": 20}
     with pytest.raises(ConfigError, match="cannot compare field 'd'"):
         cohort_count.count(t, [Condition("d", ">", 3)])
+
+
+def test_arbiter_participant_and_policy() -> None:
+    text = GOOD + '\n[[participants]]\nnode = "arbiter"\nrole = "arbiter"\n'
+    m = parse_manifest(text)
+    assert m.arbiter == "arbiter" and [p.node for p in m.data_participants] == ["civil_affairs", "tax"]
+    with pytest.raises(ConfigError, match="arbiter holds no data"):
+        parse_manifest(text.replace('role = "arbiter"', 'role = "arbiter"\ndataset = "x"'))
+    p = parse_policy(parse_toml('[arbiter]\nkinds = ["vertical-lr"]\n', "p"), "p")
+    assert p.check_arbiter(kind="vertical-lr", purpose="any", requester="li").allowed
+    refused = p.check_arbiter(kind="psi", purpose="any", requester="li")
+    assert not refused.allowed and "does not serve job kind 'psi'" in refused.reasons[0]
+    assert not parse_policy(parse_toml(POLICY, "p"), "p").check_arbiter(kind="vertical-lr", purpose="x", requester="a").allowed
