@@ -1,0 +1,170 @@
+"""Vertical LR benchmark: fedgov CKKS protocol vs centralised scikit-learn, numpy and Paillier (FATE-style).
+
+    python bench/vertical_lr.py --json          # default_credit (30,000 rows) + synthetic 100,000 x 30
+    python bench/vertical_lr.py --quick --json  # small run (subsets, 3 epochs)
+
+Progress goes to stderr; the last stdout line is one JSON object
+``{"default_credit": {...}, "synthetic_100k": {...}}``. Per data set:
+``auc_fedgov`` (in-process CKKS protocol, held-out 20 %), ``auc_centralized``
+(scikit-learn LogisticRegression on the pooled data, same split),
+``auc_plain`` (numpy, same algorithm), ``seconds_per_epoch_protocol``
+(in-process CKKS driver, all roles sequential in one process),
+``seconds_per_epoch_fedgov`` (full stack; null until the lead wires the
+``vertical-lr`` job kind), ``seconds_per_epoch_plain``,
+``seconds_per_epoch_paillier`` (FATE-style hetero-LR with 2048-bit ``phe``
+Paillier and gmpy2, measured on a subset and scaled per row: see
+``paillier_note``), ``speedup_vs_paillier`` and ``bytes_per_epoch``.
+Needs the ``bench`` extra (scikit-learn, phe, gmpy2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fedgov.protocols import vertical_lr as vlr  # noqa: E402
+
+FATE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fate"
+
+
+def log(msg: str) -> None:
+    print(f"[bench/vertical_lr] {msg}", file=sys.stderr, flush=True)
+
+
+def load_fate(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    g = np.genfromtxt(FATE / f"{name}_hetero_guest.csv", delimiter=",", skip_header=1)
+    h = np.genfromtxt(FATE / f"{name}_hetero_host.csv", delimiter=",", skip_header=1)
+    if not (g[:, 0] == h[:, 0]).all():
+        raise SystemExit(f"{name}: guest and host ids are not aligned")
+    return g[:, 2:], g[:, 1], h[:, 1:]
+
+
+def make_synthetic(n: int, p: int, seed: int = 20240601) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """n x p correlated Gaussian features (guest gets the first half), logistic labels. Fixed seed."""
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(p, p)) / np.sqrt(p)
+    x = rng.normal(size=(n, p)) @ (0.6 * np.eye(p) + 0.4 * a)
+    w = rng.normal(size=p) * 0.35
+    z = x @ w - 1.0
+    y = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(np.float64)
+    k = p // 2
+    return x[:, :k], y, x[:, k:]
+
+
+def paillier_epoch_seconds(gx: np.ndarray, hx: np.ndarray, y: np.ndarray, rows: int, n_total: int) -> tuple[float, str]:
+    """FATE-style hetero-LR epoch with phe Paillier-2048 on ``rows`` rows, scaled per row to ``n_total``.
+
+    Per row: host encrypts its partial score; guest forms [[d]] = 0.25*([[u_h]] + u_g) - 0.5*y
+    (FATE's first-order Taylor) with one ciphertext-plaintext add and one scalar multiply; guest
+    and host each compute X^T [[d]] (one scalar multiply + one add per feature); then the masked
+    gradients (p values) are decrypted by the arbiter (counted once per batch of 4096 rows).
+    """
+    from phe import paillier
+
+    pk, sk = paillier.generate_paillier_keypair(n_length=2048)
+    m = min(rows, len(y))
+    ug = gx[:m] @ np.full(gx.shape[1], 0.01)
+    uh = hx[:m] @ np.full(hx.shape[1], 0.01)
+    t0 = time.perf_counter()
+    enc_u = [pk.encrypt(float(v)) for v in uh]
+    enc_d = [(e + float(g)) * 0.25 - 0.5 * float(t) for e, g, t in zip(enc_u, ug, y[:m], strict=True)]
+    for x in (hx[:m], gx[:m]):
+        acc = [None] * x.shape[1]
+        for i, d in enumerate(enc_d):
+            for j in range(x.shape[1]):
+                term = d * float(x[i, j])
+                acc[j] = term if acc[j] is None else acc[j] + term
+        masked = [a + 1.0 for a in acc]  # mask
+        decrypt_cost_start = time.perf_counter()
+        _ = [sk.decrypt(v) for v in masked]
+        dec = time.perf_counter() - decrypt_cost_start
+    per_row = (time.perf_counter() - t0 - 2 * dec) / m
+    batches = -(-n_total // 4096)
+    secs = per_row * n_total + 2 * dec * batches
+    note = (
+        f"phe Paillier-2048 with gmpy2, FATE-style hetero-LR (Taylor residual, encrypted X^T d at guest and host, "
+        f"arbiter decrypts masked gradients); measured on {m} rows and scaled per row to {n_total} rows "
+        f"(+ decryption per 4096-row batch)"
+    )
+    return secs, note
+
+
+def bench_dataset(
+    name: str, gx: np.ndarray, y: np.ndarray, hx: np.ndarray, params: vlr.VlrParams, paillier_rows: int
+) -> dict[str, Any]:
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    perm = rng.permutation(len(y))
+    ntr = int(0.8 * len(y))
+    tr, te = perm[:ntr], perm[ntr:]
+    out: dict[str, Any] = {"rows": int(len(y)), "train_rows": int(ntr), "features_guest": int(gx.shape[1]),
+                           "features_host": int(hx.shape[1]), "epochs": params.epochs,
+                           "batch_size": params.batch_size}
+    log(f"{name}: scikit-learn (pooled, standardised on train)")
+    x = np.hstack([gx, hx])
+    mu, sd = x[tr].mean(0), x[tr].std(0)
+    sd[sd == 0] = 1
+    clf = LogisticRegression(max_iter=2000).fit((x[tr] - mu) / sd, y[tr])
+    out["auc_centralized"] = vlr.auc(y[te], clf.decision_function((x[te] - mu) / sd))
+    log(f"{name}: numpy reference")
+    plain = vlr.fit_plain(gx[tr], y[tr], {"host": hx[tr]}, params)
+    out["auc_plain"] = vlr.auc(y[te], plain.scores(gx[te], {"host": hx[te]}))
+    out["seconds_per_epoch_plain"] = plain.seconds_per_epoch
+    log(f"{name}: CKKS protocol in-process ({params.epochs} epochs)")
+    res = vlr.run_in_process(gx[tr], y[tr], {"host": hx[tr]}, params)
+    s = res.scores(gx[te], {"host": hx[te]})
+    out["auc_fedgov"] = vlr.auc(y[te], s)
+    out["metrics_fedgov"] = vlr.metrics(y[te], s)
+    out["seconds_per_epoch_protocol"] = res.seconds_per_epoch
+    out["setup_seconds_protocol"] = res.setup_seconds
+    out["seconds_per_epoch_fedgov"] = None
+    out["bytes_per_epoch"] = res.bytes_per_epoch
+    out["bytes_setup_public_context_per_party"] = next(v for k, v in res.bytes_sent.items() if k.startswith("setup:"))
+    log(f"{name}: Paillier baseline on {paillier_rows} rows")
+    p_secs, note = paillier_epoch_seconds(gx[tr], hx[tr], y[tr], paillier_rows, ntr)
+    out["seconds_per_epoch_paillier"] = p_secs
+    out["paillier_note"] = note
+    out["speedup_vs_paillier"] = p_secs / res.seconds_per_epoch
+    out["auc_gap_vs_centralized"] = out["auc_centralized"] - out["auc_fedgov"]
+    log(f"{name}: {json.dumps({k: v for k, v in out.items() if k != 'metrics_fedgov'})}")
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="subsets and 3 epochs")
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--paillier-rows", type=int, default=None)
+    ap.add_argument("--json", action="store_true", help="print the JSON summary line")
+    args = ap.parse_args()
+    epochs = args.epochs or (3 if args.quick else 10)
+    prow = args.paillier_rows or (50 if args.quick else 200)
+    params = vlr.VlrParams(epochs=epochs)
+    result: dict[str, Any] = {}
+    gx, y, hx = load_fate("default_credit")
+    if args.quick:
+        gx, y, hx = gx[:8000], y[:8000], hx[:8000]
+    result["default_credit"] = bench_dataset("default_credit", gx, y, hx, params, prow)
+    gx, y, hx = make_synthetic(20_000 if args.quick else 100_000, 30)
+    result["synthetic_100k"] = bench_dataset("synthetic_100k", gx, y, hx, params, prow)
+    result["notes"] = (
+        "seconds_per_epoch_protocol runs guest, host and arbiter sequentially in one process (no network); "
+        "seconds_per_epoch_fedgov (full stack) is null until the vertical-lr job kind is wired; "
+        + ("QUICK run: subsets, fewer epochs" if args.quick else "full run")
+    )
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,234 @@
+"""Vertical LR under CKKS: correctness against the plaintext reference, masking, scoring, input errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedgov.crypto.ckks import CkksContext, CkksParams, bsgs_steps, mask_budget
+from fedgov.errors import ConfigError, CryptoError
+from fedgov.protocols import vertical_lr as vlr
+
+FATE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fate"
+
+#: Stated tolerance: encrypted gradients equal the plaintext reference within 2e-3 (absolute) over a
+#: whole epoch; the first batch (identical weights) within 1e-3. Gradient entries are O(0.1..1).
+GRAD_TOL_EPOCH = 2e-3
+GRAD_TOL_FIRST = 1e-3
+
+
+def _breast() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if not (FATE / "breast_hetero_guest.csv").exists():
+        pytest.skip("FATE breast data not present")
+    g = np.genfromtxt(FATE / "breast_hetero_guest.csv", delimiter=",", skip_header=1)
+    h = np.genfromtxt(FATE / "breast_hetero_host.csv", delimiter=",", skip_header=1)
+    assert (g[:, 0] == h[:, 0]).all()
+    return g[:, 2:], g[:, 1], h[:, 1:]
+
+
+PARAMS = vlr.VlrParams(epochs=5, batch_size=128, sigmoid_range=8.0, seed=7)
+
+
+@pytest.fixture(scope="module")
+def breast_run():
+    gx, y, hx = _breast()
+    rng = np.random.default_rng(0)
+    perm = rng.permutation(len(y))
+    tr, te = perm[:455], perm[455:]
+    enc = vlr.run_in_process(gx[tr], y[tr], {"tax": hx[tr]}, PARAMS, record=True)
+    plain = vlr.fit_plain(gx[tr], y[tr], {"tax": hx[tr]}, PARAMS, record=True)
+    return gx, y, hx, tr, te, enc, plain
+
+
+def test_diagonal_matvec_equals_numpy() -> None:
+    params = CkksParams()
+    rng = np.random.default_rng(1)
+    for p, n in [(5, 300), (16, params.slots), (3, 1)]:
+        _, _, _, steps = bsgs_steps(p, params.slots, reduce=True)
+        ctx = CkksContext.create(params, rotation_steps=steps)
+        m = rng.normal(size=(p, n))
+        v = rng.normal(size=n) * 0.1
+        ref = m @ v
+        for reduce in (True, False):
+            pm = ctx.pack_matrix(m, rescales=2, reduce=reduce)
+            ct = ctx.encrypt(v)
+            for _ in range(2):  # bring to the level the protocol uses
+                ct = ctx.mul_plain_to(ct, np.ones(n), ct.scale)
+            out = ctx.decrypt(ctx.matvec(pm, ct)).reshape(-1, pm.padded_rows)
+            got = out[0, :p] if reduce else out.sum(axis=0)[:p]
+            assert np.abs(got - ref).max() < 1e-3, (p, n, reduce)
+            if reduce:  # every block holds the same rows
+                assert np.abs(out[:, :p] - ref).max() < 1e-3
+
+
+def test_public_context_has_no_secret_key() -> None:
+    ctx = CkksContext.create(CkksParams(), rotation_steps=[1])
+    pub = CkksContext.from_public_bytes(ctx.public_bytes())
+    assert ctx.has_secret_key and not pub.has_secret_key
+    ct = pub.encrypt([1.5, 2.5])
+    with pytest.raises(CryptoError):
+        pub.decrypt(ct)
+    assert np.allclose(ctx.decrypt(ct)[:2], [1.5, 2.5], atol=1e-4)
+    with pytest.raises(CryptoError):
+        pub.rotate(ct, 2)  # only the Galois keys asked for exist
+
+
+def test_mask_budget_is_checked() -> None:
+    p = CkksParams()
+    b = mask_budget(p, mask_bits=30, value_bound=0.1, precision_bits=12, min_hiding_bits=24, summed_slots=256)
+    assert b.hiding_bits > 30 and b.headroom_bits >= 4
+    with pytest.raises(CryptoError, match="does not fit"):
+        mask_budget(p, mask_bits=48, value_bound=0.1, precision_bits=1, min_hiding_bits=1)
+    with pytest.raises(CryptoError, match="decode error"):
+        mask_budget(p, mask_bits=44, value_bound=0.1, precision_bits=12, min_hiding_bits=1)
+    with pytest.raises(CryptoError, match="hides only"):
+        mask_budget(p, mask_bits=20, value_bound=1.0, precision_bits=12, min_hiding_bits=24)
+
+
+def test_encrypted_gradients_match_plain_reference(breast_run) -> None:
+    *_, enc, plain = breast_run
+    n_batches = len(vlr.batches_for(455, PARAMS))
+    assert len(enc.gradients) == len(plain.gradients) == n_batches * PARAMS.epochs
+    for k in enc.gradients[0]:
+        assert np.abs(enc.gradients[0][k] - plain.gradients[0][k]).max() < GRAD_TOL_FIRST
+    for a, b in zip(enc.gradients[:n_batches], plain.gradients[:n_batches], strict=True):
+        for k in a:
+            assert np.abs(a[k] - b[k]).max() < GRAD_TOL_EPOCH
+
+
+def test_auc_on_breast_close_to_plain_reference(breast_run) -> None:
+    gx, y, hx, _, te, enc, plain = breast_run
+    a_enc = vlr.auc(y[te], enc.scores(gx[te], {"tax": hx[te]}))
+    a_plain = vlr.auc(y[te], plain.scores(gx[te], {"tax": hx[te]}))
+    assert abs(a_enc - a_plain) < 0.005
+    assert a_enc > 0.95
+    m = vlr.metrics(y[te], enc.scores(gx[te], {"tax": hx[te]}))
+    assert set(m) == {"auc", "ks", "accuracy", "precision", "recall"} and m["accuracy"] > 0.85
+    assert enc.bytes_per_epoch > 0 and enc.bytes_sent["tax->guest"] > 0
+
+
+def test_auc_helper_matches_sklearn() -> None:
+    metrics_mod = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(3)
+    y = (rng.random(500) < 0.4).astype(float)
+    s = np.round(rng.normal(size=500) + y, 1)  # ties
+    assert abs(vlr.auc(y, s) - metrics_mod.roc_auc_score(y, s)) < 1e-12
+
+
+def _one_batch_setup():
+    gx, y, hx = _breast()
+    p = vlr.VlrParams(epochs=1, batch_size=256, seed=3)
+    arb = vlr.Arbiter(p, {"guest": gx.shape[1] + 1, "tax": hx.shape[1]})
+    ctx = arb.public_context()
+    host = vlr.Host("tax", p, hx, ctx)
+    guest = vlr.Guest("guest", p, gx, y, ctx, ["tax"])
+    # move weights away from zero so the residual is not trivial
+    host.w = np.random.default_rng(0).normal(size=host.dim) * 0.3
+    guest.w = np.random.default_rng(1).normal(size=guest.dim) * 0.3
+    return p, arb, host, guest
+
+
+def test_host_ciphertext_decrypts_to_noise_without_mask() -> None:
+    p, arb, host, guest = _one_batch_setup()
+    resid = guest.residual_for_hosts(0, 0, {"tax": host.partial_scores(0, 0)})
+    masked = host.masked_gradient(resid)
+    # what the true (unmasked) slot values are, from the plaintext algorithm
+    _, rows = host._batch_rows(0, 0)
+    z = host.x[rows] @ host.w + guest.x[rows] @ guest.w
+    d = guest.c[rows] / len(rows) * (np.polynomial.polynomial.polyval(z, vlr.sigmoid_poly(p)) - guest.y[rows])
+    true_grad = host.x[rows].T @ d
+    # the key holder decrypts the host's blob: every slot is far from any true value and uncorrelated with it
+    _, _, block, parts = vlr._unpack(masked, vlr._K_MASKED, "test")
+    slots = arb._ctx.decrypt(arb._ctx.ct_from_bytes(parts[0]))
+    assert np.abs(slots).min() > 1.0  # every one of the 4096 slots is masked (true |t| < 0.1)
+    sums = slots.reshape(-1, block).sum(axis=0)[: host.dim]
+    assert np.abs(sums - true_grad).min() > 1e3
+    tiled = np.tile(np.r_[true_grad, np.zeros(block - host.dim)], slots.size // block)
+    assert abs(np.corrcoef(slots, tiled)[0, 1]) < 0.1
+    # with the mask removed by the host, the gradient is exact
+    g = host.apply_unmasked(arb.decrypt_masked("tax", masked))
+    assert np.abs(g - true_grad).max() < GRAD_TOL_FIRST
+
+
+def test_arbiter_only_ever_decrypts_masked_values() -> None:
+    p, arb, host, guest = _one_batch_setup()
+    seen: list[np.ndarray] = []
+    real_decrypt = arb._ctx.decrypt
+
+    def spy(ct):
+        v = real_decrypt(ct)
+        seen.append(v)
+        return v
+
+    arb._ctx.decrypt = spy  # type: ignore[method-assign]
+    scores = {"tax": host.partial_scores(0, 0)}
+    resid = guest.residual_for_hosts(0, 0, scores)
+    host.apply_unmasked(arb.decrypt_masked("tax", host.masked_gradient(resid)))
+    guest.apply_unmasked(arb.decrypt_masked("guest", guest.masked_gradient(0, 0)))
+    assert len(seen) == 2
+    for v in seen:
+        assert np.abs(v).min() > 1.0
+    # the arbiter refuses anything that is not a masked message
+    for blob in (scores["tax"], resid):
+        with pytest.raises(CryptoError):
+            arb.decrypt_masked("tax", blob)
+
+
+def test_scoring_returns_only_final_scores() -> None:
+    gx, y, hx = _breast()
+    p = vlr.VlrParams(epochs=1, batch_size=128, seed=1)
+    res = vlr.run_in_process(gx, y, {"tax": hx}, p)
+    gm = vlr.ModelPart.from_bytes(res.guest_model.to_bytes())
+    hm = vlr.ModelPart.from_bytes(res.host_models["tax"].to_bytes())
+    assert gm.role == "guest" and hm.role == "host" and gm.version == 1
+    assert "weights" in gm.to_json() and len(hm.weights) == hx.shape[1]
+    arb = vlr.Arbiter(p, {})
+    ctx = arb.public_context()
+    hs = vlr.HostScorer(hm, hx[:50], ctx)
+    gs = vlr.GuestScorer(gm, gx[:50], ctx, ["tax"])
+    hblob = hs.partial_scores()
+    assert hm.partial_score(hx[:50]).tobytes() not in hblob  # host sends ciphertext only
+    reply = arb.decrypt_masked("guest", gs.masked_total({"tax": hblob}))
+    scores = gs.scores(reply)
+    expect = gm.partial_score(gx[:50]) + hm.partial_score(hx[:50])
+    assert scores.shape == (50,)
+    assert np.abs(scores - expect).max() < 1e-3
+    # the arbiter's reply is masked: without the guest's mask it says nothing about the scores
+    _, _, _, parts = vlr._unpack(reply, vlr._K_REPLY, "t")
+    assert np.abs(vlr._from_floats(parts[0])[:50] - expect).min() > 1.0
+    s2, sent = vlr.score_in_process(gm, gx[:50], {"tax": hm}, {"tax": hx[:50]})
+    assert np.abs(s2 - expect).max() < 1e-3 and sent["tax->guest"] > 0
+
+
+def test_bad_inputs_give_clear_errors() -> None:
+    gx, y, hx = _breast()
+    p = vlr.VlrParams(epochs=1, batch_size=128)
+    with pytest.raises(ConfigError, match="rows"):
+        vlr.run_in_process(gx, y, {"tax": hx[:-1]}, p)
+    bad = gx.copy()
+    bad[3, 2] = np.nan
+    with pytest.raises(ConfigError, match="NaN"):
+        vlr.run_in_process(bad, y, {"tax": hx}, p)
+    with pytest.raises(ConfigError, match="NaN"):
+        vlr.fit_plain(gx, y, {"tax": np.where(hx > 3, np.inf, hx)}, p)
+    with pytest.raises(ConfigError, match="0/1"):
+        vlr.run_in_process(gx, y * 2, {"tax": hx}, p)
+    with pytest.raises(ConfigError, match="2-D"):
+        vlr.fit_plain(gx[:, 0], y, {"tax": hx}, p)
+    with pytest.raises(ConfigError, match="batch_size"):
+        vlr.VlrParams(batch_size=10_000).validate()
+    with pytest.raises(ConfigError, match="unknown"):
+        vlr.VlrParams.from_json({"epochs": 2, "learning_rat": 0.1})
+    with pytest.raises(ConfigError, match="128-bit"):
+        CkksParams(8192, (60, 60, 40, 40, 40, 60), 40).validate()
+    with pytest.raises(ConfigError, match="features"):
+        vlr.ModelPart("h", "host", 1, "", [0.0], [1.0], 0.0, [0.5], 0.0, {}).partial_score(np.ones((3, 2)))
+    assert vlr.VlrParams.from_json(p.to_json()) == p
+
+
+def test_sigmoid_error_budget_is_documented_value() -> None:
+    # docs/protocols/vertical-lr.md quotes these maxima
+    assert vlr.sigmoid_error(vlr.VlrParams(sigmoid_range=6.0)) < 0.085
+    assert vlr.sigmoid_error(vlr.VlrParams(sigmoid_range=8.0)) < 0.12
