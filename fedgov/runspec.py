@@ -191,6 +191,8 @@ def manifest_for(spec: RunSpec) -> str:
                 for c in p.extra["where"]
             )
             lines.append(f"where = [{conds}]")
+    if spec.kind in ("vertical-lr", "vertical-lr-score"):
+        lines += ["", "[[participants]]", 'node = "arbiter"', 'role = "arbiter"']
     params = {k: v for k, v in spec.parameters.items() if k != "min_cohort"}
     if params:
         lines += ["", "[parameters]"]
@@ -212,6 +214,11 @@ def federation_for(spec: RunSpec, workdir: Path) -> LocalFederation:
             datasets.append(DatasetSpec("eval", ndir / "eval.toml", str(p.eval_data)))
         (ndir / "policy.toml").write_text(_policy_toml(spec, p, [d.name for d in datasets]))
         nodes.append(NodeSpec(p.name, ndir / "policy.toml", datasets))
+    if spec.kind in ("vertical-lr", "vertical-lr-score"):
+        adir = workdir / "profiles" / "arbiter"
+        adir.mkdir(parents=True, exist_ok=True)
+        (adir / "policy.toml").write_text(f'[arbiter]\nkinds = ["{spec.kind}"]\n')
+        nodes.append(NodeSpec("arbiter", adir / "policy.toml", []))
     return LocalFederation(workdir / "federation", nodes)
 
 
@@ -251,8 +258,25 @@ def _summarise_psi(o: Outcome) -> dict[str, Any]:
     return out
 
 
+def _guest(spec: RunSpec) -> str:
+    return next((p.name for p in spec.parties if p.role == "guest"), spec.parties[0].name)
+
+
+def _summarise_vlr(o: Outcome) -> dict[str, Any]:
+    res = o.result.get(_guest(o.spec), {})
+    ev = res.get("eval", {})
+    out = {k: res.get(k) for k in ("intersection_size", "epochs", "best_epoch", "seconds_per_epoch", "join")}
+    out.update({k: ev.get(k) for k in ("auc", "ks", "accuracy", "precision", "recall")})
+    out["eval_rows"] = ev.get("rows")
+    out["bytes_sent_by_guest"] = res.get("bytes_sent_by_guest")
+    return out
+
+
 #: kind -> function turning the finished job into the CLI's JSON fields
-SUMMARISERS: dict[str, Callable[[Outcome], dict[str, Any]]] = {"psi": _summarise_psi}
+SUMMARISERS: dict[str, Callable[[Outcome], dict[str, Any]]] = {
+    "psi": _summarise_psi,
+    "vertical-lr": _summarise_vlr,
+}
 
 
 def run_spec(path: Path, *, out_dir: Path | None = None, workdir: Path | None = None) -> dict[str, Any]:

@@ -183,6 +183,24 @@ class NodeAgent:
             requester=signer.name,
             fields=me.fields,
         )
+        eval_ds = me.extra.get("eval_dataset")
+        if decision.allowed and eval_ds:
+            # a held-out dataset is data too: same fields, same policy test
+            eds = self.config.datasets.get(str(eval_ds))
+            if eds is None:
+                raise FedgovError(f"this node has no dataset '{eval_ds}' (eval_dataset)")
+            missing = [f for f in me.fields if f not in eds.schema.field_names]
+            if missing:
+                raise FedgovError(f"eval dataset '{eval_ds}' has no field(s) {', '.join(missing)}")
+            second = self.config.policy.check(
+                dataset=str(eval_ds),
+                kind=manifest.kind,
+                purpose=manifest.purpose,
+                requester=signer.name,
+                fields=me.fields,
+            )
+            if not second.allowed:
+                return manifest, second
         return manifest, decision
 
     def _decide(self, job_id: str, approve: bool, reason: str, approvers: list[str], digest: str) -> None:
@@ -277,6 +295,16 @@ class NodeAgent:
         self.store.audit(job_id, "output-saved", name=name, rows=table.num_rows, path=str(path))
         return path
 
+    def save_json(self, job_id: str, name: str, obj: object) -> Path:
+        out = self.output_dir(job_id)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"{name}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(obj, sort_keys=True))
+        tmp.replace(path)
+        self.store.audit(job_id, "output-saved", name=name, path=str(path))
+        return path
+
     def _start(self, task: jobs_pb2.Task) -> None:
         if task.job_id in self._running:
             return
@@ -306,12 +334,27 @@ class NodeAgent:
             me = manifest.participant(self.config.name)
             fields = list(me.fields)
 
-            def load(columns: Sequence[str] | None) -> pa.Table:
+            allowed_datasets = {me.dataset, str(me.extra.get("eval_dataset") or me.dataset)}
+
+            def load(columns: Sequence[str] | None, dataset: str | None = None) -> pa.Table:
                 cols = list(columns) if columns is not None else fields
                 outside = [c for c in cols if c not in fields]
                 if outside:
                     raise FedgovError(f"handler asked for undeclared field(s) {', '.join(outside)}")
-                return self._read(me.dataset, cols)
+                ds = dataset or me.dataset
+                if ds not in allowed_datasets:
+                    raise FedgovError(f"handler asked for dataset '{ds}' this task was not approved for")
+                return self._read(ds, cols)
+
+            def save_json(name: str, obj: object) -> str:
+                return str(self.save_json(job_id, name, obj))
+
+            def load_json(other_job: str, name: str) -> object:
+                path = self.output_dir(other_job) / f"{name}.json"
+                try:
+                    return json.loads(path.read_text())
+                except FileNotFoundError:
+                    raise FedgovError(f"no {name} from job {other_job} at this node") from None
 
             def save_output(name: str, table: pa.Table) -> str:
                 return str(self.save_output(job_id, name, table))
@@ -329,7 +372,12 @@ class NodeAgent:
                 abort=abort,
                 load=load,
                 save_output=save_output,
+                save_json=save_json,
+                load_json=load_json,
             )
+            if me.dataset:
+                schema = self.config.datasets[me.dataset].schema
+                ctx.notes["schema_types"] = {f.name: (f.type, tuple(f.values or ())) for f in schema.fields}
             started = time.monotonic()
             result = HANDLERS[manifest.kind](ctx)
             log.info("job %s: my part done in %.2f s", job_id, time.monotonic() - started)

@@ -1,0 +1,1 @@
+"""Node-side handlers, one module per job kind."""

@@ -1,0 +1,101 @@
+"""Node side of the ``psi`` kind, and PSI as a step inside other kinds."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from fedgov.errors import ConfigError
+from fedgov.node.context import TaskContext, id_column
+from fedgov.protocols import psi
+
+
+def guest_and_hosts(ctx: TaskContext) -> tuple[str, list[str]]:
+    """The guest (role ``guest``, else the first data participant) and the hosts."""
+    data = ctx.manifest.data_participants
+    guest = next((p.node for p in data if p.role == "guest"), data[0].node)
+    return guest, [p.node for p in data if p.node != guest]
+
+
+def psi_steps(
+    ctx: TaskContext,
+    ids: Sequence[object],
+    *,
+    guest: str,
+    hosts: Sequence[str],
+    prefix: str = "psi",
+    mode: str = "align",
+    deliver_to: Sequence[str] = (),
+) -> psi.PsiResult | None:
+    """Run ECDH-PSI as this node's role between ``guest`` and ``hosts``.
+
+    Every listed party calls it with the same arguments (but its own ``ids``).
+    The guest learns the (pairwise and global) intersection; hosts in
+    ``deliver_to`` receive the aligned order, others learn nothing. Messages
+    use steps under ``prefix`` so several PSI runs can share one job.
+    Returns this node's result, or ``None`` for a host that is not told.
+    """
+    workers = int(ctx.manifest.parameters.get("psi_workers", 0)) or None
+    if ctx.me == guest:
+        with psi.PsiGuest(ctx.job_id, ids, list(hosts), mode=mode, workers=workers) as g:  # type: ignore[arg-type]
+            chunks = list(g.masked_set())
+            for h in hosts:
+                ctx.channel.send_stream(h, f"{prefix}/guest-set", chunks)
+            del chunks
+            for h in hosts:
+                g.absorb_reply(h, ctx.channel.recv_stream(h, f"{prefix}/reply"))
+                g.absorb_host_set(h, ctx.channel.recv_stream(h, f"{prefix}/host-set"))
+            result, messages = g.finish([h for h in deliver_to if h in hosts])
+        for h, msg in messages.items():
+            ctx.channel.send(h, f"{prefix}/result", msg)
+        return result
+    shuffle_key = None
+    if mode == "cardinality" and len(hosts) > 1:
+        # hosts share one secret permutation key the guest never sees
+        first = sorted(hosts)[0]
+        if ctx.me == first:
+            shuffle_key = os.urandom(32)
+            for h in hosts:
+                if h != first:
+                    ctx.channel.send(h, f"{prefix}/shuffle-key", shuffle_key)
+        else:
+            shuffle_key = ctx.channel.recv(first, f"{prefix}/shuffle-key")
+    with psi.PsiHost(ctx.job_id, ids, mode=mode, workers=workers, shuffle_key=shuffle_key) as host:  # type: ignore[arg-type]
+        ctx.channel.send_stream(
+            guest, f"{prefix}/reply", host.remask(ctx.channel.recv_stream(guest, f"{prefix}/guest-set"))
+        )
+        ctx.channel.send_stream(guest, f"{prefix}/host-set", host.masked_set())
+        msg = ctx.channel.recv(guest, f"{prefix}/result") if ctx.me in deliver_to else None
+        return host.finish(msg)
+
+
+def run_psi(ctx: TaskContext) -> dict[str, Any]:
+    """The ``psi`` job kind: align (or just count) the participants' IDs.
+
+    Parameters: ``mode = "align" | "cardinality"``. Hosts named in
+    ``[results] recipients`` receive the aligned order; each party that learns
+    it keeps it in its private output area (never sent to the requester).
+    The requester receives only the intersection size.
+    """
+    mode = str(ctx.manifest.parameters.get("mode", "align"))
+    if mode not in ("align", "cardinality"):
+        raise ConfigError(f"psi mode must be 'align' or 'cardinality', got '{mode}'", where="parameters")
+    deliver = [r for r in ctx.manifest.recipients if r in ctx.manifest.nodes]
+    id_col = id_column(ctx)
+    guest, hosts = guest_and_hosts(ctx)
+    ids = ctx.load([id_col]).column(id_col).to_pylist()
+    result = psi_steps(ctx, ids, guest=guest, hosts=hosts, mode=mode, deliver_to=deliver)
+    if result is None:
+        return {}
+    out: dict[str, Any] = {}
+    if result.role == "guest":
+        out = {"intersection_size": result.size, "mode": mode, "pairwise_sizes": dict(result.pairwise_sizes)}
+    if mode == "align" and result.ids is not None:
+        ctx.save_output(
+            "aligned_ids",
+            pa.table({"position": list(range(len(result.ids))), id_col: result.ids, "row": result.rows}),
+        )
+    return out
