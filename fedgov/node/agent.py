@@ -375,6 +375,7 @@ class NodeAgent:
                 save_json=save_json,
                 load_json=load_json,
             )
+            ctx.notes["state_dir"] = str(self.config.state_dir)
             if me.dataset:
                 schema = self.config.datasets[me.dataset].schema
                 ctx.notes["schema_types"] = {f.name: (f.type, tuple(f.values or ())) for f in schema.fields}
