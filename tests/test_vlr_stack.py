@@ -1,0 +1,130 @@
+"""Vertical LR through the real stack: guest, host and arbiter node processes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedgov.protocols import vertical_lr as vlr
+from fedgov.runspec import federation_for, load_spec, manifest_for, run_spec
+
+pytestmark = pytest.mark.slow
+
+FATE = Path(__file__).resolve().parents[2] / "shared" / "data" / "fate"
+if not FATE.exists():
+    FATE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fate"
+
+
+def _spec(tmp: Path, *, epochs: int = 5, extra: str = "") -> Path:
+    if not (FATE / "breast_hetero_guest.csv").exists():
+        pytest.skip("FATE benchmark data not found")
+    spec = tmp / "spec.toml"
+    spec.write_text(
+        f'[job]\nkind = "vertical-lr"\npurpose = "test"\nepochs = {epochs}\nlearning_rate = 0.1\nseed = 3\n{extra}'
+        f'[[parties]]\nname = "guest"\nrole = "guest"\ndata = "{FATE}/breast_hetero_guest.csv"\n'
+        f'eval_data = "{FATE}/breast_hetero_guest.csv"\nid = "id"\nlabel = "y"\n'
+        f'[[parties]]\nname = "host"\nrole = "host"\ndata = "{FATE}/breast_hetero_host.csv"\n'
+        f'eval_data = "{FATE}/breast_hetero_host.csv"\nid = "id"\n'
+    )
+    return spec
+
+
+def _load(path: Path) -> tuple[list[str], np.ndarray]:
+    with path.open() as fh:
+        rows = list(csv.reader(fh))
+    return rows[0], np.array(rows[1:], dtype=np.float64)
+
+
+def test_breast_matches_the_plaintext_algorithm(tmp_path: Path) -> None:
+    summary = run_spec(_spec(tmp_path))
+    gh, g = _load(FATE / "breast_hetero_guest.csv")
+    hh, h = _load(FATE / "breast_hetero_host.csv")
+    order = {v: i for i, v in enumerate(h[:, 0])}
+    h = h[[order[v] for v in g[:, 0]]]
+    params = vlr.VlrParams(epochs=5, learning_rate=0.1, seed=3)
+    plain = vlr.fit_plain(g[:, 2:], g[:, 1], {"host": h[:, 1:]}, params)
+    auc_plain = vlr.auc(g[:, 1], plain.scores(g[:, 2:], {"host": h[:, 1:]}))
+    assert summary["intersection_size"] == 569 and summary["epochs"] == 5
+    assert abs(summary["auc"] - auc_plain) < 0.01, (summary["auc"], auc_plain)
+    assert summary["auc"] > 0.95
+
+
+def _wait_state(client, job_id: str, states: tuple[str, ...], timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        st = client.status(job_id)
+        if st.state in states:
+            return st.state
+        assert time.monotonic() < deadline, st
+        time.sleep(0.2)
+
+
+def test_forbidden_host_field_is_refused_before_any_computation(tmp_path: Path) -> None:
+    spec = load_spec(_spec(tmp_path))
+    fed = federation_for(spec, tmp_path / "w")
+    host = next(n for n in fed.nodes if n.name == "host")
+    policy = host.policy.read_text().replace('"x19"]', "]").replace('"x19", ', "")
+    host.policy.write_text(policy)
+    with fed:
+        with fed.client() as c:
+            job = c.submit(manifest_for(spec))
+            st = c.wait(job.job_id, timeout=60)
+        assert st.state == "rejected"
+        assert "host" in st.reason and "x19" in st.reason and "may not be used" in st.reason
+        audit = subprocess.run(
+            [sys.executable, "-m", "fedgov", "node", "audit", "--json", "--job", job.job_id,
+             "--config", str(fed.workdir / "nodes" / "guest" / "node.toml")],
+            capture_output=True, text=True, check=True,
+        )
+        entries = json.loads(audit.stdout.splitlines()[-1])["entries"]
+        assert not [e for e in entries if e["action"] == "relay-send"]  # nothing left the guest
+
+
+def test_host_vanishing_mid_training_fails_the_job(tmp_path: Path) -> None:
+    spec = load_spec(_spec(tmp_path, epochs=400))
+    fed = federation_for(spec, tmp_path / "w")
+    fed.node_timeout = 6
+    with fed:
+        with fed.client() as c:
+            job = c.submit(manifest_for(spec))
+            _wait_state(c, job.job_id, ("running",))
+            time.sleep(4)  # well into training
+            fed.kill("host", signal.SIGKILL)
+            st = c.wait(job.job_id, timeout=60)
+        assert st.state == "failed"
+        assert "node 'host' stopped responding" in st.reason
+
+
+def test_scoring_with_a_stored_model(tmp_path: Path) -> None:
+    spec = load_spec(_spec(tmp_path, epochs=2))
+    fed = federation_for(spec, tmp_path / "w")
+    for n in fed.nodes:  # the same nodes may also score
+        text = n.policy.read_text().replace('kinds = ["vertical-lr"]', 'kinds = ["vertical-lr", "vertical-lr-score"]')
+        n.policy.write_text(text)
+    with fed:
+        with fed.client() as c:
+            train = c.wait(c.submit(manifest_for(spec)).job_id, timeout=120)
+            assert train.state == "succeeded", train.reason
+            score_manifest = manifest_for(spec).replace('kind = "vertical-lr"', 'kind = "vertical-lr-score"')
+            score_manifest = score_manifest.replace("[parameters]", f'[parameters]\nmodel = "{train.job_id}"')
+            score_manifest = "\n".join(
+                line for line in score_manifest.splitlines()
+                if not line.startswith(("epochs", "learning_rate", "seed", "eval_dataset"))
+            )
+            job = c.submit(score_manifest)
+            st = c.wait(job.job_id, timeout=120)
+            assert st.state == "succeeded", st.reason
+            assert c.result(job.job_id) == {"guest": {"scored": 569, "model_version": train.job_id}}
+        scores = fed.workdir / "state" / "guest" / "outputs" / job.job_id / "scores.csv"
+        with scores.open() as fh:
+            rows = list(csv.DictReader(fh))
+        assert len(rows) == 569 and {"id", "score", "probability"} <= set(rows[0])
+        assert not (fed.workdir / "state" / "host" / "outputs" / job.job_id / "scores.csv").exists()
