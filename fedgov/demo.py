@@ -19,11 +19,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fedgov.errors import ConfigError, FedgovError
 from fedgov.runner import DatasetSpec, LocalFederation, NodeSpec
 from fedgov.scenarios.social_assistance import generate
 
 DEPARTMENTS = ("civil_affairs", "tax", "hrss", "housing", "vehicles", "medical")
+#: the data-less key holder for training jobs (runs at the big-data bureau)
+ARBITER = "arbiter"
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = REPO / "nodes"
 DATA_PREFIX = (REPO / "data" / "social_assistance").resolve()
@@ -48,7 +52,7 @@ def node_specs(data_dir: Path) -> list[NodeSpec]:
     if not PROFILES.is_dir():
         raise ConfigError(f"reference node profiles not found at {PROFILES}; run from a source checkout")
     specs = []
-    for dept in DEPARTMENTS:
+    for dept in (*DEPARTMENTS, ARBITER):
         base = PROFILES / dept
         doc = tomllib.loads((base / "node.toml").read_text())
         datasets = [
@@ -157,6 +161,77 @@ role = "{'guest' if node == 'civil_affairs' else 'host'}"
     )
 )
 
+GUEST_FEATURES = ["district", "household_size", "declared_monthly_income", "has_disabled_member", "has_elderly_member"]
+HOST_FEATURES = {
+    "tax": ("income", ["annual_income", "employer_count"]),
+    "hrss": ("insurance", ["wage_base_monthly", "pension_monthly", "months_contributed"]),
+    "housing": ("property", ["property_count", "total_floor_area_m2", "assessed_value_cny"]),
+    "vehicles": ("vehicles", ["vehicle_count", "newest_vehicle_value_cny"]),
+    "medical": ("claims", ["annual_oop_expense_cny"]),
+}
+MODEL_PARAMS = {"join": "left", "epochs": 30, "learning_rate": 0.1, "l2": 0.001, "seed": 11, "precision_bits": 11}
+
+MODEL_MANIFEST = (
+    """
+[job]
+kind = "vertical-lr"
+purpose = "social-assistance-eligibility"
+description = "Eligibility model: civil affairs' labels, five departments' features, nobody's records exposed"
+
+[[participants]]
+node = "civil_affairs"
+role = "guest"
+dataset = "applications"
+eval_dataset = "applications_holdout"
+id = "resident_id"
+label = "eligible"
+"""
+    + f"fields = {json.dumps(['resident_id', 'eligible', *GUEST_FEATURES])}\n"
+    + "".join(
+        f"""
+[[participants]]
+node = "{node}"
+role = "host"
+dataset = "{ds}"
+eval_dataset = "{ds}"
+id = "resident_id"
+fields = {json.dumps(["resident_id", *fields])}
+"""
+        for node, (ds, fields) in HOST_FEATURES.items()
+    )
+    + f"""
+[[participants]]
+node = "{ARBITER}"
+role = "arbiter"
+
+[parameters]
+"""
+    + "".join(f"{k} = {json.dumps(v)}\n" for k, v in MODEL_PARAMS.items())
+)
+
+
+def civil_affairs_alone(data_dir: Path) -> float:
+    """AUC civil affairs reaches with its own data only (same algorithm, same split)."""
+    from fedgov.datasources import read_dataset
+    from fedgov.node.kinds.vertical_lr import feature_matrix
+    from fedgov.protocols import vertical_lr as vlr
+    from fedgov.schema import load_schema
+
+    base = PROFILES / "civil_affairs"
+    types: dict[str, tuple[str, tuple]] = {}
+    mats = []
+    for name in ("applications", "applications_holdout"):
+        schema = load_schema(base / "schemas" / f"{name}.toml")
+        types = {f.name: (f.type, tuple(f.values or ())) for f in schema.fields}
+        table = read_dataset(str(data_dir / "civil_affairs" / f"{name}.csv"), schema, base_dir=data_dir)
+        x, _ = feature_matrix(table, GUEST_FEATURES, types)
+        y = np.array(table.column("eligible").to_pylist(), dtype=float)
+        mats.append((x, y))
+    params = vlr.VlrParams(**{k: v for k, v in MODEL_PARAMS.items() if k not in ("join", "precision_bits")})
+    model = vlr.fit_plain(mats[0][0], mats[0][1], {}, params)
+    return vlr.auc(mats[1][1], model.scores(mats[1][0], {}))
+
+
 FORBIDDEN_MANIFEST = """
 [job]
 kind = "cohort-count"
@@ -237,7 +312,7 @@ def run_demo(*, keep: Path | None = None, households: int = 6000, quiet: bool = 
         fed = LocalFederation(root / "federation", node_specs(data_dir), approvers={"medical": MEDICAL_APPROVERS})
         with fed:
             story.say(
-                f"2. Coordinator and {len(fed.nodes)} department nodes started as separate processes; "
+                f"2. Coordinator, {len(DEPARTMENTS)} department nodes and an arbiter started as separate processes; "
                 f"every link is mutual TLS (coordinator at {fed.address}). Nodes dial out; none listens."
             )
             with fed.client("analyst") as c:
@@ -273,12 +348,35 @@ def run_demo(*, keep: Path | None = None, households: int = 6000, quiet: bool = 
             for node, n in sorted(pres["pairwise_sizes"].items()):
                 story.say(f"   applicants known to {node:<9} {n:>6}")
             story.say(f"   known to all six departments: {pres['intersection_size']}")
+            story.say("7. The eligibility model: civil affairs' past verification outcomes (labels) with five")
+            story.say("   departments' facts, trained under homomorphic encryption (CKKS); each party keeps its")
+            story.say("   own weights, the arbiter only ever decrypts masked numbers. Medical signs again:")
+            model = _submit(fed, MODEL_MANIFEST, _approve_when_pending(fed, "medical", MEDICAL_APPROVERS, story))
+            if model["job"]["state"] != "succeeded":
+                raise FedgovError(f"model job {model['job']['state']}: {model['job']['reason']}")
+            mres = model["result"]["civil_affairs"]
+            auc_alone = civil_affairs_alone(data_dir)
+            story.say(
+                f"   AUC on this year's held-out applications: joint model {mres['eval']['auc']:.3f}, "
+                f"civil affairs' data alone {auc_alone:.3f}"
+            )
+            story.say(
+                f"   ({mres['epochs']} epochs, {mres['seconds_per_epoch']:.2f} s each; recall of eligible "
+                f"households {mres['eval']['recall']:.0%} at 0.5)"
+            )
             refused = _submit(fed, FORBIDDEN_MANIFEST)
-            story.say(f"7. A request for a field civil affairs does not share is {refused['job']['state']}:")
+            story.say(f"8. A request for a field civil affairs does not share is {refused['job']['state']}:")
             story.say(f"   {refused['job']['reason']}")
             summary: dict[str, Any] = {
                 "ok": True,
-                "nodes": len(fed.nodes),
+                "nodes": len([n for n in fed.nodes if n.name in DEPARTMENTS]),
+                "model": {
+                    "auc_joint": round(mres["eval"]["auc"], 4),
+                    "auc_civil_affairs_only": round(auc_alone, 4),
+                    "eval_rows": mres["eval"]["rows"],
+                    "epochs": mres["epochs"],
+                    "seconds_per_epoch": mres["seconds_per_epoch"],
+                },
                 "world": {k: world[k] for k in ("households", "persons", "applicants") if k in world},
                 "catalog": {n["name"]: {d["name"]: d["rows"] for d in n["datasets"]} for n in catalog},
                 "cohort_count": res,

@@ -24,6 +24,8 @@ def test_demo_json_runs_end_to_end() -> None:
     assert all(isinstance(v, int) and v >= 11 for v in counts.values())
     assert summary["small_cell"]["suppressed"] == ["civil_affairs"]
     assert summary["refused"]["state"] == "rejected" and "birth_date" in summary["refused"]["reason"]
+    model = summary["model"]
+    assert model["auc_joint"] > model["auc_civil_affairs_only"] + 0.1 > 0.6
     psi = summary["psi"]
     assert set(psi["pairwise_sizes"]) == {"tax", "hrss", "housing", "vehicles", "medical"}
     assert 0 < psi["intersection_size"] <= min(psi["pairwise_sizes"].values())

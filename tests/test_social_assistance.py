@@ -55,7 +55,9 @@ def test_summary(world: tuple[Path, dict]) -> None:
     assert 800 < s["applicants"] < 3000
     assert 0.2 < s["eligible_rate"] < 0.6
     for dataset, n in s["rows"].items():
-        assert n > 500, dataset
+        assert n > 500 or (dataset.endswith("_holdout") and n > 300), dataset
+    rows = s["rows"]
+    assert 0.15 < rows["civil_affairs.applications_holdout"] / (rows["civil_affairs.applications"] + rows["civil_affairs.applications_holdout"]) < 0.35
     for dataset, counts in s["defects"].items():
         assert counts.get("duplicate_rows", 0) > 0, dataset
     assert s["defects"]["civil_affairs.applications"]["under_declared_income"] > 100

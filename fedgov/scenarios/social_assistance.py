@@ -43,6 +43,7 @@ the person.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from fedgov import idcard
 from fedgov.errors import ConfigError
 from fedgov.idcard import check_char
 
@@ -92,7 +94,11 @@ _OTHER_REGIONS = ("150202", "150203", "150602", "152601", "140105", "130102", "6
 
 #: Dataset name → path under the output directory (fixed: other code relies on it).
 DATASETS: dict[str, dict[str, str]] = {
-    "civil_affairs": {"applications": "civil_affairs/applications.csv"},
+    "civil_affairs": {
+        "applications": "civil_affairs/applications.csv",
+        # this year's applications, verified later: the held-out set for models
+        "applications_holdout": "civil_affairs/applications_holdout.csv",
+    },
     "tax": {"income": "tax/income.csv"},
     "hrss": {"insurance": "hrss/insurance.csv"},
     "housing": {"property": "housing/property.db"},
@@ -392,7 +398,12 @@ def generate(out_dir: Path, *, seed: int = 7, households: int = 6000) -> dict[st
     defects.add(ds, "re_entered_application", k)
     app = pa.concat_tables([app, again])
     app = defects.duplicates(ds, app, 0.025)
-    _write_csv(app, out / DATASETS["civil_affairs"]["applications"])
+    # a quarter of the applicants (by a hash of the ID, so re-entries stay
+    # together) form the held-out set that models are evaluated on
+    norm_ids = [idcard.normalize(str(v)) if v else "" for v in app.column("resident_id").to_pylist()]
+    holdout = np.array([hashlib.sha256(v.encode()).digest()[0] % 4 == 0 for v in norm_ids], dtype=bool)
+    _write_csv(app.filter(pa.array(~holdout)), out / DATASETS["civil_affairs"]["applications"])
+    _write_csv(app.filter(pa.array(holdout)), out / DATASETS["civil_affairs"]["applications_holdout"])
 
     # ---- tax
     has_tax = tax_known > 0
@@ -532,7 +543,8 @@ def generate(out_dir: Path, *, seed: int = 7, households: int = 6000) -> dict[st
         "households": H,
         "persons": n,
         "rows": {
-            "civil_affairs.applications": app.num_rows,
+            "civil_affairs.applications": int((~holdout).sum()),
+            "civil_affairs.applications_holdout": int(holdout.sum()),
             "tax.income": tax.num_rows,
             "hrss.insurance": hrss.num_rows,
             "housing.property": house.num_rows,
