@@ -24,6 +24,12 @@ import numpy as np
 from fedgov.errors import ConfigError, FedgovError
 from fedgov.runner import DatasetSpec, LocalFederation, NodeSpec
 from fedgov.scenarios.social_assistance import generate
+from fedgov.scenarios.social_assistance_jobs import (
+    decisions_changed,
+    eligibility_manifest,
+    stats_lines,
+    stats_manifest,
+)
 
 DEPARTMENTS = ("civil_affairs", "tax", "hrss", "housing", "vehicles", "medical")
 #: the data-less key holder for training jobs (runs at the big-data bureau)
@@ -42,7 +48,9 @@ def _remap(source: str, base: Path, data_dir: Path) -> str:
     try:
         rel = path.relative_to(DATA_PREFIX)
     except ValueError:
-        raise ConfigError(f"profile data path {source} is outside data/social_assistance", where=str(base)) from None
+        raise ConfigError(
+            f"profile data path {source} is outside data/social_assistance", where=str(base)
+        ) from None
     new = str(data_dir / rel)
     return f"sqlite:///{new}" if sql else new
 
@@ -149,7 +157,7 @@ node = "{node}"
 dataset = "{dataset}"
 fields = ["resident_id"]
 id = "resident_id"
-role = "{'guest' if node == 'civil_affairs' else 'host'}"
+role = "{"guest" if node == "civil_affairs" else "host"}"
 """
     for node, dataset in (
         ("civil_affairs", "applications"),
@@ -161,7 +169,13 @@ role = "{'guest' if node == 'civil_affairs' else 'host'}"
     )
 )
 
-GUEST_FEATURES = ["district", "household_size", "declared_monthly_income", "has_disabled_member", "has_elderly_member"]
+GUEST_FEATURES = [
+    "district",
+    "household_size",
+    "declared_monthly_income",
+    "has_disabled_member",
+    "has_elderly_member",
+]
 HOST_FEATURES = {
     "tax": ("income", ["annual_income", "employer_count"]),
     "hrss": ("insurance", ["wage_base_monthly", "pension_monthly", "months_contributed"]),
@@ -169,7 +183,14 @@ HOST_FEATURES = {
     "vehicles": ("vehicles", ["vehicle_count", "newest_vehicle_value_cny"]),
     "medical": ("claims", ["annual_oop_expense_cny"]),
 }
-MODEL_PARAMS = {"join": "left", "epochs": 30, "learning_rate": 0.1, "l2": 0.001, "seed": 11, "precision_bits": 11}
+MODEL_PARAMS = {
+    "join": "left",
+    "epochs": 30,
+    "learning_rate": 0.1,
+    "l2": 0.001,
+    "seed": 11,
+    "precision_bits": 11,
+}
 
 MODEL_MANIFEST = (
     """
@@ -257,7 +278,9 @@ class Story:
             print(text, flush=True)
 
 
-def _approve_when_pending(fed: LocalFederation, dept: str, approvers: list[str], story: Story) -> Callable[[str], None]:
+def _approve_when_pending(
+    fed: LocalFederation, dept: str, approvers: list[str], story: Story
+) -> Callable[[str], None]:
     cfg = fed.workdir / "nodes" / dept / "node.toml"
 
     def approve(job_id: str) -> None:
@@ -265,7 +288,9 @@ def _approve_when_pending(fed: LocalFederation, dept: str, approvers: list[str],
         while True:
             out = subprocess.run(
                 [sys.executable, "-m", "fedgov", "node", "pending", "--json", "--config", str(cfg)],
-                capture_output=True, text=True, timeout=60,
+                capture_output=True,
+                text=True,
+                timeout=60,
             )
             if out.returncode == 0 and any(r["job_id"] == job_id for r in json.loads(out.stdout or "[]")):
                 break
@@ -274,9 +299,23 @@ def _approve_when_pending(fed: LocalFederation, dept: str, approvers: list[str],
             time.sleep(0.3)
         for name in approvers:
             r = subprocess.run(
-                [sys.executable, "-m", "fedgov", "node", "approve", job_id, "--config", str(cfg),
-                 "--kit", str(fed.kits / name), "--reason", "reviewed: aggregate counts only"],
-                capture_output=True, text=True, timeout=60,
+                [
+                    sys.executable,
+                    "-m",
+                    "fedgov",
+                    "node",
+                    "approve",
+                    job_id,
+                    "--config",
+                    str(cfg),
+                    "--kit",
+                    str(fed.kits / name),
+                    "--reason",
+                    "reviewed: aggregate counts only",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
             )
             if r.returncode != 0:
                 raise FedgovError(f"approval by {name} failed: {r.stderr.strip()}")
@@ -285,7 +324,9 @@ def _approve_when_pending(fed: LocalFederation, dept: str, approvers: list[str],
     return approve
 
 
-def _submit(fed: LocalFederation, manifest: str, approve: Callable[[str], None] | None = None) -> dict[str, Any]:
+def _submit(
+    fed: LocalFederation, manifest: str, approve: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     with fed.client("analyst") as c:
         job = c.submit(manifest)
         if approve is not None:
@@ -309,7 +350,9 @@ def run_demo(*, keep: Path | None = None, households: int = 6000, quiet: bool = 
             f"1. A synthetic city: {world['households']} households, {world['persons']} residents, "
             f"{world['applicants']} assistance applications."
         )
-        fed = LocalFederation(root / "federation", node_specs(data_dir), approvers={"medical": MEDICAL_APPROVERS})
+        fed = LocalFederation(
+            root / "federation", node_specs(data_dir), approvers={"medical": MEDICAL_APPROVERS}
+        )
         with fed:
             story.say(
                 f"2. Coordinator, {len(DEPARTMENTS)} department nodes and an arbiter started as separate processes; "
@@ -320,12 +363,22 @@ def run_demo(*, keep: Path | None = None, households: int = 6000, quiet: bool = 
             story.say("3. The catalogue holds metadata only — schemas and row counts, never records:")
             for n in catalog:
                 for d in n["datasets"]:
-                    story.say(f"   {n['name']:<14} {d['name']:<13} {d['rows']:>7} rows  ({len(d['fields'])} fields)")
+                    story.say(
+                        f"   {n['name']:<14} {d['name']:<13} {d['rows']:>7} rows  ({len(d['fields'])} fields)"
+                    )
 
-            story.say("4. A joint count, each department filtering its own records: eligible past applicants,")
-            story.say("   low taxable income, pensioners, multi-property owners, costly cars, chronic illness.")
-            story.say("   Medical insurance requires two approvers (dual-post review); both sign at their node:")
-            counts = _submit(fed, COUNT_MANIFEST, _approve_when_pending(fed, "medical", MEDICAL_APPROVERS, story))
+            story.say(
+                "4. A joint count, each department filtering its own records: eligible past applicants,"
+            )
+            story.say(
+                "   low taxable income, pensioners, multi-property owners, costly cars, chronic illness."
+            )
+            story.say(
+                "   Medical insurance requires two approvers (dual-post review); both sign at their node:"
+            )
+            counts = _submit(
+                fed, COUNT_MANIFEST, _approve_when_pending(fed, "medical", MEDICAL_APPROVERS, story)
+            )
             if counts["job"]["state"] != "succeeded":
                 raise FedgovError(f"count job {counts['job']['state']}: {counts['job']['reason']}")
             res = counts["result"]["civil_affairs"]
@@ -336,22 +389,35 @@ def run_demo(*, keep: Path | None = None, households: int = 6000, quiet: bool = 
             sres = small.get("result", {}).get("civil_affairs", {})
             story.say(
                 "5. A tiny cohort (large Wuchuan households with a disabled member): "
-                + ("suppressed by civil affairs' policy (fewer than 11 people)." if sres.get("suppressed")
-                   else f"{sres.get('total_released')} households (large enough to release).")
+                + (
+                    "suppressed by civil affairs' policy (fewer than 11 people)."
+                    if sres.get("suppressed")
+                    else f"{sres.get('total_released')} households (large enough to release)."
+                )
             )
-            story.say("6. Private set intersection: civil affairs aligns its applicants with every department;")
+            story.say(
+                "6. Private set intersection: civil affairs aligns its applicants with every department;"
+            )
             story.say("   no department learns anyone outside the overlap. Medical's approvers sign again:")
-            aligned = _submit(fed, PSI_MANIFEST, _approve_when_pending(fed, "medical", MEDICAL_APPROVERS, story))
+            aligned = _submit(
+                fed, PSI_MANIFEST, _approve_when_pending(fed, "medical", MEDICAL_APPROVERS, story)
+            )
             if aligned["job"]["state"] != "succeeded":
                 raise FedgovError(f"PSI job {aligned['job']['state']}: {aligned['job']['reason']}")
             pres = aligned["result"]["civil_affairs"]
             for node, n in sorted(pres["pairwise_sizes"].items()):
                 story.say(f"   applicants known to {node:<9} {n:>6}")
             story.say(f"   known to all six departments: {pres['intersection_size']}")
-            story.say("7. The eligibility model: civil affairs' past verification outcomes (labels) with five")
-            story.say("   departments' facts, trained under homomorphic encryption (CKKS); each party keeps its")
+            story.say(
+                "7. The eligibility model: civil affairs' past verification outcomes (labels) with five"
+            )
+            story.say(
+                "   departments' facts, trained under homomorphic encryption (CKKS); each party keeps its"
+            )
             story.say("   own weights, the arbiter only ever decrypts masked numbers. Medical signs again:")
-            model = _submit(fed, MODEL_MANIFEST, _approve_when_pending(fed, "medical", MEDICAL_APPROVERS, story))
+            model = _submit(
+                fed, MODEL_MANIFEST, _approve_when_pending(fed, "medical", MEDICAL_APPROVERS, story)
+            )
             if model["job"]["state"] != "succeeded":
                 raise FedgovError(f"model job {model['job']['state']}: {model['job']['reason']}")
             mres = model["result"]["civil_affairs"]
@@ -364,8 +430,42 @@ def run_demo(*, keep: Path | None = None, households: int = 6000, quiet: bool = 
                 f"   ({mres['epochs']} epochs, {mres['seconds_per_epoch']:.2f} s each; recall of eligible "
                 f"households {mres['eval']['recall']:.0%} at 0.5)"
             )
+            story.say("8. A statistical question across departments, computed under homomorphic encryption:")
+            story.say(
+                "   average pension (HRSS) of applicants rejected in past verification (civil affairs),"
+            )
+            story.say(
+                "   by district. HRSS holds the key, checks every cell itself and suppresses small ones:"
+            )
+            stats = _submit(fed, stats_manifest())
+            if stats["job"]["state"] != "succeeded":
+                raise FedgovError(f"statistics job {stats['job']['state']}: {stats['job']['reason']}")
+            for line in stats_lines(stats["result"]):
+                story.say(f"   {line}")
+            story.say(
+                "9. A private eligibility check of the applicants: income, floor-area, property and vehicle"
+            )
+            story.say(
+                "   rules over five departments, compared on blinded ciphertexts; civil affairs learns only"
+            )
+            story.say("   eligible / not eligible and which rule failed. Medical signs again:")
+            check = _submit(
+                fed, eligibility_manifest(), _approve_when_pending(fed, "medical", MEDICAL_APPROVERS, story)
+            )
+            if check["job"]["state"] != "succeeded":
+                raise FedgovError(f"eligibility job {check['job']['state']}: {check['job']['reason']}")
+            cres = check["result"]["civil_affairs"]
+            changed = decisions_changed(check["result"])
+            story.say(
+                f"   {cres['applicants']} applicants: {cres['eligible']} eligible, {cres['not_eligible']} not;"
+            )
+            story.say(
+                f"   {changed} decisions differ from civil affairs' declared income alone "
+                f"({cres['compared_with_baseline']['now_not_eligible']} now not eligible, "
+                f"{cres['compared_with_baseline']['now_eligible']} now eligible)"
+            )
             refused = _submit(fed, FORBIDDEN_MANIFEST)
-            story.say(f"8. A request for a field civil affairs does not share is {refused['job']['state']}:")
+            story.say(f"10. A request for a field civil affairs does not share is {refused['job']['state']}:")
             story.say(f"   {refused['job']['reason']}")
             summary: dict[str, Any] = {
                 "ok": True,
@@ -381,7 +481,18 @@ def run_demo(*, keep: Path | None = None, households: int = 6000, quiet: bool = 
                 "catalog": {n["name"]: {d["name"]: d["rows"] for d in n["datasets"]} for n in catalog},
                 "cohort_count": res,
                 "small_cell": sres,
-                "psi": {"pairwise_sizes": pres["pairwise_sizes"], "intersection_size": pres["intersection_size"]},
+                "he_stats": {
+                    "cells": stats["result"]["hrss"]["cells"],
+                    "suppressed": sorted(stats["result"]["hrss"]["suppressed"]),
+                },
+                "eligibility": {
+                    **{k: cres[k] for k in ("applicants", "eligible", "not_eligible", "failed_by_rule")},
+                    "decisions_changed_vs_declared_income": changed,
+                },
+                "psi": {
+                    "pairwise_sizes": pres["pairwise_sizes"],
+                    "intersection_size": pres["intersection_size"],
+                },
                 "refused": {"state": refused["job"]["state"], "reason": refused["job"]["reason"]},
             }
         if refused["job"]["state"] != "rejected":

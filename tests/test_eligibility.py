@@ -24,7 +24,7 @@ RULES = ROOT / "examples" / "social_assistance" / "eligibility_rules.toml"
 def load(out: Path, dept: str):
     node_dir = ROOT / "nodes" / dept
     cfg = tomllib.loads((node_dir / "node.toml").read_text())
-    (ds,) = cfg["datasets"]
+    ds = cfg["datasets"][0]  # the primary dataset (civil affairs also has a holdout)
     rel = DATASETS[dept][ds["name"]]
     src = f"sqlite:///{out / rel}" if ds["source"].startswith("sqlite:") else str(out / rel)
     return read_dataset(src, load_schema(node_dir / ds["schema"]), base_dir=node_dir,

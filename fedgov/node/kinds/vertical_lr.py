@@ -95,7 +95,7 @@ def _order_key(job_id: str, tag: str) -> bytes:
     return hashlib.sha256(f"fedgov/v1 vlr-order\0{job_id}\0{tag}".encode()).digest()
 
 
-def _align(
+def align(
     ctx: TaskContext, *, tag: str, dataset: str, guest: str, hosts: list[str], join: str
 ) -> tuple[pa.Table, np.ndarray, int]:
     """Align this party's rows with the guest; returns (table, slot per row or -1, N).
@@ -243,7 +243,7 @@ def run_vertical_lr(ctx: TaskContext) -> dict[str, Any]:
         return _arbiter(ctx, params, guest, hosts, training=True)
     is_guest = ctx.me == guest
     me = ctx.participant
-    table, slot, n = _align(ctx, tag="train", dataset=me.dataset, guest=guest, hosts=hosts, join=join)
+    table, slot, n = align(ctx, tag="train", dataset=me.dataset, guest=guest, hosts=hosts, join=join)
     x, y, names = _party_matrix(ctx, table, slot, n, join=join, is_guest=is_guest)
     train_rows, _ = vlr.split_rows(n, params)
     n_batches = len(vlr.batches_for(len(train_rows), params))
@@ -306,7 +306,7 @@ def run_vertical_lr(ctx: TaskContext) -> dict[str, Any]:
         eval_ds = str(me.extra.get("eval_dataset") or "")
         if not eval_ds:
             raise ConfigError("the guest names eval_dataset, so every data party must", where=ctx.job_id)
-        et, eslot, en = _align(ctx, tag="eval", dataset=eval_ds, guest=guest, hosts=hosts, join=join)
+        et, eslot, en = align(ctx, tag="eval", dataset=eval_ds, guest=guest, hosts=hosts, join=join)
         ex, ey, _ = _party_matrix(ctx, et, eslot, en, join=join, is_guest=is_guest)
         scores = _score_rows(ctx, model, ex, public, guest, hosts, arbiter)
         if is_guest and scores is not None and ey is not None:
@@ -337,7 +337,7 @@ def run_vertical_lr_score(ctx: TaskContext) -> dict[str, Any]:
     join = str(stored.get("join", "inner"))
     is_guest = ctx.me == guest
     me = ctx.participant
-    table, slot, n = _align(ctx, tag="score", dataset=me.dataset, guest=guest, hosts=hosts, join=join)
+    table, slot, n = align(ctx, tag="score", dataset=me.dataset, guest=guest, hosts=hosts, join=join)
     if is_guest:
         # the guest's label column may be absent for new applicants
         me_fields = [f for f in me.fields if f != me.extra.get("label")]
