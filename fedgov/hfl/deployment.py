@@ -229,7 +229,10 @@ class Deployment:
     """
 
     def __init__(self, workdir: Path, *, port: int | None = None, max_restarts: int = 3,
-                 restart_backoff: float = 1.0) -> None:
+                 restart_backoff: float = 1.0, superlink_ca: Path | None = None) -> None:
+        """``superlink_ca``: run only the SuperNode side of a deployment whose
+        SuperLink (at ``127.0.0.1:port``) another host runs, trusting that CA
+        certificate; no PKI is created then."""
         self.workdir = Path(workdir).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.marker = uuid.uuid4().hex
@@ -244,7 +247,9 @@ class Deployment:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._supervisor: threading.Thread | None = None
-        self._ensure_pki()
+        self._remote_ca = Path(superlink_ca).resolve() if superlink_ca is not None else None
+        if self._remote_ca is None:
+            self._ensure_pki()
 
     # ---- PKI
 
@@ -258,6 +263,8 @@ class Deployment:
 
     @property
     def ca_cert(self) -> Path:
+        if self._remote_ca is not None:
+            return self._remote_ca
         return self.pki_dir / "ca" / "ca.crt"
 
     def issue_node_kit(self, name: str) -> Path:
@@ -348,6 +355,21 @@ class Deployment:
         ndir = self.workdir / "nodes" / name
         if not (ndir / "auth_key").exists():
             generate_supernode_keys(ndir)
+        data = self.flwr("supernode", "register", str(ndir / "auth_key.pub"), CONNECTION,
+                         "--name", name.replace("_", "-"))
+        self.node_ids[name] = int(data["node-id"])
+        return self.node_ids[name]
+
+    def register_public_key(self, name: str, public_key: bytes) -> int:
+        """Register a SuperNode public key created elsewhere (OpenSSH ECDSA); return the node ID.
+
+        For SuperNodes on other hosts: their private key never comes here.
+        """
+        if not public_key.startswith(b"ecdsa-sha2-nistp384 ") or b"\n" in public_key.strip():
+            raise ConfigError(f"SuperNode key of {name} is not an OpenSSH ECDSA P-384 public key")
+        ndir = self.workdir / "nodes" / name
+        ndir.mkdir(parents=True, exist_ok=True)
+        (ndir / "auth_key.pub").write_bytes(public_key.strip() + b"\n")
         data = self.flwr("supernode", "register", str(ndir / "auth_key.pub"), CONNECTION,
                          "--name", name.replace("_", "-"))
         self.node_ids[name] = int(data["node-id"])

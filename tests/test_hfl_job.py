@@ -1,0 +1,154 @@
+"""The ``horizontal-fl`` job kind through the real stack: coordinator, region, aggregator and
+key-holder node processes, with Flower's deployment engine started by the nodes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedgov.hfl import logreg
+from fedgov.hfl.deployment import DEFAULT_PARAMS, MARKER_ENV
+from fedgov.runner import DatasetSpec, LocalFederation, NodeSpec, run_job
+from fedgov.scenarios.regional import FEATURES, generate_regional
+
+pytestmark = pytest.mark.slow
+
+PURPOSE = "social-assistance-eligibility"
+PARAMS = {"rounds": 2, "local-steps": 20, "min-clients": 2, "round-timeout": 40.0, "node-wait-timeout": 40.0}
+
+
+def _schema(name: str) -> str:
+    lines = ["[dataset]", f'name = "{name}"', 'update_frequency = "adhoc"']
+    for f in FEATURES:
+        lines += ["", "[[fields]]", f'name = "{f}"', 'type = "float"']
+    lines += ["", "[[fields]]", 'name = "eligible"', 'type = "int"', "required = true"]
+    return "\n".join(lines) + "\n"
+
+
+def _policy(datasets: list[str]) -> str:
+    lines = ["[defaults]", "min_cohort = 11", 'approval = "auto"']
+    for ds in datasets:
+        lines += [
+            "",
+            f"[[datasets.{ds}.rules]]",
+            f'purposes = ["{PURPOSE}"]',
+            'kinds = ["horizontal-fl"]',
+            f"fields = {json.dumps([*FEATURES, 'eligible'])}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def manifest(regions: list[str], val_region: str, params: dict) -> str:
+    lines = ["[job]", 'kind = "horizontal-fl"', f'purpose = "{PURPOSE}"', 'requester = "analyst"']
+    for r in regions:
+        lines += [
+            "",
+            "[[participants]]",
+            f'node = "{r}"',
+            'dataset = "applications_features"',
+            f"fields = {json.dumps([*FEATURES, 'eligible'])}",
+            'role = "region"',
+            'label = "eligible"',
+        ]
+        if r == val_region:
+            lines.append('eval_dataset = "validation"')
+    lines += [
+        "",
+        "[[participants]]",
+        'node = "aggregator"',
+        'role = "arbiter"',
+        "",
+        "[[participants]]",
+        'node = "keyholder"',
+        'role = "arbiter"',
+        "",
+        "[parameters]",
+        'aggregator = "aggregator"',
+        'key_holder = "keyholder"',
+    ]
+    lines += [f"{k.replace('-', '_')} = {json.dumps(v)}" for k, v in params.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _fedavg(paths: list[str], params: dict) -> np.ndarray:
+    p = {**DEFAULT_PARAMS, **params}
+    data = [logreg.load_table(path)[:2] for path in paths]
+    w = np.zeros(data[0][0].shape[1] + 1)
+    for _ in range(int(p["rounds"])):
+        ws = [
+            logreg.local_train(w, x, y, steps=int(p["local-steps"]), lr=float(p["lr"]), l2=float(p["l2"]))
+            * len(y)
+            for x, y in data
+        ]
+        w = np.sum(ws, axis=0) / sum(len(y) for _, y in data)
+    return w
+
+
+def _flower_pids(under: Path) -> list[int]:
+    """Live processes of a fedgov Flower deployment whose FLWR_HOME lies under ``under``
+    (other sessions' Flower processes on this machine are not ours)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                env = (d / "environ").read_bytes().split(b"\0")
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            ours = any(e.startswith(b"FLWR_HOME=" + str(under).encode()) for e in env)
+            if ours and any(e.startswith(MARKER_ENV.encode() + b"=") for e in env) and ") Z" not in stat:
+                out.append(int(d.name))
+    return out
+
+
+def test_horizontal_fl_job_through_the_coordinator(tmp_path: Path) -> None:
+    regional = generate_regional(tmp_path / "regional", households=1500)
+    regions = sorted(regional["regions"])
+    val_region = regions[0]
+    prof = tmp_path / "profiles"
+    nodes = []
+    for r in regions:
+        d = prof / r
+        d.mkdir(parents=True)
+        (d / "data.toml").write_text(_schema("applications_features"))
+        datasets = [DatasetSpec("applications_features", d / "data.toml", regional["regions"][r]["path"])]
+        if r == val_region:
+            (d / "val.toml").write_text(_schema("validation"))
+            datasets.append(DatasetSpec("validation", d / "val.toml", regional["validation"]["path"]))
+        (d / "policy.toml").write_text(_policy([ds.name for ds in datasets]))
+        nodes.append(NodeSpec(r, d / "policy.toml", datasets))
+    for name in ("aggregator", "keyholder"):
+        d = prof / name
+        d.mkdir(parents=True)
+        (d / "policy.toml").write_text('[arbiter]\nkinds = ["horizontal-fl"]\n')
+        nodes.append(NodeSpec(name, d / "policy.toml", []))
+
+    with LocalFederation(tmp_path / "fed", nodes) as fed:
+        out = run_job(fed, manifest(regions, val_region, PARAMS), timeout=110)
+        # while the nodes still run: no Flower process (SuperLink, SuperNodes, SuperExec,
+        # Server/ClientApps) outlives the job itself
+        assert _flower_pids(tmp_path.resolve()) == []
+    assert out["job"]["state"] == "succeeded", out["job"]
+    res = out["result"]["aggregator"]
+    assert set(out["result"]) == {"aggregator"}  # regions and key holder release nothing
+    assert res["mode"] == "encrypted" and res["aggregator_context_is_private"] is False
+    assert res["rounds"] == 2
+    assert all(e["participants"] == regions for e in res["participation"])
+    assert set(res["contribution"]) == set(regions)
+    assert _flower_pids(tmp_path.resolve()) == []
+    # the same data, plain FedAvg in-process (what run_horizontal_job(encrypted=False) computes;
+    # measured equal to 1e-12 AUC): the encrypted job must match it
+    w_ref = _fedavg([regional["regions"][r]["path"] for r in regions], PARAMS)
+    xv, yv, names = logreg.load_table(regional["validation"]["path"])
+    assert res["features"] == names
+    auc_ref = logreg.auc(yv, logreg.predict_proba(w_ref, xv))
+    assert float(np.max(np.abs(np.array(res["weights"]) - w_ref))) <= 1e-4
+    assert abs(res["auc"] - auc_ref) < 0.01 and res["auc"] > 0.8, (res["auc"], auc_ref)
+    # the key holder decrypted only sums, once per round
+    kh_state = tmp_path / "fed" / "state" / "keyholder" / "hfl"
+    (job_dir,) = list(kh_state.iterdir())
+    decs = [json.loads(x) for x in (job_dir / "decryptions.jsonl").read_text().splitlines()]
+    assert len(decs) == 2 and all(t["contributors"] >= 2 for d in decs for t in d["tracks"])
