@@ -391,8 +391,7 @@ class PsiHost(_Party):
             return PsiResult("host", self.mode, size, None, None, self.n_rows, self.n_distinct)
         body = result_msg[_HEADER.size :]
         if len(body) != 4 * size:
-            raise CryptoError(f"result lists {len(body) // 4} positions, header says {size}",
-                              where="psi")
+            raise CryptoError(f"result lists {len(body) // 4} positions, header says {size}", where="psi")
         pos = np.frombuffer(body, dtype="<u4").astype(np.int64)
         if size and (pos.max() >= self.n_distinct or len(np.unique(pos)) != size):
             raise CryptoError("result positions out of range or repeated", where="psi")
@@ -401,10 +400,8 @@ class PsiHost(_Party):
         ids = [self._ids[i] for i in idx]
         keys = _order_keys(self._order_tag, ids)
         if any(keys[i] > keys[i + 1] for i in range(len(keys) - 1)):
-            raise CryptoError("guest's alignment is not in the job's canonical order",
-                              where="psi")
-        return PsiResult("host", self.mode, size, ids, self._first_row[idx], self.n_rows,
-                         self.n_distinct)
+            raise CryptoError("guest's alignment is not in the job's canonical order", where="psi")
+        return PsiResult("host", self.mode, size, ids, self._first_row[idx], self.n_rows, self.n_distinct)
 
 
 def _keyed_permutation(key: bytes, n: int) -> np.ndarray:
@@ -442,16 +439,14 @@ class PsiGuest(_Party):
     ) -> None:
         super().__init__(job_id, ids, mode=mode, workers=workers, chunk_elems=chunk_elems)
         if not hosts or len(set(hosts)) != len(hosts):
-            raise FedgovError("PSI needs at least one host and distinct host names",
-                              where="psi")
+            raise FedgovError("PSI needs at least one host and distinct host names", where="psi")
         self.hosts = list(hosts)
         self._replies: dict[str, list[bytes]] = {h: [] for h in hosts}
         self._host_sets: dict[str, list[bytes]] = {h: [] for h in hosts}
 
     def _host(self, host: str) -> None:
         if host not in self._replies:
-            raise FedgovError(f"unknown host {host!r} (expected one of {self.hosts})",
-                              where="psi")
+            raise FedgovError(f"unknown host {host!r} (expected one of {self.hosts})", where="psi")
 
     def absorb_reply(self, host: str, chunks: Iterable[bytes]) -> None:
         """Store ``host``'s double-masked reply to our masked set (16 B values)."""
@@ -479,6 +474,65 @@ class PsiGuest(_Party):
         """
         for h in deliver_to:
             self._host(h)
+        pairwise, hit, matched_all = self._matches()
+        size = int(matched_all.sum())
+        code = _MODE_CODE[self.mode]
+        header = _HEADER.pack(_RESULT_MAGIC, _VERSION, code, size)
+        if self.mode == "cardinality":
+            res = PsiResult("guest", self.mode, size, None, None, self.n_rows, self.n_distinct, pairwise)
+            return res, {h: header for h in deliver_to}
+        idx = np.flatnonzero(matched_all)
+        keys = _order_keys(self._order_tag, [self._ids[i] for i in idx])
+        idx = idx[np.argsort(np.array(keys, dtype="S32"), kind="stable")] if size else idx
+        ids = [self._ids[i] for i in idx]
+        msgs = {h: header + hit[h][idx].astype("<u4").tobytes() for h in deliver_to}
+        res = PsiResult(
+            "guest", self.mode, size, ids, self._first_row[idx], self.n_rows, self.n_distinct, pairwise
+        )
+        return res, msgs
+
+    def finish_pairwise(
+        self, deliver_to: Collection[str] = ()
+    ) -> tuple[dict[str, PsiResult], dict[str, bytes]]:
+        """Alignment mode, per host: the pairwise intersection guest ∩ host.
+
+        For vertical learning with a left join, where a person missing at one
+        department is still a training row. Returns, per host, the guest's
+        view (IDs and guest rows in the canonical order) and, for hosts in
+        ``deliver_to``, the result message :meth:`PsiHost.finish` decodes into
+        that host's rows in the same order. Each host learns only its own
+        pairwise intersection; the guest learns every pairwise intersection
+        (as it does in :meth:`finish`). One masking of the guest's set serves
+        every host.
+        """
+        if self.mode != "align":
+            raise FedgovError("pairwise results exist only in alignment mode", where="psi")
+        for h in deliver_to:
+            self._host(h)
+        pairwise, hit, _ = self._matches()
+        results: dict[str, PsiResult] = {}
+        msgs: dict[str, bytes] = {}
+        for h in self.hosts:
+            idx = np.flatnonzero(hit[h] >= 0)
+            keys = _order_keys(self._order_tag, [self._ids[i] for i in idx])
+            idx = idx[np.argsort(np.array(keys, dtype="S32"), kind="stable")] if len(idx) else idx
+            results[h] = PsiResult(
+                "guest",
+                self.mode,
+                len(idx),
+                [self._ids[i] for i in idx],
+                self._first_row[idx],
+                self.n_rows,
+                self.n_distinct,
+                {h: pairwise[h]},
+            )
+            if h in deliver_to:
+                header = _HEADER.pack(_RESULT_MAGIC, _VERSION, _MODE_CODE[self.mode], len(idx))
+                msgs[h] = header + hit[h][idx].astype("<u4").tobytes()
+        return results, msgs
+
+    def _matches(self) -> tuple[dict[str, int], dict[str, np.ndarray], np.ndarray]:
+        """Pairwise sizes, per-host match positions (align) and the all-hosts match mask."""
         if self._perm is None:
             self._compute_masked()
         n = self.n_distinct
@@ -489,8 +543,7 @@ class PsiGuest(_Party):
             reply = np.frombuffer(b"".join(self._replies[h]), dtype=f"S{MATCH_WIDTH}")
             theirs = np.frombuffer(b"".join(self._host_sets[h]), dtype=f"S{MATCH_WIDTH}")
             if len(reply) != n:
-                raise JobFailed(f"host {h} replied with {len(reply)} values for {n} sent",
-                                where="psi")
+                raise JobFailed(f"host {h} replied with {len(reply)} values for {n} sent", where="psi")
             if self.mode == "align":
                 _, gi, hi = np.intersect1d(reply, theirs, return_indices=True)
                 pos = np.full(n, -1, dtype=np.int64)
@@ -502,20 +555,7 @@ class PsiGuest(_Party):
                 m = np.isin(reply, theirs)  # over the hosts' secret permutation
                 pairwise[h] = int(m.sum())
                 matched_all &= m
-        size = int(matched_all.sum())
-        code = _MODE_CODE[self.mode]
-        header = _HEADER.pack(_RESULT_MAGIC, _VERSION, code, size)
-        if self.mode == "cardinality":
-            res = PsiResult("guest", self.mode, size, None, None, self.n_rows, n, pairwise)
-            return res, {h: header for h in deliver_to}
-        idx = np.flatnonzero(matched_all)
-        keys = _order_keys(self._order_tag, [self._ids[i] for i in idx])
-        idx = idx[np.argsort(np.array(keys, dtype="S32"), kind="stable")] if size else idx
-        ids = [self._ids[i] for i in idx]
-        msgs = {h: header + hit[h][idx].astype("<u4").tobytes() for h in deliver_to}
-        res = PsiResult("guest", self.mode, size, ids, self._first_row[idx], self.n_rows, n,
-                        pairwise)
-        return res, msgs
+        return pairwise, hit, matched_all
 
 
 # --------------------------------------------------------------------------
@@ -550,13 +590,13 @@ def run_local(
                 transcript.append((src, dst, step, c))
             yield c
 
-    guest = PsiGuest(job_id, guest_ids, names, mode=mode, workers=workers,
-                     chunk_elems=chunk_elems)
+    guest = PsiGuest(job_id, guest_ids, names, mode=mode, workers=workers, chunk_elems=chunk_elems)
     parties: dict[str, PsiHost] = {}
     try:
         for name, ids in hosts.items():
-            parties[name] = PsiHost(job_id, ids, mode=mode, workers=workers,
-                                    chunk_elems=chunk_elems, shuffle_key=shuffle_key)
+            parties[name] = PsiHost(
+                job_id, ids, mode=mode, workers=workers, chunk_elems=chunk_elems, shuffle_key=shuffle_key
+            )
         for name, host in parties.items():
             sent = log("guest", name, "guest_masked", guest.masked_set())
             guest.absorb_reply(name, log(name, "guest", "host_reply", host.remask(sent)))

@@ -38,20 +38,62 @@ def psi_steps(
     use steps under ``prefix`` so several PSI runs can share one job.
     Returns this node's result, or ``None`` for a host that is not told.
     """
-    workers = int(ctx.manifest.parameters.get("psi_workers", 0)) or None
     if ctx.me == guest:
-        with psi.PsiGuest(ctx.job_id, ids, list(hosts), mode=mode, workers=workers) as g:  # type: ignore[arg-type]
-            chunks = list(g.masked_set())
-            for h in hosts:
-                ctx.channel.send_stream(h, f"{prefix}/guest-set", chunks)
-            del chunks
-            for h in hosts:
-                g.absorb_reply(h, ctx.channel.recv_stream(h, f"{prefix}/reply"))
-                g.absorb_host_set(h, ctx.channel.recv_stream(h, f"{prefix}/host-set"))
+        with psi.PsiGuest(ctx.job_id, ids, list(hosts), mode=mode, workers=_workers(ctx)) as g:  # type: ignore[arg-type]
+            _guest_exchange(ctx, g, hosts, prefix)
             result, messages = g.finish([h for h in deliver_to if h in hosts])
         for h, msg in messages.items():
             ctx.channel.send(h, f"{prefix}/result", msg)
         return result
+    return _host_side(ctx, ids, guest=guest, hosts=hosts, prefix=prefix, mode=mode, deliver_to=deliver_to)
+
+
+def psi_pairwise(
+    ctx: TaskContext, ids: Sequence[object], *, guest: str, hosts: Sequence[str], prefix: str
+) -> dict[str, psi.PsiResult] | psi.PsiResult:
+    """Alignment of the guest with each host separately, in one PSI run.
+
+    The guest gets ``{host: guest ∩ host}`` (its rows, canonical order); each
+    host gets its own pairwise intersection in the same order. The guest's set
+    is masked once for all hosts, and hosts work in parallel.
+    """
+    if ctx.me == guest:
+        with psi.PsiGuest(ctx.job_id, ids, list(hosts), mode="align", workers=_workers(ctx)) as g:
+            _guest_exchange(ctx, g, hosts, prefix)
+            results, messages = g.finish_pairwise(hosts)
+        for h, msg in messages.items():
+            ctx.channel.send(h, f"{prefix}/result", msg)
+        return results
+    res = _host_side(ctx, ids, guest=guest, hosts=hosts, prefix=prefix, mode="align", deliver_to=[ctx.me])
+    assert res is not None
+    return res
+
+
+def _workers(ctx: TaskContext) -> int | None:
+    return int(ctx.manifest.parameters.get("psi_workers", 0)) or None
+
+
+def _guest_exchange(ctx: TaskContext, g: psi.PsiGuest, hosts: Sequence[str], prefix: str) -> None:
+    chunks = list(g.masked_set())
+    for h in hosts:
+        ctx.channel.send_stream(h, f"{prefix}/guest-set", chunks)
+    del chunks
+    for h in hosts:
+        g.absorb_reply(h, ctx.channel.recv_stream(h, f"{prefix}/reply"))
+        g.absorb_host_set(h, ctx.channel.recv_stream(h, f"{prefix}/host-set"))
+
+
+def _host_side(
+    ctx: TaskContext,
+    ids: Sequence[object],
+    *,
+    guest: str,
+    hosts: Sequence[str],
+    prefix: str,
+    mode: str,
+    deliver_to: Sequence[str],
+) -> psi.PsiResult | None:
+    workers = _workers(ctx)
     shuffle_key = None
     if mode == "cardinality" and len(hosts) > 1:
         # hosts share one secret permutation key the guest never sees

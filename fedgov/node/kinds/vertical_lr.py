@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from fedgov.errors import ConfigError, FedgovError
 from fedgov.node.context import TaskContext, id_column
-from fedgov.node.kinds.psi import guest_and_hosts, psi_steps
+from fedgov.node.kinds.psi import guest_and_hosts, psi_pairwise
 from fedgov.protocols import vertical_lr as vlr
 from fedgov.protocols.psi import normalize_ids
 
@@ -110,11 +110,9 @@ def align(
     table = ctx.load([id_col, *fields], dataset=dataset)
     ids = normalize_ids(table.column(id_col).to_pylist(), where=f"{ctx.me}/{dataset}")
     if ctx.me == guest:
-        pair_rows: dict[str, np.ndarray] = {}
-        for h in hosts:
-            res = psi_steps(ctx, ids, guest=guest, hosts=[h], prefix=f"vlr/{tag}/psi/{h}", deliver_to=[h])
-            assert res is not None and res.rows is not None
-            pair_rows[h] = res.rows
+        results = psi_pairwise(ctx, ids, guest=guest, hosts=hosts, prefix=f"vlr/{tag}/psi")
+        assert isinstance(results, dict)
+        pair_rows = {h: r.rows for h, r in results.items() if r.rows is not None}
         first = {}
         for i, x in enumerate(ids):
             first.setdefault(x, i)
@@ -133,8 +131,8 @@ def align(
                 h, f"vlr/{tag}/slots", struct.pack("<q", len(order)) + slot[rows].astype("<i8").tobytes()
             )
         return table, slot, len(order)
-    res = psi_steps(ctx, ids, guest=guest, hosts=hosts, prefix=f"vlr/{tag}/psi/{ctx.me}", deliver_to=[ctx.me])
-    assert res is not None and res.rows is not None
+    res = psi_pairwise(ctx, ids, guest=guest, hosts=hosts, prefix=f"vlr/{tag}/psi")
+    assert not isinstance(res, dict) and res.rows is not None
     msg = ctx.channel.recv(guest, f"vlr/{tag}/slots")
     (n,) = struct.unpack_from("<q", msg)
     pos = np.frombuffer(msg, dtype="<i8", offset=8)
