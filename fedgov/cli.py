@@ -296,6 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="write per-party outputs here")
     p.set_defaults(func=cmd_run)
 
+    from fedgov.cli_ledger import add_ledger_parser, add_quality_parser
+
+    add_ledger_parser(sub)
+    add_quality_parser(sub)
+
     p = sub.add_parser("demo", help="the social-assistance story, end to end")
     p.add_argument("--json", action="store_true")
     p.add_argument("--keep", type=Path, help="keep the generated world and logs in this directory")

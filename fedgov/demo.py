@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from fedgov.cli_ledger import points_table, verify_db
 from fedgov.errors import ConfigError, FedgovError
 from fedgov.runner import DatasetSpec, LocalFederation, NodeSpec
 from fedgov.scenarios.social_assistance import generate
@@ -495,6 +496,20 @@ def run_demo(*, keep: Path | None = None, households: int = 6000, quiet: bool = 
                 },
                 "refused": {"state": refused["job"]["state"], "reason": refused["job"]["reason"]},
             }
+            # the contribution ledger, verified as an auditor would
+            db = fed.workdir / "state" / "coordinator" / "ledger.db"
+            verified = verify_db(db)
+            summary["ledger"] = {"size": verified["size"], "verified": verified["verified"]}
+            summary["points"] = points_table(db, period="all", budget=1000)
+            story.say(
+                f"11. The ledger holds {verified['size']} entries (RFC 9162 Merkle log, signed heads, "
+                f"witnessed by every node); verified: {verified['verified']}. Contribution points:"
+            )
+            for row in summary["points"]:
+                story.say(
+                    f"   {row['rank']}. {row['dept']:<14} {float(row['points']):>10.1f} points  "
+                    f"{float(row['share']):6.1%}  -> {row['budget_amount']} of a 1000 budget pool"
+                )
         if refused["job"]["state"] != "rejected":
             raise FedgovError("the forbidden request was not refused")
         summary["seconds"] = round(time.monotonic() - story.t0, 1)

@@ -11,6 +11,12 @@ Config (``coordinator.toml``; paths relative to the file)::
 
 On start the coordinator writes ``<state_dir>/coordinator.addr`` with the
 address it actually listens on, for scripts that asked for port 0.
+
+Ledger: the log's Ed25519 signing key is ``<kit>/ledger.key`` when the admin
+provisioned one, else ``<state_dir>/ledger.key``, generated (mode 0600) at the
+first start. Its public half is written to ``<state_dir>/ledger.pub`` (hex) —
+give that file to nodes (``<kit>/ledger.pub``) and auditors to pin the key out
+of band. The log itself is ``<state_dir>/ledger.db``. See docs/protocols/ledger.md.
 """
 
 from __future__ import annotations
@@ -24,14 +30,24 @@ from pathlib import Path
 
 import grpc
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from fedgov.coordinator.service import JobsService, RegistryService, RelayService
+from fedgov.coordinator.service import (
+    JobsService,
+    LedgerService,
+    RegistryService,
+    RelayService,
+    key_statement,
+)
 from fedgov.coordinator.store import CoordinatorStore
+from fedgov.crypto.pki import load_private_key, write_private_key
 from fedgov.errors import ConfigError
+from fedgov.ledger.log import TransparencyLog, public_key_bytes
+from fedgov.node.witness import endorse_log_key
 from fedgov.tomlutil import check_keys, get_int, get_str, get_table, load_toml
 from fedgov.transport.tls import SERVER_OPTIONS, TlsMaterial, server_credentials
-from fedgov.v1 import jobs_pb2_grpc, registry_pb2_grpc, relay_pb2_grpc
+from fedgov.v1 import jobs_pb2_grpc, ledger_pb2_grpc, registry_pb2_grpc, relay_pb2_grpc
 
 log = logging.getLogger("fedgov.coordinator")
 
@@ -70,6 +86,29 @@ class CoordinatorConfig:
         )
 
 
+def ledger_key(kit: Path, state_dir: Path) -> Ed25519PrivateKey:
+    """The log signing key: ``kit/ledger.key`` if provisioned, else ``state_dir/ledger.key`` (created 0600).
+
+    Also (re)writes ``state_dir/ledger.pub`` with the public key in hex.
+    """
+    for path in (kit / "ledger.key", state_dir / "ledger.key"):
+        if path.exists():
+            key = load_private_key(path)
+            if not isinstance(key, Ed25519PrivateKey):
+                raise ConfigError("the ledger key must be Ed25519", where=str(path))
+            break
+    else:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        key = Ed25519PrivateKey.generate()
+        write_private_key(state_dir / "ledger.key", key)
+        log.info("generated the ledger signing key %s", state_dir / "ledger.key")
+    pub = state_dir / "ledger.pub"
+    tmp = pub.with_name("ledger.pub.tmp")
+    tmp.write_text(public_key_bytes(key.public_key()).hex() + "\n")
+    tmp.replace(pub)
+    return key
+
+
 class Coordinator:
     """A running coordinator: gRPC server plus watchdog thread."""
 
@@ -84,10 +123,19 @@ class Coordinator:
         ca_cert = x509.load_pem_x509_certificate(self.material.ca)
         self.store = CoordinatorStore(config.state_dir / "coordinator.db")
         self.store.reset_liveness()
+        key = ledger_key(config.kit, config.state_dir)
+        self.ledger = TransparencyLog(config.state_dir / "ledger.db", key)
+        self.store.attach_ledger(self.ledger)
+        statement = key_statement(
+            self.ledger, self.material.cert, endorse_log_key(self.material.key, self.ledger.public_key)
+        )
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=64), options=SERVER_OPTIONS)
         registry_pb2_grpc.add_RegistryServicer_to_server(RegistryService(self.store, ca_cert), self.server)
         jobs_pb2_grpc.add_JobsServicer_to_server(JobsService(self.store, ca_cert), self.server)
         relay_pb2_grpc.add_RelayServicer_to_server(RelayService(self.store, config.max_payload), self.server)
+        ledger_pb2_grpc.add_LedgerServicer_to_server(
+            LedgerService(self.store, self.ledger, ca_cert, statement), self.server
+        )
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         host, _, port = config.listen.rpartition(":")
@@ -102,7 +150,7 @@ class Coordinator:
 
     def start(self) -> None:
         self.server.start()
-        for svc in ("", "fedgov.v1.Registry", "fedgov.v1.Jobs", "fedgov.v1.Relay"):
+        for svc in ("", "fedgov.v1.Registry", "fedgov.v1.Jobs", "fedgov.v1.Relay", "fedgov.v1.Ledger"):
             self.health.set(svc, health_pb2.HealthCheckResponse.SERVING)
         threading.Thread(target=self._watchdog, name="watchdog", daemon=True).start()
         addr_file = self.config.state_dir / "coordinator.addr"
@@ -124,6 +172,7 @@ class Coordinator:
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
         self.store.close()
+        self.ledger.close()
 
 
 def serve(config: CoordinatorConfig) -> None:

@@ -7,6 +7,7 @@ holds no raw data and cannot open relayed envelopes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -14,19 +15,25 @@ from collections.abc import Iterator
 
 import grpc
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from fedgov import __version__
 from fedgov.coordinator.store import TERMINAL, CoordinatorStore, JobRow
 from fedgov.crypto.pki import Identity
 from fedgov.crypto.signing import verify_manifest
-from fedgov.errors import FedgovError
+from fedgov.errors import CryptoError, FedgovError
+from fedgov.ledger.entries import now_ms
+from fedgov.ledger.log import TransparencyLog, public_key_bytes
 from fedgov.manifest import parse_manifest
+from fedgov.node.witness import head_from_pb, head_to_pb
 from fedgov.transport.chunks import relay_chunks
 from fedgov.transport.tls import caller_identity
 from fedgov.v1 import (
     common_pb2,
     jobs_pb2,
     jobs_pb2_grpc,
+    ledger_pb2,
+    ledger_pb2_grpc,
     registry_pb2,
     registry_pb2_grpc,
     relay_pb2,
@@ -87,7 +94,9 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
             verify_bundle(request.key_bundle, self.ca_cert, ident.name)
         except FedgovError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"key bundle rejected: {exc}")
-        broken = self.store.register_node(ident.name, request.key_bundle)
+        cert_pem = context.auth_context()["x509_pem_cert"][0]
+        der = x509.load_pem_x509_certificate(cert_pem).public_bytes(serialization.Encoding.DER)
+        broken = self.store.register_node(ident.name, request.key_bundle, hashlib.sha256(der).hexdigest())
         for job_id in broken:
             self.store.finish_job(job_id, "failed", f"node '{ident.name}' restarted during the job")
         log.info("node %s registered", ident.name)
@@ -95,15 +104,27 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
 
     def PublishCatalog(self, request, context):  # noqa: N802
         ident = _require(context, "node")
-        catalog = [
-            {
+        catalog = []
+        for d in request.datasets:
+            item = {
                 "name": d.name,
                 "schema": json.loads(d.schema_json or "{}"),
                 "schema_digest": d.schema_digest,
                 "rows": d.rows,
             }
-            for d in request.datasets
-        ]
+            if d.quality_json:
+                try:
+                    quality = json.loads(d.quality_json)
+                except ValueError:
+                    context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT, f"dataset {d.name}: quality_json is not JSON"
+                    )
+                if not isinstance(quality, dict):
+                    context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT, f"dataset {d.name}: quality_json is not an object"
+                    )
+                item["quality"] = quality
+            catalog.append(item)
         self.store.publish_catalog(ident.name, catalog)
         return common_pb2.Ack()
 
@@ -124,6 +145,7 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
                             schema_json=json.dumps(d["schema"], sort_keys=True),
                             schema_digest=d["schema_digest"],
                             rows=d["rows"],
+                            quality_json=json.dumps(d["quality"], sort_keys=True) if d.get("quality") else "",
                         )
                         for d in n["catalog"]
                     ],
@@ -381,3 +403,103 @@ class RelayService(relay_pb2_grpc.RelayServicer):
             recipient=ident.name,
             seq=request.seq,
         )
+
+
+#: A head older than this is re-signed on GetHead, so witnesses see time advance
+#: (and a log restored from an old copy shows a fresh, inconsistent head).
+HEAD_MAX_AGE_MS = 300_000
+#: Largest page of GetEntries in one call.
+MAX_ENTRIES_PER_CALL = 100_000
+
+
+class LedgerService(ledger_pb2_grpc.LedgerServicer):
+    """Read access to the transparency log for every authenticated caller; cosigning for nodes."""
+
+    def __init__(
+        self,
+        store: CoordinatorStore,
+        ledger: TransparencyLog,
+        ca_cert: x509.Certificate,
+        key_statement: ledger_pb2.LogKey,
+    ) -> None:
+        self.store = store
+        self.ledger = ledger
+        self.ca_cert = ca_cert
+        self.key_statement = key_statement
+
+    def _flush(self, context) -> None:
+        try:
+            self.store.flush_ledger()
+        except FedgovError as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"ledger unavailable: {exc}")
+
+    def GetHead(self, request, context):  # noqa: N802
+        caller_identity(context)
+        self._flush(context)
+        try:
+            sth = self.ledger.latest_head()
+            if sth is None or sth.size != self.ledger.size or now_ms() - sth.timestamp > HEAD_MAX_AGE_MS:
+                sth = self.ledger.tree_head(fresh=True)
+        except FedgovError as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"ledger unavailable: {exc}")
+        return ledger_pb2.GetHeadReply(head=head_to_pb(sth), key=self.key_statement)
+
+    def GetConsistencyProof(self, request, context):  # noqa: N802
+        caller_identity(context)
+        try:
+            new = request.new_size or self.ledger.size
+            hashes = self.ledger.consistency_proof(request.old_size, new)
+        except FedgovError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return ledger_pb2.Proof(hashes=hashes)
+
+    def GetInclusionProof(self, request, context):  # noqa: N802
+        caller_identity(context)
+        try:
+            size = request.size or self.ledger.size
+            if request.index >= size:
+                raise FedgovError(f"no entry {request.index} in a tree of size {size}", where="ledger")
+            hashes = self.ledger.inclusion_proof(request.index, size)
+            data = self.ledger.entry(request.index)
+        except FedgovError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return ledger_pb2.InclusionProof(index=request.index, size=size, entry=data, hashes=hashes)
+
+    def GetEntries(self, request, context) -> Iterator[ledger_pb2.LedgerEntry]:  # noqa: N802
+        caller_identity(context)
+        end = request.end or self.ledger.size
+        end = min(end, request.start + MAX_ENTRIES_PER_CALL)
+        for idx, data in self.ledger.iter_entries(request.start, end):
+            yield ledger_pb2.LedgerEntry(index=idx, data=data)
+
+    def AddCosignature(self, request, context):  # noqa: N802
+        ident = _require(context, "node")
+        bundle = self.store.node_bundle(ident.name)
+        if bundle is None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "register first")
+        from fedgov.crypto.keys import verify_bundle
+
+        try:
+            key = verify_bundle(bundle, self.ca_cert, ident.name).signing_key
+            self.ledger.add_cosignature(ident.name, head_from_pb(request.head), request.signature, key)
+        except CryptoError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cosignature refused: {exc}")
+        return common_pb2.Ack()
+
+    def GetCosignatures(self, request, context):  # noqa: N802
+        caller_identity(context)
+        return ledger_pb2.GetCosignaturesReply(
+            cosignatures=[
+                ledger_pb2.Cosignature(witness=c.witness, head=head_to_pb(c.sth), signature=c.signature)
+                for c in self.ledger.cosignatures(request.size or None)
+            ]
+        )
+
+
+def key_statement(ledger: TransparencyLog, tls_cert_pem: bytes, endorsement: bytes) -> ledger_pb2.LogKey:
+    """The LogKey message GetHead carries: raw key, endorsement, coordinator certificate."""
+    return ledger_pb2.LogKey(
+        public_key=public_key_bytes(ledger.public_key),
+        endorsement=endorsement,
+        coordinator_cert_pem=tls_cert_pem,
+    )

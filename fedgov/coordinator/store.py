@@ -4,20 +4,40 @@ Guarantees: every state change is one transaction, committed before the RPC
 that caused it returns, so a coordinator killed with SIGKILL and restarted
 keeps every registered node, job, decision and queued relay message. Nothing
 here interprets payloads: relay rows are opaque sealed envelopes.
+
+Ledger (``docs/protocols/ledger.md`` §9): every state change that the
+contribution ledger records writes its entry — already built, canonical, with
+its timestamp — into the ``ledger_outbox`` table **in the same transaction**
+as the change. A drainer thread moves outbox rows, in order, into the
+:class:`~fedgov.ledger.log.TransparencyLog` and deletes them afterwards, so a
+crash at any point neither loses an entry that describes a committed change
+nor (thanks to the start-up reconciliation in :meth:`CoordinatorStore.attach_ledger`)
+appends one twice.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from fedgov.errors import FedgovError
+from fedgov.ledger import entries as le
+from fedgov.ledger.log import TransparencyLog
+from fedgov.ledger.points import PointsRules, award_entry, rules_entry
+from fedgov.manifest import parse_manifest
+
+log = logging.getLogger("fedgov.coordinator")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
@@ -62,6 +82,15 @@ CREATE TABLE IF NOT EXISTS relay (
     created_at REAL NOT NULL,
     PRIMARY KEY (job_id, step, sender, recipient, seq)
 );
+CREATE TABLE IF NOT EXISTS ledger_outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,              -- 'entry': data = canonical entry bytes; 'award': data = period label
+    data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ledger_state (
+    key TEXT PRIMARY KEY,            -- what was last logged per node / dataset / rule set
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     ts REAL NOT NULL,
@@ -72,6 +101,49 @@ CREATE TABLE IF NOT EXISTS events (
 """
 
 TERMINAL = ("succeeded", "failed", "rejected", "cancelled")
+
+#: Summary metrics a job_completed entry carries (per reporting node; ``eval.*`` too).
+#: The ledger is readable by every federation member, so only these aggregates.
+LEDGER_METRICS = ("intersection_size", "total_released", "scored", "epochs", "best_epoch", "rows", "records")
+#: Largest number of outbox rows appended in one ledger transaction.
+OUTBOX_BATCH = 500
+_HEX64 = frozenset("0123456789abcdef")
+
+
+def _is_hex64(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 64 and set(value) <= _HEX64
+
+
+def _number(value: object) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and value == value
+        and abs(value) != float("inf")
+    )
+
+
+def result_metrics(merged: Mapping[str, Any]) -> dict[str, float]:
+    """The summary metrics of a job's released result ``{node: result}`` (:data:`LEDGER_METRICS`)."""
+    out: dict[str, float] = {}
+    for node in sorted(merged):
+        res = merged[node]
+        if not isinstance(res, dict):
+            continue
+        for key in LEDGER_METRICS:
+            if _number(res.get(key)):
+                out[f"{node}.{key}"] = res[key]
+        ev = res.get("eval")
+        if isinstance(ev, dict):
+            for key in sorted(ev):
+                if _number(ev[key]):
+                    out[f"{node}.eval.{key}"] = ev[key]
+    return out
+
+
+def period_of(ts_ms: int) -> str:
+    """The points period (UTC calendar month, ``YYYY-MM``) an entry's timestamp falls in."""
+    return datetime.fromtimestamp(ts_ms / 1000, tz=UTC).strftime("%Y-%m")
 
 
 @dataclass(frozen=True)
@@ -114,6 +186,12 @@ class CoordinatorStore:
         self._lock = threading.RLock()
         #: notified on every change, for long polls
         self.changed = threading.Condition(self._lock)
+        self.ledger: TransparencyLog | None = None
+        self.rules = PointsRules()
+        self._outbox_wake = threading.Event()
+        self._drain_lock = threading.Lock()
+        self._drainer: threading.Thread | None = None
+        self._drainer_stop = threading.Event()
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
@@ -127,20 +205,204 @@ class CoordinatorStore:
                 raise
             else:
                 self._db.execute("COMMIT")
+                if self._outbox_wake_pending:
+                    self._outbox_wake_pending = False
+                    self._outbox_wake.set()
                 # wake long polls only on a real change (a no-op poll must not
                 # wake every other poller, which would then wake this one ...)
                 if self._db.total_changes != before:
                     self.changed.notify_all()
 
+    _outbox_wake_pending = False
+
     def close(self) -> None:
+        """Stop the ledger drainer (after a last drain) and close the database."""
+        self.detach_ledger()
         with self._lock:
             self._db.close()
 
+    # -- ledger ----------------------------------------------------------
+    def _changed(self, db: sqlite3.Connection, key: str, value: str) -> bool:
+        """Record ``value`` under ``key`` in ledger_state; True if it differs from the stored one."""
+        row = db.execute("SELECT value FROM ledger_state WHERE key=?", (key,)).fetchone()
+        if row is not None and row[0] == value:
+            return False
+        db.execute(
+            "INSERT INTO ledger_state(key, value) VALUES (?,?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+            (key, value),
+        )
+        return True
+
+    def _ledger(self, db: sqlite3.Connection, build: Any) -> None:
+        """Queue the entry ``build()`` returns in the outbox, inside the caller's transaction.
+
+        A malformed entry (e.g. a name the entry format refuses) is logged and
+        skipped: the ledger must never block the federation's own state change.
+        """
+        try:
+            entry = build()
+        except Exception as exc:  # noqa: BLE001 - never roll back the state change for the ledger
+            log.warning("ledger entry not recorded: %s", exc)
+            return
+        db.execute("INSERT INTO ledger_outbox(kind, data) VALUES ('entry', ?)", (entry.encode(),))
+        self._outbox_wake_pending = True
+
+    def _ledger_job_end(self, db: sqlite3.Connection, job_id: str, state: str) -> None:
+        """Entries for a job reaching ``state``: contributions first (success), then job_completed."""
+        row = db.execute("SELECT kind, manifest, result_json FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+        if row is None:
+            return
+        kind, manifest_text, result_json = row
+        metrics: dict[str, float] = {}
+        if state == "succeeded":
+            try:
+                merged = json.loads(result_json or "{}")
+            except ValueError:
+                merged = {}
+            metrics = result_metrics(merged)
+            catalogs = {
+                n: {d["name"]: d for d in json.loads(c)}
+                for n, c in db.execute("SELECT name, catalog_json FROM nodes").fetchall()
+            }
+            reported = {
+                n: r
+                for n, r in db.execute("SELECT node, result_json FROM participants WHERE job_id=?", (job_id,))
+            }
+            for build in _contribution_entries(job_id, kind, manifest_text, merged, catalogs, reported):
+                self._ledger(db, build)
+        completed = le.job_completed(job_id, state, metrics)
+        self._ledger(db, lambda: completed)
+        if state == "succeeded":
+            db.execute(
+                "INSERT INTO ledger_outbox(kind, data) VALUES ('award', ?)",
+                (period_of(completed.ts).encode(),),
+            )
+
+    def attach_ledger(self, ledger: TransparencyLog, rules: PointsRules | None = None) -> None:
+        """Start recording into ``ledger``: reconcile the outbox, publish the rules once, start draining."""
+        self.ledger = ledger
+        self.rules = rules or PointsRules()
+        with self._drain_lock:
+            self._reconcile()
+        with self.tx() as db:
+            if self._changed(db, "points_rules", self.rules.digest()):
+                self._ledger(db, lambda: rules_entry(self.rules))
+        try:
+            self.flush_ledger()
+        except FedgovError as exc:  # e.g. a damaged log: keep serving, entries wait in the outbox
+            log.error("ledger: cannot append (entries kept in the outbox): %s", exc)
+        self._drainer_stop.clear()
+        self._drainer = threading.Thread(target=self._drain_forever, name="ledger-drainer", daemon=True)
+        self._drainer.start()
+
+    def detach_ledger(self) -> None:
+        """Stop the drainer thread after a final drain (the log itself is closed by its owner)."""
+        if self._drainer is None:
+            return
+        self._drainer_stop.set()
+        self._outbox_wake.set()
+        self._drainer.join(timeout=10)
+        self._drainer = None
+        try:
+            self.flush_ledger()
+        except FedgovError as exc:
+            log.error("ledger outbox not drained at shutdown (kept for the next start): %s", exc)
+
+    def _outbox(self, limit: int) -> list[tuple[int, str, bytes]]:
+        with self._lock:
+            return [
+                (i, k, bytes(d))
+                for i, k, d in self._db.execute(
+                    "SELECT id, kind, data FROM ledger_outbox ORDER BY id LIMIT ?", (limit,)
+                ).fetchall()
+            ]
+
+    def _outbox_delete(self, ids: list[int]) -> None:
+        # not through tx(): removing outbox rows is no state change long polls care about
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("DELETE FROM ledger_outbox WHERE id=?", [(i,) for i in ids])
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _reconcile(self) -> None:
+        """Delete outbox rows a crashed drainer had already appended (the log's tail equals them).
+
+        The drainer appends at most :data:`OUTBOX_BATCH` rows (or one award) per
+        ledger transaction and deletes them right after, so only a prefix of the
+        outbox of at most that length can already be in the log.
+        """
+        assert self.ledger is not None
+        pending = self._outbox(OUTBOX_BATCH)
+        size = self.ledger.size
+        for k in range(min(len(pending), size), 0, -1):
+            tail = self.ledger.entries(size - k, size)
+            if all(_same(p, t) for p, t in zip(pending[:k], tail, strict=True)):
+                log.warning(
+                    "ledger: %d outbox row(s) were already in the log (crash after append); dropped", k
+                )
+                self._outbox_delete([i for i, _, _ in pending[:k]])
+                return
+
+    def flush_ledger(self) -> int:
+        """Append every outbox row to the ledger now; returns how many were appended."""
+        if self.ledger is None:
+            return 0
+        done = 0
+        with self._drain_lock:
+            while True:
+                rows = self._outbox(OUTBOX_BATCH)
+                if not rows:
+                    return done
+                if rows[0][1] == "award":
+                    i, _, period = rows[0]
+                    entry = award_entry(self.ledger.parsed_entries(), period.decode(), self.rules)
+                    self.ledger.append(entry)
+                    self._outbox_delete([i])
+                    done += 1
+                    continue
+                batch = []
+                for row in rows:
+                    if row[1] != "entry":
+                        break
+                    batch.append(row)
+                self.ledger.append_many([d for _, _, d in batch])
+                self._outbox_delete([i for i, _, _ in batch])
+                done += len(batch)
+
+    def outbox_size(self) -> int:
+        """Ledger entries committed in the state but not yet appended to the log."""
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM ledger_outbox").fetchone()[0])
+
+    def _drain_forever(self) -> None:
+        delay = 0.5
+        while not self._drainer_stop.is_set():
+            self._outbox_wake.wait(timeout=1.0)
+            self._outbox_wake.clear()
+            try:
+                self.flush_ledger()
+                delay = 0.5
+            except Exception as exc:  # noqa: BLE001 - rows stay in the outbox; retry
+                log.error("ledger append failed (entries kept in the outbox, retrying): %s", exc)
+                self._drainer_stop.wait(delay)
+                delay = min(delay * 2, 30.0)
+
     # -- nodes -----------------------------------------------------------
-    def register_node(self, name: str, bundle: bytes) -> list[str]:
-        """Upsert a node; returns the running jobs it was part of (now broken)."""
+    def register_node(self, name: str, bundle: bytes, cert_sha256: str | None = None) -> list[str]:
+        """Upsert a node; returns the running jobs it was part of (now broken).
+
+        With ``cert_sha256`` (SHA-256 of the node's TLS certificate, DER) a
+        ``node_registered`` ledger entry is written the first time and whenever
+        the certificate changes (not on every reconnect).
+        """
         now = time.time()
         with self.tx() as db:
+            if cert_sha256 is not None and self._changed(db, f"node:{name}", cert_sha256):
+                self._ledger(db, lambda: le.node_registered(name, cert_sha256))
             db.execute(
                 "INSERT INTO nodes(name, bundle, registered_at, last_seen) VALUES (?,?,?,?) "
                 "ON CONFLICT(name) DO UPDATE SET bundle=excluded.bundle, "
@@ -173,10 +435,29 @@ class CoordinatorStore:
             db.execute("UPDATE nodes SET last_seen=?", (time.time(),))
 
     def publish_catalog(self, name: str, catalog: list[dict[str, Any]]) -> None:
+        """Replace a node's catalogue; logs ``dataset_published`` for each new or changed dataset.
+
+        Each catalogue item may carry ``quality`` (the node's public scores).
+        """
         with self.tx() as db:
             db.execute(
                 "UPDATE nodes SET catalog_json=? WHERE name=?", (json.dumps(catalog, sort_keys=True), name)
             )
+            for d in catalog:
+                digest = d.get("schema_digest")
+                if not _is_hex64(digest):
+                    canon = json.dumps(d.get("schema", {}), sort_keys=True, separators=(",", ":"))
+                    digest = hashlib.sha256(canon.encode("utf-8")).hexdigest()
+                quality = {k: v for k, v in (d.get("quality") or {}).items() if _number(v)}
+                rows = max(int(d.get("rows", 0)), 0)
+                state = json.dumps([digest, rows, quality], sort_keys=True)
+                if self._changed(db, f"dataset:{name}/{d['name']}", state):
+                    self._ledger(
+                        db,
+                        lambda d=d, digest=digest, rows=rows, quality=quality: le.dataset_published(
+                            name, d["name"], digest, rows, quality
+                        ),
+                    )
             self._event(db, None, "catalog-published", name)
 
     def nodes(self) -> list[dict[str, Any]]:
@@ -227,6 +508,7 @@ class CoordinatorStore:
             for i, n in enumerate(nodes):
                 db.execute("INSERT INTO participants(job_id, node, position) VALUES (?,?,?)", (job_id, n, i))
             self._event(db, job_id, "job-submitted", f"{kind} by {requester}")
+            self._ledger(db, lambda: _submitted_entry(job_id, kind, purpose, requester, manifest))
         return job_id
 
     def job(self, job_id: str) -> JobRow | None:
@@ -264,6 +546,10 @@ class CoordinatorStore:
         if state in TERMINAL:
             db.execute("DELETE FROM relay WHERE job_id=?", (job_id,))
         self._event(db, job_id, f"job-{state}", reason)
+        if state == "running":
+            self._ledger(db, lambda: le.job_started(job_id))
+        elif state in TERMINAL:
+            self._ledger_job_end(db, job_id, state)
 
     def finish_job(self, job_id: str, state: str, reason: str = "") -> bool:
         """Move a non-terminal job to a terminal state; False if already terminal."""
@@ -290,6 +576,13 @@ class CoordinatorStore:
             self._event(
                 db, job_id, "node-approved" if approve else "node-rejected", f"{node} {reason} {approvers}"
             )
+            if approve:
+                self._ledger(db, lambda: le.job_approved(job_id, node, approvers))
+            else:
+                reasons = [reason or "refused"] + (
+                    [f"approvers: {', '.join(approvers)}"] if approvers else []
+                )
+                self._ledger(db, lambda: le.policy_refusal(job_id, node, reasons))
             if not approve:
                 self._set_state(db, job_id, "rejected", f"{node}: {reason}")
                 return "rejected"
@@ -405,3 +698,101 @@ class CoordinatorStore:
             q = "SELECT ts, job_id, event, detail FROM events" + (" WHERE job_id=?" if job_id else "")
             rows = self._db.execute(q + " ORDER BY id", (job_id,) if job_id else ()).fetchall()
         return [{"ts": t, "job_id": j, "event": e, "detail": d} for t, j, e, d in rows]
+
+
+# -- ledger entry builders ---------------------------------------------------------
+
+
+def _same(row: tuple[int, str, bytes], stored: bytes) -> bool:
+    """Whether the outbox ``row`` is what the log holds as ``stored``."""
+    _, kind, data = row
+    if kind == "entry":
+        return data == stored
+    try:
+        e = le.parse_entry(stored)
+    except FedgovError:
+        return False
+    return e.type == "points_awarded" and e["period"] == data.decode()
+
+
+def _validation(manifest: Any) -> str:
+    """The held-out validation set a manifest names: ``node/eval_dataset`` (guest first), or ''."""
+    named = [p for p in manifest.data_participants if p.extra.get("eval_dataset")]
+    named.sort(key=lambda p: (p.role != "guest", "label" not in p.extra))
+    return f"{named[0].node}/{named[0].extra['eval_dataset']}" if named else ""
+
+
+def _submitted_entry(job_id: str, kind: str, purpose: str, requester: str, manifest_text: str) -> le.Entry:
+    m = parse_manifest(manifest_text)
+    participants = {p.node: (p.dataset, p.fields) for p in m.data_participants}
+    return le.job_submitted(
+        job_id,
+        kind,
+        purpose,
+        requester,
+        m.digest,
+        participants,
+        validation=_validation(m),
+    )
+
+
+def _contribution_entries(
+    job_id: str,
+    kind: str,
+    manifest_text: str,
+    merged: Mapping[str, Any],
+    catalogs: Mapping[str, Mapping[str, Any]],
+    reported: Mapping[str, str],
+) -> list[Any]:
+    """Builders of the contribution (and model contribution) entries of a job that succeeded.
+
+    ``records`` per participant: the ``records`` its own result reports if any;
+    for vertical models the aligned training rows (the guest's
+    ``intersection_size``); otherwise the rows it published for the dataset.
+    A ``coalitions`` object (``{"a+b": metric}``, all ``2**n`` subsets) in a
+    result's ``eval`` becomes a ``model_contribution`` entry.
+    """
+    try:
+        m = parse_manifest(manifest_text)
+    except FedgovError:
+        return []
+    intersection = next(
+        (
+            r["intersection_size"]
+            for r in merged.values()
+            if isinstance(r, dict) and _number(r.get("intersection_size"))
+        ),
+        None,
+    )
+    builds: list[Any] = []
+    for p in m.data_participants:
+        try:
+            own = json.loads(reported.get(p.node) or "{}")
+        except ValueError:
+            own = {}
+        rows = catalogs.get(p.node, {}).get(p.dataset, {}).get("rows", 0)
+        if isinstance(own, dict) and _number(own.get("records")) and int(own["records"]) >= 0:
+            records = int(own["records"])
+        elif kind == "vertical-lr" and intersection is not None:
+            records = int(intersection)
+        else:
+            records = int(rows or 0)
+        builds.append(
+            lambda p=p, records=records: le.contribution(job_id, p.node, p.dataset, records, p.fields)
+        )
+    validation = _validation(m)
+    for res in merged.values():
+        ev = res.get("eval") if isinstance(res, dict) else None
+        coalitions = ev.get("coalitions") if isinstance(ev, dict) else None
+        if isinstance(coalitions, dict) and validation:
+            metric = str(ev.get("coalition_metric", "auc"))
+            builds.append(
+                lambda metric=metric, coalitions=coalitions: le.model_contribution(
+                    job_id,
+                    metric,
+                    validation,
+                    {le.parse_coalition_key(k): float(v) for k, v in coalitions.items() if _number(v)},
+                )
+            )
+            break
+    return builds

@@ -38,7 +38,9 @@ from fedgov.manifest import Manifest, manifest_digest, parse_manifest
 from fedgov.node.channel import JobChannel, PeerDirectory
 from fedgov.node.config import NodeConfig
 from fedgov.node.handlers import HANDLERS, TaskContext
+from fedgov.node.quality_publish import quality_json, quality_scores
 from fedgov.node.store import NodeStore
+from fedgov.node.witness import NodeWitness, WitnessError
 from fedgov.policy import Decision
 from fedgov.transport.rpc import describe, with_retry
 from fedgov.transport.tls import TlsMaterial, secure_channel
@@ -46,6 +48,7 @@ from fedgov.v1 import (
     common_pb2,
     jobs_pb2,
     jobs_pb2_grpc,
+    ledger_pb2_grpc,
     registry_pb2,
     registry_pb2_grpc,
     relay_pb2_grpc,
@@ -77,6 +80,14 @@ class NodeAgent:
         self.registry = registry_pb2_grpc.RegistryStub(channel)
         self.jobs = jobs_pb2_grpc.JobsStub(channel)
         self.relay = relay_pb2_grpc.RelayStub(channel)
+        self.witness = NodeWitness(
+            self.config.state_dir,
+            ledger_pb2_grpc.LedgerStub(channel),
+            None,
+            self.keys.sign,
+            ca_cert=self.ca_cert,
+            kit_dir=self.config.kit,
+        )
         return channel
 
     def _register(self) -> None:
@@ -84,16 +95,18 @@ class NodeAgent:
             registry_pb2.RegisterRequest(software_version=__version__, key_bundle=self.keys.bundle()),
             timeout=10,
         )
+        tables = {ds.name: self._read(ds.name, None) for ds in self.config.datasets.values()}
+        scores = quality_scores(self.config, tables=tables)
         datasets = []
         for ds in self.config.datasets.values():
-            table = self._read(ds.name, None)
-            schema_json = json.dumps(ds.schema.to_dict(), sort_keys=True)
+            table = tables[ds.name]
             datasets.append(
                 common_pb2.DatasetInfo(
                     name=ds.name,
-                    schema_json=schema_json,
+                    schema_json=json.dumps(ds.schema.to_dict(), sort_keys=True),
                     schema_digest=ds.schema.digest(),
                     rows=table.num_rows,
+                    quality_json=quality_json(scores[ds.name]) if ds.name in scores else "",
                 )
             )
         self.registry.PublishCatalog(registry_pb2.PublishCatalogRequest(datasets=datasets), timeout=10)
@@ -132,6 +145,14 @@ class NodeAgent:
 
     def _poll_loop(self) -> None:
         while not self.stop.is_set():
+            try:
+                # consistency of the coordinator's ledger with the last head seen
+                # (at most every 10 s); a standing alarm raises every time
+                self.witness.maybe_check()
+            except WitnessError as exc:
+                log.error("ALARM: %s; this node refuses all tasks until an operator investigates", exc)
+                self.stop.wait(5.0)
+                continue
             wait = 1.0 if self.store.pending() else 5.0
             reply = self.jobs.PollTasks(jobs_pb2.PollTasksRequest(wait_seconds=wait), timeout=wait + 10)
             for task in reply.tasks:

@@ -1,0 +1,736 @@
+"""``fedgov ledger ...`` (auditors, finance offices) and ``fedgov quality check`` (node operators).
+
+Wired into :func:`fedgov.cli.build_parser` with :func:`add_ledger_parser` and
+:func:`add_quality_parser`. Every ledger command reads one **source**:
+
+* ``--db PATH`` — the coordinator's ``ledger.db`` (offline, opened read-only;
+  a copy or the live file);
+* ``--export PATH`` — a file written by ``fedgov ledger export``;
+* otherwise online: ``--kit`` and ``--coordinator`` (or ``FEDGOV_KIT`` /
+  ``FEDGOV_COORDINATOR``); the log key is accepted only with the coordinator's
+  endorsement verified against the kit's federation CA.
+
+``--trusted-key`` (hex, or a ``ledger.pub`` file obtained out of band) pins
+the log key: a source signed by another key fails verification.
+:func:`verify_db` is the library entry point (used by ``fedgov demo``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sqlite3
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from fedgov.errors import ConfigError, CryptoError, FedgovError
+from fedgov.ledger import merkle
+from fedgov.ledger.entries import Entry, EntryError, parse_entry
+from fedgov.ledger.log import (
+    EXPORT_FORMAT,
+    ExportedLog,
+    SignedTreeHead,
+    TransparencyLog,
+    VerifyReport,
+    cosignature_message,
+    load_export,
+    public_key_bytes,
+    verify_export,
+)
+from fedgov.ledger.points import (
+    PointsRules,
+    points_report,
+    render_csv,
+    render_json,
+    render_png,
+    render_table,
+)
+
+__all__ = ["add_ledger_parser", "add_quality_parser", "open_readonly", "points_table", "verify_db"]
+
+
+# ------------------------------------------------------------------ read-only log
+
+
+class _ReadOnlyLog(TransparencyLog):
+    """A :class:`TransparencyLog` opened without the signing key, read-only.
+
+    Reuses the log's own audit (:meth:`TransparencyLog.verify_all`); writing
+    methods fail (there is no key and the connection is read-only).
+    """
+
+    def __init__(self, path: Path) -> None:  # noqa: D107 - deliberately not calling super().__init__
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ConfigError("no such ledger database", where=str(self.path))
+        try:
+            self._db = sqlite3.connect(
+                f"file:{self.path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+            )
+            row = self._db.execute("SELECT value FROM meta WHERE key='public_key'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(f"not a ledger database ({exc})", where=str(self.path)) from None
+        if row is None:
+            raise ConfigError("not a ledger database (no public key)", where=str(self.path))
+        self._key = None  # type: ignore[assignment]
+        self.public_key = Ed25519PublicKey.from_public_bytes(bytes(row[0]))
+        self._lock = threading.RLock()
+        self._damaged = None
+        self._queue = []
+        self._queue_lock = threading.Lock()
+        self._committing = False
+        self._size = 0
+        self._frontier = {}
+        self._load_state()
+
+
+def open_readonly(path: Path) -> TransparencyLog:
+    """Open a ``ledger.db`` for reading and auditing (no signing key needed)."""
+    return _ReadOnlyLog(Path(path))
+
+
+def _witness_heads(paths: Sequence[Path]) -> list[SignedTreeHead]:
+    heads = []
+    for p in paths:
+        try:
+            doc = json.loads(Path(p).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"unreadable witness state: {exc}", where=str(p)) from None
+        if doc.get("head"):
+            heads.append(SignedTreeHead.from_dict(doc["head"]))
+    return heads
+
+
+def _load_key(spec: str | None) -> Ed25519PublicKey | None:
+    if not spec:
+        return None
+    text = spec
+    if not all(c in "0123456789abcdefABCDEF" for c in spec.strip()) or len(spec.strip()) != 64:
+        try:
+            text = Path(spec).read_text(encoding="ascii")
+        except OSError as exc:
+            raise ConfigError(
+                f"--trusted-key: neither 64 hex digits nor a readable file ({exc.strerror})"
+            ) from None
+    try:
+        return Ed25519PublicKey.from_public_bytes(bytes.fromhex(text.strip()))
+    except ValueError:
+        raise ConfigError("--trusted-key: expected 64 hex digits (raw Ed25519 public key)") from None
+
+
+def verify_db(
+    path: Path | str,
+    *,
+    trusted_key: Ed25519PublicKey | None = None,
+    witness_states: Sequence[Path] = (),
+) -> dict[str, Any]:
+    """Audit a ``ledger.db`` offline; ``{"size", "verified", "problems", ...}`` (never raises for tampering).
+
+    Recomputes every leaf (an edited row is named by index), the tree, every
+    signed head, cosignature and points award (:meth:`TransparencyLog.verify_all`);
+    ``witness_states`` (nodes' ``ledger-witness.json``) add the heads those
+    witnesses verified, so a rewritten database is caught even with fresh heads.
+    """
+    log = open_readonly(Path(path))
+    try:
+        report = log.verify_all(known_heads=_witness_heads(witness_states))
+        out = report.to_dict()
+        out["public_key"] = public_key_bytes(log.public_key).hex()
+        if trusted_key is not None and public_key_bytes(trusted_key) != public_key_bytes(log.public_key):
+            out["problems"].insert(0, "the database is signed by a different log key than the trusted one")
+            out["verified"] = False
+        return out
+    finally:
+        log.close()
+
+
+def points_table(
+    path: Path | str, period: str = "all", budget: Decimal | int | str = 0
+) -> list[dict[str, Any]]:
+    """One row per department (``dept, points, share, budget_amount, rank, ...``) from a ``ledger.db``.
+
+    Computed from the entries under the latest rule set the log published.
+    """
+    log = open_readonly(Path(path))
+    try:
+        entries = log.parsed_entries()
+    finally:
+        log.close()
+    rules = _rules_in(entries) or PointsRules()
+    return [r.to_dict() for r in points_report(entries, period, Decimal(str(budget)), rules)]
+
+
+# ----------------------------------------------------------------------- sources
+
+
+@dataclass
+class _Source:
+    """Entries, heads and cosignatures from a db, an export or the coordinator."""
+
+    kind: str
+    public_key: Ed25519PublicKey
+    blobs: list[bytes]
+    heads: list[SignedTreeHead]
+    cosignatures: list[tuple[str, SignedTreeHead, bytes]]
+    log: TransparencyLog | None = None
+    witness_keys: dict[str, Ed25519PublicKey] = field(default_factory=dict)
+
+    def entries(self) -> list[Entry]:
+        return [parse_entry(b) for b in self.blobs]
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
+
+
+@dataclass
+class _Online:
+    """A mutual-TLS session with the coordinator's Ledger and Registry services."""
+
+    ca: x509.Certificate
+    channel: Any
+    ledger: Any
+    registry: Any
+
+    @classmethod
+    def open(cls, ns: argparse.Namespace) -> _Online:
+        from fedgov.transport.tls import TlsMaterial, secure_channel
+        from fedgov.v1 import ledger_pb2_grpc, registry_pb2_grpc
+
+        kit = ns.kit or os.environ.get("FEDGOV_KIT")
+        coord = ns.coordinator or os.environ.get("FEDGOV_COORDINATOR")
+        if not kit or not coord:
+            raise FedgovError(
+                "give --db PATH or --export PATH (offline), or --kit and --coordinator "
+                "(or FEDGOV_KIT and FEDGOV_COORDINATOR)"
+            )
+        material = TlsMaterial.from_kit(Path(kit))
+        channel = secure_channel(material, coord)
+        return cls(
+            x509.load_pem_x509_certificate(material.ca),
+            channel,
+            ledger_pb2_grpc.LedgerStub(channel),
+            registry_pb2_grpc.RegistryStub(channel),
+        )
+
+    def call(self, fn: Any, request: Any, timeout: float = 60) -> Any:
+        from fedgov.transport.rpc import with_retry
+
+        return with_retry(lambda: fn(request, timeout=timeout), patience=15)
+
+    def head(self) -> tuple[SignedTreeHead, Ed25519PublicKey]:
+        from fedgov.node.witness import head_from_pb, verify_log_key
+        from fedgov.v1 import ledger_pb2
+
+        reply = self.call(self.ledger.GetHead, ledger_pb2.GetHeadRequest())
+        key = verify_log_key(reply.key, self.ca)
+        sth = head_from_pb(reply.head)
+        sth.verify(key)
+        return sth, key
+
+    def entries(self, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+        from fedgov.transport.rpc import describe
+        from fedgov.v1 import ledger_pb2
+
+        pos = start
+        while pos < end:
+            got = 0
+            try:
+                for e in self.ledger.GetEntries(
+                    ledger_pb2.GetEntriesRequest(start=pos, end=end), timeout=600
+                ):
+                    if e.index != pos:
+                        raise CryptoError(
+                            f"the coordinator sent entry {e.index} where {pos} was due", where="ledger"
+                        )
+                    yield pos, bytes(e.data)
+                    pos += 1
+                    got += 1
+            except Exception as exc:
+                import grpc
+
+                if isinstance(exc, grpc.RpcError):
+                    raise describe(exc) from None
+                raise
+            if not got:
+                raise CryptoError(
+                    f"the coordinator sent no entries from {pos} (head covers {end})", where="ledger"
+                )
+
+    def cosignatures(self) -> list[tuple[str, SignedTreeHead, bytes]]:
+        from fedgov.node.witness import head_from_pb
+        from fedgov.v1 import ledger_pb2
+
+        reply = self.call(self.ledger.GetCosignatures, ledger_pb2.GetCosignaturesRequest())
+        return [(c.witness, head_from_pb(c.head), bytes(c.signature)) for c in reply.cosignatures]
+
+    def witness_keys(self, names: set[str]) -> dict[str, Ed25519PublicKey]:
+        from fedgov.crypto.keys import verify_bundle
+        from fedgov.v1 import registry_pb2
+
+        keys = {}
+        for n in sorted(names):
+            try:
+                bundle = self.call(
+                    self.registry.GetKeyBundle, registry_pb2.GetKeyBundleRequest(node=n)
+                ).bundle
+                keys[n] = verify_bundle(bundle, self.ca, n).signing_key
+            except FedgovError:
+                continue  # reported as "witness key unknown" by the caller
+        return keys
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def _source(ns: argparse.Namespace) -> _Source:
+    if getattr(ns, "db", None):
+        log = open_readonly(ns.db)
+        return _Source(
+            "db",
+            log.public_key,
+            log.entries(),
+            log.heads(),
+            [(c.witness, c.sth, c.signature) for c in log.cosignatures()],
+            log=log,
+        )
+    if getattr(ns, "export", None):
+        exp = load_export(Path(ns.export))
+        return _Source("export", exp.public_key, exp.blobs, exp.heads, exp.cosignatures)
+    online = _Online.open(ns)
+    try:
+        sth, key = online.head()
+        blobs = [b for _, b in online.entries(0, sth.size)]
+        cos = online.cosignatures()
+        wkeys = online.witness_keys({w for w, _, _ in cos})
+    finally:
+        online.close()
+    return _Source("online", key, blobs, [sth], cos, witness_keys=wkeys)
+
+
+def _check_trusted(src: _Source, trusted: Ed25519PublicKey | None) -> list[str]:
+    if trusted is not None and public_key_bytes(trusted) != public_key_bytes(src.public_key):
+        return [f"the {src.kind} is signed by a different log key than the trusted one"]
+    return []
+
+
+def _verify_source(src: _Source, ns: argparse.Namespace) -> dict[str, Any]:
+    trusted = _load_key(ns.trusted_key)
+    if src.kind == "db":
+        assert src.log is not None
+        report = src.log.verify_all(
+            known_heads=_witness_heads(ns.witness_state or []), witness_keys=src.witness_keys
+        )
+        out = report.to_dict()
+    else:
+        exp = ExportedLog(src.public_key, src.heads, src.cosignatures, src.blobs)
+        problems = verify_export(exp)
+        problems += _check_cosignatures(src)
+        known = _witness_heads(ns.witness_state or [])
+        if known:
+            tree = merkle.MerkleTree()
+            for b in src.blobs:
+                tree.append(b)
+            for sth in known:
+                try:
+                    sth.verify(src.public_key)
+                except CryptoError:
+                    problems.append(
+                        f"known head of size {sth.size}: signature does not verify with the log key"
+                    )
+                    continue
+                if sth.size > tree.size:
+                    problems.append(
+                        f"known head of size {sth.size}: the log now holds only {tree.size} entries"
+                    )
+                elif tree.root(sth.size) != sth.root:
+                    problems.append(f"known head of size {sth.size}: root differs — history rewritten")
+        out = VerifyReport(
+            size=len(src.blobs),
+            heads_checked=len(src.heads) + len(known),
+            cosignatures_checked=len(src.cosignatures),
+            awards_checked=sum(1 for b in src.blobs if b'"type":"points_awarded"' in b),
+            problems=problems,
+        ).to_dict()
+    out["problems"][:0] = _check_trusted(src, trusted)
+    out["verified"] = not out["problems"]
+    out["source"] = src.kind
+    out["public_key"] = public_key_bytes(src.public_key).hex()
+    return out
+
+
+def _check_cosignatures(src: _Source) -> list[str]:
+    problems = []
+    tree = merkle.MerkleTree()
+    for b in src.blobs:
+        tree.append(b)
+    for witness, sth, sig in src.cosignatures:
+        label = f"cosignature by {witness} of head {sth.size}"
+        try:
+            sth.verify(src.public_key)
+        except CryptoError:
+            problems.append(f"{label}: the head's log signature does not verify")
+            continue
+        key = src.witness_keys.get(witness)
+        if key is not None:
+            try:
+                key.verify(sig, cosignature_message(sth))
+            except InvalidSignature:
+                problems.append(f"{label}: witness signature does not verify")
+        if sth.size > tree.size:
+            problems.append(f"{label}: the witnessed head covers more entries than the log holds (truncated)")
+        elif tree.root(sth.size) != sth.root:
+            problems.append(f"{label}: witnessed root differs from the entries (history rewritten)")
+    return problems
+
+
+# ---------------------------------------------------------------------- commands
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, sort_keys=True, default=str, ensure_ascii=False))
+
+
+def _cmd_verify(ns: argparse.Namespace) -> None:
+    src = _source(ns)
+    try:
+        out = _verify_source(src, ns)
+    finally:
+        src.close()
+    if ns.json:
+        _print_json(out)
+    elif out["verified"]:
+        print(
+            f"ledger verified ({out['source']}): {out['size']} entries, {out['heads_checked']} signed heads, "
+            f"{out['cosignatures_checked']} cosignatures, {out['awards_checked']} points awards"
+        )
+        print(f"log key {out['public_key']} — compare with the ledger.pub published out of band")
+    else:
+        print("ledger verification FAILED:")
+        for p in out["problems"]:
+            print(f"  - {p}")
+    if not out["verified"]:
+        first = out["problems"][0]
+        more = len(out["problems"]) - 1
+        raise CryptoError(f"ledger verification failed: {first}" + (f" (and {more} more)" if more else ""))
+
+
+def _cmd_head(ns: argparse.Namespace) -> None:
+    if getattr(ns, "db", None) or getattr(ns, "export", None):
+        src = _source(ns)
+        src.close()
+        if not src.heads:
+            raise FedgovError("the log has issued no signed head yet")
+        sth = max(src.heads, key=lambda h: (h.timestamp, h.size))
+        key = src.public_key
+    else:
+        online = _Online.open(ns)
+        try:
+            sth, key = online.head()
+        finally:
+            online.close()
+    out = {**sth.to_dict(), "public_key": public_key_bytes(key).hex()}
+    if ns.json:
+        _print_json(out)
+    else:
+        print(f"size {sth.size}  root {sth.root.hex()}  timestamp {sth.timestamp}")
+        print(f"signature {sth.signature.hex()}")
+        print(f"log key {out['public_key']}")
+
+
+def _cmd_proof(ns: argparse.Namespace) -> None:
+    index = ns.entry
+    if getattr(ns, "db", None) or getattr(ns, "export", None):
+        src = _source(ns)
+        src.close()
+        if not src.heads:
+            raise FedgovError("the log has issued no signed head to prove against")
+        sth = max(src.heads, key=lambda h: (h.timestamp, h.size))
+        if sth.size > len(src.blobs):
+            raise CryptoError(f"the latest head covers {sth.size} entries but the log holds {len(src.blobs)}")
+        if not 0 <= index < sth.size:
+            raise FedgovError(f"no entry {index} under the latest signed head (size {sth.size})")
+        tree = merkle.MerkleTree()
+        for b in src.blobs[: sth.size]:
+            tree.append(b)
+        data = src.blobs[index]
+        path = tree.inclusion_proof(index, sth.size)
+        key = src.public_key
+    else:
+        from fedgov.v1 import ledger_pb2
+
+        online = _Online.open(ns)
+        try:
+            sth, key = online.head()
+            if not 0 <= index < sth.size:
+                raise FedgovError(f"no entry {index} under the latest signed head (size {sth.size})")
+            reply = online.call(
+                online.ledger.GetInclusionProof, ledger_pb2.InclusionProofRequest(index=index, size=sth.size)
+            )
+        finally:
+            online.close()
+        data, path = bytes(reply.entry), [bytes(h) for h in reply.hashes]
+    sth.verify(key)
+    merkle.verify_inclusion(merkle.leaf_hash(data), index, sth.size, path, sth.root)
+    try:
+        entry = json.loads(data)
+    except ValueError:
+        entry = data.decode("utf-8", "replace")
+    out = {
+        "index": index,
+        "entry": entry,
+        "leaf_hash": merkle.leaf_hash(data).hex(),
+        "head": sth.to_dict(),
+        "proof": [h.hex() for h in path],
+        "verified": True,
+    }
+    if ns.json:
+        _print_json(out)
+    else:
+        print(f"entry {index}: {data.decode('utf-8', 'replace')}")
+        print(
+            f"included in the signed head of size {sth.size} (root {sth.root.hex()}, timestamp {sth.timestamp})"
+        )
+        for i, h in enumerate(path):
+            print(f"  proof[{i}] {h.hex()}")
+        print("inclusion proof verified")
+
+
+def _cmd_show(ns: argparse.Namespace) -> None:
+    src = _source(ns)
+    src.close()
+    end = len(src.blobs) if ns.end is None else min(ns.end, len(src.blobs))
+    rows = []
+    for i in range(max(ns.start, 0), end):
+        blob = src.blobs[i]
+        try:
+            e = parse_entry(blob)
+        except EntryError as exc:
+            rows.append({"index": i, "invalid": str(exc), "raw": blob.decode("utf-8", "replace")})
+            continue
+        if ns.type and e.type != ns.type:
+            continue
+        if ns.job and e.fields.get("job") != ns.job:
+            continue
+        if ns.node and e.fields.get("node") != ns.node:
+            continue
+        rows.append({"index": i, **e.to_dict()})
+    if ns.json:
+        _print_json(rows)
+        return
+    for r in rows:
+        rest = {k: v for k, v in r.items() if k not in ("index", "type", "ts", "v")}
+        print(
+            f"#{r['index']:<6} {r.get('type', 'INVALID'):<18} {json.dumps(rest, sort_keys=True, ensure_ascii=False)}"
+        )
+
+
+def _cmd_export(ns: argparse.Namespace) -> None:
+    src = _source(ns)
+    try:
+        buf = io.StringIO()
+        if src.log is not None:
+            n = src.log.export(buf)
+        else:
+            header = {
+                "format": EXPORT_FORMAT,
+                "public_key": public_key_bytes(src.public_key).hex(),
+                "size": len(src.blobs),
+                "heads": [h.to_dict() for h in src.heads],
+                "cosignatures": [
+                    {"witness": w, "head": h.to_dict(), "signature": s.hex()} for w, h, s in src.cosignatures
+                ],
+            }
+            buf.write(json.dumps(header, sort_keys=True) + "\n")
+            for b in src.blobs:
+                buf.write(b.decode("utf-8") + "\n")
+            n = len(src.blobs)
+    finally:
+        src.close()
+    if ns.out is None or str(ns.out) == "-":
+        sys.stdout.write(buf.getvalue())
+        return
+    tmp = Path(str(ns.out) + ".tmp")
+    tmp.write_text(buf.getvalue(), encoding="utf-8")
+    tmp.replace(ns.out)
+    if ns.json:
+        _print_json({"out": str(ns.out), "entries": n})
+    else:
+        print(f"{n} entries exported to {ns.out}")
+
+
+def _rules_in(entries: Sequence[Entry]) -> PointsRules | None:
+    rules = None
+    for e in entries:
+        if e.type == "points_rules":
+            rules = PointsRules.from_dict(e["rules"])
+    return rules
+
+
+def _cmd_points(ns: argparse.Namespace) -> None:
+    try:
+        budget = Decimal(ns.budget)
+    except InvalidOperation:
+        raise ConfigError(f"--budget must be an amount, got {ns.budget!r}") from None
+    src = _source(ns)
+    src.close()
+    entries = src.entries()
+    rules = _rules_in(entries) or PointsRules()
+    rows = points_report(entries, ns.period, budget, rules)
+    if ns.png:
+        render_png(rows, ns.png, title=f"Contribution points, {ns.period}")
+    if ns.json:
+        print(render_json(rows, period=ns.period, rules=rules))
+    elif ns.csv:
+        sys.stdout.write(render_csv(rows))
+    else:
+        sys.stdout.write(render_table(rows))
+        print(f"period {ns.period}; rules {rules.version} ({rules.digest()[:16]}…); budget {budget:,.2f}")
+        if ns.png:
+            print(f"chart written to {ns.png}")
+
+
+def cmd_ledger(ns: argparse.Namespace) -> None:
+    """Dispatch ``fedgov ledger ACTION``."""
+    {
+        "verify": _cmd_verify,
+        "head": _cmd_head,
+        "proof": _cmd_proof,
+        "show": _cmd_show,
+        "export": _cmd_export,
+        "points": _cmd_points,
+    }[ns.action](ns)
+
+
+def cmd_quality(ns: argparse.Namespace) -> None:
+    """``fedgov quality check``: score datasets locally; nothing leaves the machine."""
+    from fedgov.node.config import NodeConfig
+    from fedgov.node.quality_publish import assess_dataset
+
+    config = NodeConfig.load(ns.config)
+    names = [ns.dataset] if ns.dataset else list(config.datasets)
+    reports = [assess_dataset(config, n) for n in names]
+    if ns.json:
+        _print_json(
+            {
+                r.dataset: {**r.to_dict(), "public_scores": r.public_scores(), "worst": r.worst(ns.worst)}
+                for r in reports
+            }
+        )
+        return
+    for r in reports:
+        print(f"{config.name}/{r.dataset}  {r.rows} rows  overall {r.overall:.4f}")
+        scores = "  ".join(f"{d} {'n/a' if s is None else f'{s:.4f}'}" for d, s in r.scores.items())
+        print(f"  {scores}")
+        for line in r.worst(ns.worst):
+            print(f"  {line}")
+    print("only the scores above are published (with the catalogue); findings and row numbers stay here")
+
+
+# ------------------------------------------------------------------------ parsers
+
+
+def _source_opts(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("source (one of)")
+    g.add_argument("--db", type=Path, help="the coordinator's ledger.db (offline, read-only)")
+    g.add_argument("--export", type=Path, help="a file written by `fedgov ledger export`")
+    g.add_argument("--kit", help="online: your startup kit (or FEDGOV_KIT)")
+    g.add_argument("--coordinator", help="online: host:port (or FEDGOV_COORDINATOR)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def add_ledger_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add ``fedgov ledger verify|head|proof|show|export|points`` to the top-level subparsers."""
+    p = sub.add_parser("ledger", help="audit the contribution ledger (transparency log) and its points")
+    lsub = p.add_subparsers(dest="action", required=True)
+    q = lsub.add_parser(
+        "verify",
+        help="re-check the whole log: leaves, tree, signed heads, cosignatures, recomputed points",
+        description="Offline (--db) an edited or deleted row is named by its index. Exit status 2 on any problem.",
+    )
+    _source_opts(q)
+    q.add_argument(
+        "--trusted-key", help="the log key obtained out of band (64 hex digits or a ledger.pub file)"
+    )
+    q.add_argument(
+        "--witness-state",
+        type=Path,
+        action="append",
+        help="a node's ledger-witness.json: its verified head must still match (repeatable)",
+    )
+    q = lsub.add_parser("head", help="the latest signed tree head")
+    _source_opts(q)
+    q = lsub.add_parser("proof", help="inclusion proof of one entry against the latest signed head")
+    q.add_argument("entry", type=int, help="entry index (0-based)")
+    _source_opts(q)
+    q = lsub.add_parser("show", help="list entries")
+    _source_opts(q)
+    q.add_argument("--start", type=int, default=0)
+    q.add_argument("--end", type=int)
+    q.add_argument("--type", help="only entries of this type (e.g. contribution)")
+    q.add_argument("--job", help="only entries of this job")
+    q.add_argument("--node", help="only entries naming this node")
+    q = lsub.add_parser("export", help="write the log (header + canonical entries, JSON lines)")
+    _source_opts(q)
+    q.add_argument("--out", type=Path, help="output file (default: stdout)")
+    q = lsub.add_parser(
+        "points",
+        help="each department's points, budget share and rank",
+        description="Points recomputed from the ledger entries under the rule set published in the log.",
+    )
+    _source_opts(q)
+    q.add_argument(
+        "--period", default="all", help="all | 2024 | 2024-Q2 | 2024-06 | 2024-01-01..2024-03-31 (UTC)"
+    )
+    q.add_argument("--budget", default="0", help="budget pool to split by share (exact cents)")
+    fmt = q.add_mutually_exclusive_group()
+    fmt.add_argument("--csv", action="store_true", help="print CSV")
+    fmt.add_argument("--table", action="store_true", help="print a table (default)")
+    q.add_argument(
+        "--png", type=Path, help="also write a bar chart (needs matplotlib, which fedgov does not install)"
+    )
+    p.set_defaults(func=cmd_ledger)
+    return p
+
+
+def add_quality_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add ``fedgov quality check`` to the top-level subparsers."""
+    p = sub.add_parser("quality", help="data-quality scores of a node's datasets (computed locally)")
+    p.add_argument("action", choices=["check"])
+    p.add_argument("--config", type=Path, required=True, help="node.toml")
+    p.add_argument("--dataset", help="only this dataset")
+    p.add_argument("--worst", type=int, default=5, help="explain this many worst findings (default 5)")
+    p.add_argument("--json", action="store_true", help="print JSON (full local report)")
+    p.set_defaults(func=cmd_quality)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Stand-alone entry (``python -m fedgov.cli_ledger ledger|quality ...``), same conventions as ``fedgov``."""
+    ap = argparse.ArgumentParser(prog="fedgov", description="fedgov ledger and quality commands")
+    sub = ap.add_subparsers(dest="command", required=True)
+    add_ledger_parser(sub)
+    add_quality_parser(sub)
+    ns = ap.parse_args(argv)
+    try:
+        ns.func(ns)
+    except FedgovError as exc:
+        if getattr(ns, "json", False):
+            _print_json({"ok": False, "error": str(exc)})
+        print(f"fedgov: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+from fedgov.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class TreeHead(_message.Message):
+    __slots__ = ("size", "root", "timestamp", "signature")
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    ROOT_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    size: int
+    root: bytes
+    timestamp: int
+    signature: bytes
+    def __init__(self, size: _Optional[int] = ..., root: _Optional[bytes] = ..., timestamp: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class LogKey(_message.Message):
+    __slots__ = ("public_key", "endorsement", "coordinator_cert_pem")
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    ENDORSEMENT_FIELD_NUMBER: _ClassVar[int]
+    COORDINATOR_CERT_PEM_FIELD_NUMBER: _ClassVar[int]
+    public_key: bytes
+    endorsement: bytes
+    coordinator_cert_pem: bytes
+    def __init__(self, public_key: _Optional[bytes] = ..., endorsement: _Optional[bytes] = ..., coordinator_cert_pem: _Optional[bytes] = ...) -> None: ...
+
+class GetHeadRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetHeadReply(_message.Message):
+    __slots__ = ("head", "key")
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    head: TreeHead
+    key: LogKey
+    def __init__(self, head: _Optional[_Union[TreeHead, _Mapping]] = ..., key: _Optional[_Union[LogKey, _Mapping]] = ...) -> None: ...
+
+class ConsistencyProofRequest(_message.Message):
+    __slots__ = ("old_size", "new_size")
+    OLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    NEW_SIZE_FIELD_NUMBER: _ClassVar[int]
+    old_size: int
+    new_size: int
+    def __init__(self, old_size: _Optional[int] = ..., new_size: _Optional[int] = ...) -> None: ...
+
+class Proof(_message.Message):
+    __slots__ = ("hashes",)
+    HASHES_FIELD_NUMBER: _ClassVar[int]
+    hashes: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, hashes: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class InclusionProofRequest(_message.Message):
+    __slots__ = ("index", "size")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    size: int
+    def __init__(self, index: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
+
+class InclusionProof(_message.Message):
+    __slots__ = ("index", "size", "entry", "hashes")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    HASHES_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    size: int
+    entry: bytes
+    hashes: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, index: _Optional[int] = ..., size: _Optional[int] = ..., entry: _Optional[bytes] = ..., hashes: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class GetEntriesRequest(_message.Message):
+    __slots__ = ("start", "end")
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    start: int
+    end: int
+    def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ...) -> None: ...
+
+class LedgerEntry(_message.Message):
+    __slots__ = ("index", "data")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    data: bytes
+    def __init__(self, index: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class AddCosignatureRequest(_message.Message):
+    __slots__ = ("head", "signature")
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    head: TreeHead
+    signature: bytes
+    def __init__(self, head: _Optional[_Union[TreeHead, _Mapping]] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class GetCosignaturesRequest(_message.Message):
+    __slots__ = ("size",)
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    size: int
+    def __init__(self, size: _Optional[int] = ...) -> None: ...
+
+class Cosignature(_message.Message):
+    __slots__ = ("witness", "head", "signature")
+    WITNESS_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    witness: str
+    head: TreeHead
+    signature: bytes
+    def __init__(self, witness: _Optional[str] = ..., head: _Optional[_Union[TreeHead, _Mapping]] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class GetCosignaturesReply(_message.Message):
+    __slots__ = ("cosignatures",)
+    COSIGNATURES_FIELD_NUMBER: _ClassVar[int]
+    cosignatures: _containers.RepeatedCompositeFieldContainer[Cosignature]
+    def __init__(self, cosignatures: _Optional[_Iterable[_Union[Cosignature, _Mapping]]] = ...) -> None: ...
