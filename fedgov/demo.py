@@ -126,16 +126,15 @@ SMALL_CELL_MANIFEST = """
 [job]
 kind = "cohort-count"
 purpose = "social-assistance-statistics"
-description = "Eligible large households with a disabled member in Wuchuan (a small cell)"
+description = "Eligible households of four or more in Togtoh (a small cell)"
 
 [[participants]]
 node = "civil_affairs"
 dataset = "applications"
-fields = ["district", "household_size", "has_disabled_member", "eligible"]
+fields = ["district", "household_size", "eligible"]
 where = [
-  { field = "district", op = "==", value = "wuchuan" },
-  { field = "household_size", op = ">=", value = 5 },
-  { field = "has_disabled_member", op = "==", value = true },
+  { field = "district", op = "==", value = "togtoh" },
+  { field = "household_size", op = ">=", value = 4 },
   { field = "eligible", op = "==", value = 1 },
 ]
 """
@@ -389,7 +388,7 @@ def run_demo(*, keep: Path | None = None, households: int = 6000, quiet: bool = 
             small = _submit(fed, SMALL_CELL_MANIFEST)
             sres = small.get("result", {}).get("civil_affairs", {})
             story.say(
-                "5. A tiny cohort (large Wuchuan households with a disabled member): "
+                "5. A tiny cohort (eligible households of four or more in Togtoh): "
                 + (
                     "suppressed by civil affairs' policy (fewer than 11 people)."
                     if sres.get("suppressed")

@@ -26,7 +26,7 @@ def test_demo_json_runs_end_to_end() -> None:
     assert summary["refused"]["state"] == "rejected" and "birth_date" in summary["refused"]["reason"]
     assert summary["ledger"]["verified"] is True and summary["ledger"]["size"] > 20
     shares = {row["dept"]: row["share"] for row in summary["points"]}
-    assert abs(sum(shares.values()) - 1) < 1e-6 and shares["tax"] > 0
+    assert abs(sum(shares.values()) - 1) < 1e-5 and shares["tax"] > 0  # shares are rounded to 6 places
     assert summary["eligibility"]["applicants"] > 0 and summary["he_stats"]["cells"]
     model = summary["model"]
     assert model["auc_joint"] > model["auc_civil_affairs_only"] + 0.1 > 0.6

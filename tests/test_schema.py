@@ -64,6 +64,7 @@ def test_reference_schemas_exist() -> None:
     names = {p.parent.parent.name + "/" + p.stem for p in REFERENCE}
     assert names == {
         "civil_affairs/applications",
+        "civil_affairs/applications_holdout",
         "tax/income",
         "hrss/insurance",
         "housing/property",

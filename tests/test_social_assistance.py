@@ -36,7 +36,7 @@ def load(out: Path, dept: str, columns: list[str] | None = None) -> pa.Table:
     node_dir = NODES / dept
     cfg = tomllib.loads((node_dir / "node.toml").read_text())
     assert cfg["node"]["name"] == dept
-    (ds,) = cfg["datasets"]
+    ds = cfg["datasets"][0]  # the primary dataset (civil affairs also has a holdout)
     schema = load_schema(node_dir / ds["schema"])
     source: str = ds["source"]
     marker = "data/social_assistance/"
