@@ -4,30 +4,18 @@ foreign keys rejected, horizontal sums."""
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fedgov.datasources import read_dataset
 from fedgov.errors import CryptoError, PolicyDenied
 from fedgov.protocols import he_stats as hs
 from fedgov.protocols.psi import normalize_ids
-from fedgov.scenarios.social_assistance import DATASETS, generate
-from fedgov.schema import load_schema
+from fedgov.scenarios.social_assistance import generate
+from tests.conftest import load_world_dataset as load
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load(out: Path, dept: str):
-    node_dir = ROOT / "nodes" / dept
-    cfg = tomllib.loads((node_dir / "node.toml").read_text())
-    ds = cfg["datasets"][0]  # the primary dataset (civil affairs also has a holdout)
-    rel = DATASETS[dept][ds["name"]]
-    src = f"sqlite:///{out / rel}" if ds["source"].startswith("sqlite:") else str(out / rel)
-    return read_dataset(src, load_schema(node_dir / ds["schema"]), base_dir=node_dir,
-                        table=ds.get("table"), query=ds.get("query"))
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ with a tiny numpy logistic regression over three seeds.
 
 from __future__ import annotations
 
-import tomllib
 from datetime import date
 from pathlib import Path
 
@@ -16,9 +15,8 @@ import pyarrow as pa
 import pytest
 
 from fedgov import idcard
-from fedgov.datasources import read_dataset
 from fedgov.scenarios.social_assistance import DATASETS, generate
-from fedgov.schema import load_schema
+from tests.conftest import load_world_dataset as load
 
 ROOT = Path(__file__).resolve().parents[1]
 NODES = ROOT / "nodes"
@@ -29,24 +27,6 @@ DEPTS = ("civil_affairs", "tax", "hrss", "housing", "vehicles", "medical")
 def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("sa") / "social_assistance"
     return out, generate(out, seed=7, households=6000)
-
-
-def load(out: Path, dept: str, columns: list[str] | None = None) -> pa.Table:
-    """Read a generated dataset the way its node would, per nodes/<dept>/node.toml."""
-    node_dir = NODES / dept
-    cfg = tomllib.loads((node_dir / "node.toml").read_text())
-    assert cfg["node"]["name"] == dept
-    ds = cfg["datasets"][0]  # the primary dataset (civil affairs also has a holdout)
-    schema = load_schema(node_dir / ds["schema"])
-    source: str = ds["source"]
-    marker = "data/social_assistance/"
-    assert marker in source
-    rel = source.split(marker, 1)[1]
-    assert rel == DATASETS[dept][ds["name"]]
-    src = f"sqlite:///{out / rel}" if source.startswith("sqlite:") else str(out / rel)
-    return read_dataset(
-        src, schema, base_dir=node_dir, table=ds.get("table"), query=ds.get("query"), columns=columns
-    )
 
 
 def test_summary(world: tuple[Path, dict]) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow.csv as pacsv
 
 from fedgov.errors import SchemaMismatch
+from fedgov.metrics import auc  # noqa: F401  (re-exported: callers use logreg.auc)
 
 __all__ = ["LABEL", "auc", "load_table", "local_train", "predict_proba"]
 
@@ -75,23 +76,3 @@ def local_train(w: np.ndarray, X: np.ndarray, y: np.ndarray, *, steps: int, lr: 
         grad = A.T @ (p - y) / n + reg * w
         w -= lr * grad
     return w
-
-
-def auc(y: np.ndarray, score: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney, ties counted half); 0.5 if one class is absent."""
-    y = np.asarray(y)
-    score = np.asarray(score, dtype=np.float64)
-    pos, neg = int((y == 1).sum()), int((y == 0).sum())
-    if pos == 0 or neg == 0:
-        return 0.5
-    order = np.argsort(score, kind="mergesort")
-    ranks = np.empty(len(score))
-    s = score[order]
-    i = 0
-    while i < len(s):
-        j = i
-        while j + 1 < len(s) and s[j + 1] == s[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
-    return float((ranks[y == 1].sum() - pos * (pos + 1) / 2.0) / (pos * neg))

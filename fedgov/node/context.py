@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from fedgov.errors import FedgovError
@@ -37,6 +38,11 @@ class TaskContext:
 
 
 Handler = Callable[[TaskContext], dict[str, Any]]
+
+
+def numeric(values: list[Any]) -> np.ndarray:
+    """A column's values as float64, ``None``/NaN as NaN (callers decide how to fill)."""
+    return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
 
 
 def id_column(ctx: TaskContext) -> str:

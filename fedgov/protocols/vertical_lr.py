@@ -41,6 +41,7 @@ import numpy as np
 
 from fedgov.crypto.ckks import CkksContext, CkksParams, PackedMatrix, bsgs_steps, mask_budget, random_mask
 from fedgov.errors import ConfigError, CryptoError, FedgovError
+from fedgov.metrics import auc  # noqa: F401  (re-exported: callers use this module's auc)
 
 __all__ = [
     "Arbiter",
@@ -838,27 +839,6 @@ class GuestScorer:
 
 # ---------------------------------------------------------------------------------------------
 # metrics
-
-
-def auc(y: np.ndarray, s: np.ndarray) -> float:
-    """ROC AUC with ties counted half (Mann-Whitney)."""
-    y = np.asarray(y, dtype=np.float64)
-    s = np.asarray(s, dtype=np.float64)
-    order = np.argsort(s, kind="mergesort")
-    ss = s[order]
-    ranks = np.empty(len(s))
-    i = 0
-    while i < len(s):
-        j = i
-        while j + 1 < len(s) and ss[j + 1] == ss[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    n1 = y.sum()
-    n0 = len(y) - n1
-    if n1 == 0 or n0 == 0:
-        return float("nan")
-    return float((ranks[y > 0.5].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
 def metrics(y: Any, scores: Any, threshold: float = 0.5) -> dict[str, float]:

@@ -43,7 +43,6 @@ only *counts* of decisions (never a figure, never an identity).
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -52,7 +51,7 @@ import pyarrow as pa
 
 from fedgov.errors import ConfigError
 from fedgov.manifest import Manifest
-from fedgov.node.context import TaskContext, id_column
+from fedgov.node.context import TaskContext, id_column, numeric
 from fedgov.node.kinds.vertical_lr import align
 from fedgov.protocols import eligibility as el
 
@@ -104,14 +103,6 @@ def parse_job(manifest: Manifest) -> tuple[el.Rules, str, list[str], str]:
     return rules, guest, hosts, arbiter
 
 
-def _numeric(values: list[Any]) -> np.ndarray:
-    out = np.full(len(values), np.nan)
-    for i, v in enumerate(values):
-        if v is not None and not (isinstance(v, float) and math.isnan(v)):
-            out[i] = float(v)
-    return out
-
-
 def _over_batch(raw: np.ndarray, slot: np.ndarray, n: int) -> np.ndarray:
     """Values over the batch order (first record per position; NaN where none)."""
     out = np.full(n, np.nan)
@@ -140,7 +131,7 @@ def _baseline(ctx: TaskContext, rules: el.Rules, table: pa.Table, slot: np.ndarr
         raise ConfigError(f"threshold '{thr}' is not in the rules' [thresholds.default]", where=w)
     if cmp_ not in _CMP or not isinstance(per_capita, bool):
         raise ConfigError("compare must be < <= > >= and per_capita true/false", where=w)
-    v = _over_batch(_numeric(table.column(field).to_pylist()), slot, n)
+    v = _over_batch(numeric(table.column(field).to_pylist()), slot, n)
     t = np.array([rules.threshold(thr, r) for r in regions])
     valid = ~np.isnan(sizes) & (sizes >= 1) & (sizes <= rules.max_household_size)
     x = np.nan_to_num(v) / np.where(valid, sizes, 1.0) if per_capita else np.nan_to_num(v)
@@ -159,7 +150,7 @@ def _key_holder(ctx: TaskContext, guest: str, hosts: list[str]) -> dict[str, Any
 def _department(ctx: TaskContext, rules: el.Rules, guest: str, hosts: list[str], arbiter: str) -> dict[str, Any]:
     me = ctx.participant
     table, slot, n = align(ctx, tag="batch", dataset=me.dataset, guest=guest, hosts=hosts, join="left")
-    values = {f: _over_batch(_numeric(table.column(f).to_pylist()), slot, n) for f in rules.fields(ctx.me)}
+    values = {f: _over_batch(numeric(table.column(f).to_pylist()), slot, n) for f in rules.fields(ctx.me)}
     dept = el.Department(ctx.job_id, ctx.me, rules, values)
     ctx.channel.send(guest, "elig/contribution", dept.contribute(ctx.channel.recv(arbiter, "elig/hello")))
     return {}
@@ -174,7 +165,7 @@ def _civil_affairs(ctx: TaskContext, rules: el.Rules, hosts: list[str], arbiter:
     reg_col = table.column(rules.region_field).to_pylist()
     for i in np.nonzero(slot >= 0)[0]:
         regions[slot[i]] = None if reg_col[i] is None else str(reg_col[i])
-    sizes = _over_batch(_numeric(table.column(rules.household_size_field).to_pylist()), slot, n)
+    sizes = _over_batch(numeric(table.column(rules.household_size_field).to_pylist()), slot, n)
     ca = el.CivilAffairs(ctx.job_id, rules, regions, sizes)
     hello = ctx.channel.recv(arbiter, "elig/hello")
     contributions = [ctx.channel.recv(h, "elig/contribution") for h in rules.nodes()]
@@ -220,7 +211,7 @@ def _civil_affairs(ctx: TaskContext, rules: el.Rules, hosts: list[str], arbiter:
     if label:
         if label not in me.fields:
             raise ConfigError(f"label '{label}' must be one of {ctx.me}'s declared fields", where=_W)
-        y = _over_batch(_numeric(table.column(str(label)).to_pylist()), slot, n)
+        y = _over_batch(numeric(table.column(str(label)).to_pylist()), slot, n)
         known = ~np.isnan(y)
         agree: dict[str, int] = {"labelled": int(known.sum()),
                                  "check_agrees": int((known & ((y == 1) == eligible)).sum())}

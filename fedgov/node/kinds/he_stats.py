@@ -41,7 +41,6 @@ releases nothing.
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 import numpy as np
@@ -49,7 +48,7 @@ import pyarrow as pa
 
 from fedgov.errors import ConfigError, PolicyDenied
 from fedgov.manifest import Participant
-from fedgov.node.context import TaskContext, id_column
+from fedgov.node.context import TaskContext, id_column, numeric
 from fedgov.node.kinds.vertical_lr import align
 from fedgov.node.privacy_store import PrivacyStore
 from fedgov.protocols import he_stats as hs
@@ -150,14 +149,6 @@ def _labels(ctx: TaskContext, table: pa.Table, group_by: str | None) -> list[str
     return sorted({str(v) for v in table.column(group_by).to_pylist() if v is not None})
 
 
-def _numeric(values: list[Any]) -> np.ndarray:
-    out = np.full(len(values), np.nan)
-    for i, v in enumerate(values):
-        if v is not None and not (isinstance(v, float) and math.isnan(v)):
-            out[i] = float(v)
-    return out
-
-
 def _holder(ctx: TaskContext, query: hs.StatsQuery, group_by: str | None, owner: str) -> dict[str, Any]:
     me = ctx.participant
     table, slot, n = align(ctx, tag="stats", dataset=me.dataset, guest=ctx.me, hosts=[owner], join="inner")
@@ -200,7 +191,7 @@ def _owner(ctx: TaskContext, query: hs.StatsQuery, field: str, holder: str) -> d
         accountant.check(query.requester, query.scope, query.dp.epsilon, query.dp.delta)
     me = ctx.participant
     table, slot, n = align(ctx, tag="stats", dataset=me.dataset, guest=holder, hosts=[ctx.me], join="inner")
-    raw = _numeric(table.column(field).to_pylist())
+    raw = numeric(table.column(field).to_pylist())
     values = np.full(n, np.nan)
     for i in np.nonzero(slot >= 0)[0]:
         if np.isnan(values[slot[i]]):

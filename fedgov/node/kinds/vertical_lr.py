@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from fedgov.errors import ConfigError, FedgovError
-from fedgov.node.context import TaskContext, id_column
+from fedgov.node.context import TaskContext, id_column, numeric
 from fedgov.node.kinds.psi import guest_and_hosts, psi_pairwise
 from fedgov.protocols import vertical_lr as vlr
 from fedgov.protocols.psi import normalize_ids
@@ -74,7 +74,7 @@ def feature_matrix(
         ftype, values = schema_types[f]
         col = table.column(f)
         if ftype in ("int", "float", "bool"):
-            a = np.array([np.nan if v is None else float(v) for v in col.to_pylist()], dtype=np.float64)
+            a = numeric(col.to_pylist())
             mean = np.nanmean(a) if np.isfinite(a).any() else 0.0
             a[~np.isfinite(a)] = mean
             cols.append(a)
@@ -159,7 +159,7 @@ def _party_matrix(
     x[slot[used]] = x_rows[used]
     y = None
     if is_guest:
-        labels = np.array([np.nan if v is None else float(v) for v in table.column(str(label)).to_pylist()])
+        labels = numeric(table.column(str(label)).to_pylist())
         y = np.zeros(n)
         y[slot[used]] = labels[used]
         if not np.isfinite(y).all() or not np.isin(y, (0.0, 1.0)).all():
