@@ -23,6 +23,8 @@ import numpy as np
 
 from fedgov.cli_ledger import points_table, verify_db
 from fedgov.errors import ConfigError, FedgovError
+from fedgov.ledger.entries import parse_coalition_key
+from fedgov.ledger.points import shapley_values
 from fedgov.runner import DatasetSpec, LocalFederation, NodeSpec
 from fedgov.scenarios.social_assistance import generate
 from fedgov.scenarios.social_assistance_jobs import (
@@ -185,6 +187,7 @@ HOST_FEATURES = {
 }
 MODEL_PARAMS = {
     "join": "left",
+    "shapley": True,  # opt-in model-contribution re-scoring (see docs/protocols/vertical-lr.md)
     "epochs": 30,
     "learning_rate": 0.1,
     "l2": 0.001,
@@ -248,7 +251,9 @@ def civil_affairs_alone(data_dir: Path) -> float:
         x, _ = feature_matrix(table, GUEST_FEATURES, types)
         y = np.array(table.column("eligible").to_pylist(), dtype=float)
         mats.append((x, y))
-    params = vlr.VlrParams(**{k: v for k, v in MODEL_PARAMS.items() if k not in ("join", "precision_bits")})
+    params = vlr.VlrParams(
+        **{k: v for k, v in MODEL_PARAMS.items() if k not in ("join", "precision_bits", "shapley")}
+    )
     model = vlr.fit_plain(mats[0][0], mats[0][1], {}, params)
     return vlr.auc(mats[1][1], model.scores(mats[1][0], {}))
 
@@ -430,6 +435,15 @@ def run_demo(*, keep: Path | None = None, households: int = 6000, quiet: bool = 
                 f"   ({mres['epochs']} epochs, {mres['seconds_per_epoch']:.2f} s each; recall of eligible "
                 f"households {mres['eval']['recall']:.0%} at 0.5)"
             )
+            coalitions = {parse_coalition_key(k): v for k, v in mres["eval"]["coalitions"].items()}
+            phi = shapley_values(sorted(HOST_FEATURES), coalitions)
+            story.say(
+                "   Each department's contribution to that AUC (exact Shapley, by re-scoring coalitions):"
+            )
+            story.say(
+                "   "
+                + ", ".join(f"{d} {float(v):+.3f}" for d, v in sorted(phi.items(), key=lambda kv: -kv[1]))
+            )
             story.say("8. A statistical question across departments, computed under homomorphic encryption:")
             story.say(
                 "   average pension (HRSS) of applicants rejected in past verification (civil affairs),"
@@ -476,6 +490,7 @@ def run_demo(*, keep: Path | None = None, households: int = 6000, quiet: bool = 
                     "eval_rows": mres["eval"]["rows"],
                     "epochs": mres["epochs"],
                     "seconds_per_epoch": mres["seconds_per_epoch"],
+                    "shapley_auc": {d: round(float(v), 4) for d, v in phi.items()},
                 },
                 "world": {k: world[k] for k in ("households", "persons", "applicants") if k in world},
                 "catalog": {n["name"]: {d["name"]: d["rows"] for d in n["datasets"]} for n in catalog},

@@ -30,6 +30,10 @@ def test_demo_json_runs_end_to_end() -> None:
     assert summary["eligibility"]["applicants"] > 0 and summary["he_stats"]["cells"]
     model = summary["model"]
     assert model["auc_joint"] > model["auc_civil_affairs_only"] + 0.1 > 0.6
+    # Shapley efficiency: contributions add up to what the hosts add over civil affairs alone
+    assert set(model["shapley_auc"]) == {"tax", "hrss", "housing", "vehicles", "medical"}
+    assert sum(model["shapley_auc"].values()) > 0.1
+    assert any(row["model_points"] > 0 for row in summary["points"])
     psi = summary["psi"]
     assert set(psi["pairwise_sizes"]) == {"tax", "hrss", "housing", "vehicles", "medical"}
     assert 0 < psi["intersection_size"] <= min(psi["pairwise_sizes"].values())

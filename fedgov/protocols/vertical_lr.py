@@ -828,6 +828,21 @@ class GuestScorer:
         self._mask, blob = _mask_total(self.ctx, self.u, host_scores, self.hosts, self.params, self.model.party)
         return blob
 
+    def masked_coalition_total(self, host_scores: Mapping[str, bytes]) -> bytes:
+        """Like :meth:`masked_total`, over a non-empty subset of the hosts.
+
+        For model-contribution (Shapley) re-scoring. Leaks to the guest, once
+        decrypted, the coalition's total score per held-out row; with two
+        coalitions differing by one host, that host's partial scores on the
+        held-out rows. Only run when the signed manifest asks for it.
+        """
+        if not host_scores or not set(host_scores) <= set(self.hosts):
+            raise FedgovError("a coalition is a non-empty subset of the hosts", where="vertical-lr score")
+        self._mask, blob = _mask_total(
+            self.ctx, self.u, host_scores, sorted(host_scores), self.params, self.model.party
+        )
+        return blob
+
     def scores(self, reply: bytes) -> np.ndarray:
         """Final linear scores (log-odds) for the guest's rows."""
         if self._mask is None:

@@ -20,6 +20,7 @@ with a job-specific key.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import struct
 import time
@@ -36,7 +37,7 @@ from fedgov.protocols import vertical_lr as vlr
 from fedgov.protocols.psi import normalize_ids
 
 #: manifest parameters consumed here rather than by VlrParams
-NODE_PARAMS = ("join", "psi_workers", "model")
+NODE_PARAMS = ("join", "psi_workers", "model", "shapley")
 
 
 def _params(ctx: TaskContext) -> tuple[vlr.VlrParams, str]:
@@ -210,6 +211,9 @@ def _arbiter(
         ctx.channel.send(
             guest, "vlr/score-reply", arb.decrypt_masked(guest, ctx.channel.recv(guest, "vlr/score-total"))
         )
+    for _ in range(int(hello[guest].get("coalitions", 0))):
+        blob = ctx.channel.recv(guest, "vlr/coalition")
+        ctx.channel.send(guest, "vlr/coalition-reply", arb.decrypt_masked(guest, blob))
     return {}
 
 
@@ -221,15 +225,30 @@ def _score_rows(
     guest: str,
     hosts: list[str],
     arbiter: str,
+    *,
+    labels: np.ndarray | None = None,
+    coalitions: dict[str, float] | None = None,
 ) -> np.ndarray | None:
     """The scoring flow: hosts send encrypted partial scores; the guest learns only totals."""
     if ctx.me != guest:
         ctx.channel.send(guest, "vlr/score", vlr.HostScorer(model, x, public).partial_scores())
         return None
     scorer = vlr.GuestScorer(model, x, public, hosts)
-    blob = scorer.masked_total({h: ctx.channel.recv(h, "vlr/score") for h in hosts})
-    ctx.channel.send(arbiter, "vlr/score-total", blob)
-    return scorer.scores(ctx.channel.recv(arbiter, "vlr/score-reply"))
+    host_scores = {h: ctx.channel.recv(h, "vlr/score") for h in hosts}
+    ctx.channel.send(arbiter, "vlr/score-total", scorer.masked_total(host_scores))
+    scores = scorer.scores(ctx.channel.recv(arbiter, "vlr/score-reply"))
+    if labels is not None and coalitions is not None:
+        # model contribution: re-score with each coalition of hosts' partial
+        # scores (no retraining); the guest alone is the empty coalition
+        coalitions[""] = vlr.auc(labels, scorer.u)
+        coalitions["+".join(sorted(hosts))] = vlr.auc(labels, scores)
+        for size in range(1, len(hosts)):
+            for subset in itertools.combinations(sorted(hosts), size):
+                blob = scorer.masked_coalition_total({h: host_scores[h] for h in subset})
+                ctx.channel.send(arbiter, "vlr/coalition", blob)
+                reply = ctx.channel.recv(arbiter, "vlr/coalition-reply")
+                coalitions["+".join(subset)] = vlr.auc(labels, scorer.scores(reply))
+    return scores
 
 
 def run_vertical_lr(ctx: TaskContext) -> dict[str, Any]:
@@ -246,8 +265,10 @@ def run_vertical_lr(ctx: TaskContext) -> dict[str, Any]:
     train_rows, _ = vlr.split_rows(n, params)
     n_batches = len(vlr.batches_for(len(train_rows), params))
     info: dict[str, Any] = {"features": x.shape[1] + (1 if is_guest else 0)}
+    shapley = bool(ctx.manifest.parameters.get("shapley", False)) and has_eval
     if is_guest:
-        info.update(batches=n_batches, eval=has_eval)
+        extra = 2 ** len(hosts) - 2 if shapley else 0  # coalitions besides none and all
+        info.update(batches=n_batches, eval=has_eval, coalitions=extra)
     public = _hello(ctx, arbiter, info)
     started = time.monotonic()
     epochs = 0
@@ -306,9 +327,12 @@ def run_vertical_lr(ctx: TaskContext) -> dict[str, Any]:
             raise ConfigError("the guest names eval_dataset, so every data party must", where=ctx.job_id)
         et, eslot, en = align(ctx, tag="eval", dataset=eval_ds, guest=guest, hosts=hosts, join=join)
         ex, ey, _ = _party_matrix(ctx, et, eslot, en, join=join, is_guest=is_guest)
-        scores = _score_rows(ctx, model, ex, public, guest, hosts, arbiter)
+        coalitions: dict[str, float] | None = {} if shapley and is_guest else None
+        scores = _score_rows(ctx, model, ex, public, guest, hosts, arbiter, labels=ey, coalitions=coalitions)
         if is_guest and scores is not None and ey is not None:
             out["eval"] = {**vlr.metrics(ey, scores), "rows": en}
+            if coalitions is not None:
+                out["eval"].update(coalitions=coalitions, coalition_metric="auc")
     if is_guest:
         out.update(
             intersection_size=n,
