@@ -78,9 +78,11 @@ def _guest_exchange(ctx: TaskContext, g: psi.PsiGuest, hosts: Sequence[str], pre
     for h in hosts:
         ctx.channel.send_stream(h, f"{prefix}/guest-set", chunks)
     del chunks
+    # hosts send their own masked sets first (computed while we computed ours),
+    # so both sides' second masking also runs at the same time
     for h in hosts:
-        g.absorb_reply(h, ctx.channel.recv_stream(h, f"{prefix}/reply"))
         g.absorb_host_set(h, ctx.channel.recv_stream(h, f"{prefix}/host-set"))
+        g.absorb_reply(h, ctx.channel.recv_stream(h, f"{prefix}/reply"))
 
 
 def _host_side(
@@ -106,10 +108,10 @@ def _host_side(
         else:
             shuffle_key = ctx.channel.recv(first, f"{prefix}/shuffle-key")
     with psi.PsiHost(ctx.job_id, ids, mode=mode, workers=workers, shuffle_key=shuffle_key) as host:  # type: ignore[arg-type]
+        ctx.channel.send_stream(guest, f"{prefix}/host-set", host.masked_set())
         ctx.channel.send_stream(
             guest, f"{prefix}/reply", host.remask(ctx.channel.recv_stream(guest, f"{prefix}/guest-set"))
         )
-        ctx.channel.send_stream(guest, f"{prefix}/host-set", host.masked_set())
         msg = ctx.channel.recv(guest, f"{prefix}/result") if ctx.me in deliver_to else None
         return host.finish(msg)
 
