@@ -698,7 +698,7 @@ def add_ledger_parser(sub: Any) -> argparse.ArgumentParser:
     fmt.add_argument("--csv", action="store_true", help="print CSV")
     fmt.add_argument("--table", action="store_true", help="print a table (default)")
     q.add_argument(
-        "--png", type=Path, help="also write a bar chart (needs matplotlib, which fedgov does not install)"
+        "--png", type=Path, help="also write a bar chart of points per department (PNG)"
     )
     p.set_defaults(func=cmd_ledger)
     return p

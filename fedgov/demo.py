@@ -515,6 +515,12 @@ def run_demo(*, keep: Path | None = None, households: int = 6000, quiet: bool = 
             verified = verify_db(db)
             summary["ledger"] = {"size": verified["size"], "verified": verified["verified"]}
             summary["points"] = points_table(db, period="all", budget=1000)
+            if keep:
+                subprocess.run(
+                    [sys.executable, "-m", "fedgov", "ledger", "points", "--db", str(db), "--period", "all",
+                     "--budget", "1000", "--png", str(root / "points.png")],
+                    capture_output=True, text=True, timeout=120,
+                )
             story.say(
                 f"11. The ledger holds {verified['size']} entries (RFC 9162 Merkle log, signed heads, "
                 f"witnessed by every node); verified: {verified['verified']}. Contribution points:"
