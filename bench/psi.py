@@ -1,5 +1,8 @@
 """PSI benchmark: fedgov ECDH-PSI (in-process) vs openmined-psi, plus the full stack.
 
+Baseline: ``pip install --no-deps openmined-psi`` (its exact protobuf pin clashes with
+fedgov's generated code; the wheel runs without it).
+
     python bench/psi.py --n 100000 --overlap 0.5 --json
 
 Progress goes to stderr; the last stdout line is one JSON object with ``n``,
