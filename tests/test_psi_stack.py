@@ -88,6 +88,10 @@ def test_host_never_receives_guest_ids_in_the_clear(tmp_path: Path) -> None:
         deadline = time.monotonic() + 20
         while job.job_id not in m.approve_all({job.job_id}):
             assert time.monotonic() < deadline
+        with fed.client() as c:  # the guest decides on its own; wait until the job runs
+            while c.status(job.job_id).state != "running":
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
         tracker = MemorySequenceTracker()
         received = b""
         for seq in range(100):
