@@ -714,23 +714,3 @@ def add_quality_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON (full local report)")
     p.set_defaults(func=cmd_quality)
     return p
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Stand-alone entry (``python -m fedgov.cli_ledger ledger|quality ...``), same conventions as ``fedgov``."""
-    ap = argparse.ArgumentParser(prog="fedgov", description="fedgov ledger and quality commands")
-    sub = ap.add_subparsers(dest="command", required=True)
-    add_ledger_parser(sub)
-    add_quality_parser(sub)
-    ns = ap.parse_args(argv)
-    try:
-        ns.func(ns)
-    except FedgovError as exc:
-        if getattr(ns, "json", False):
-            _print_json({"ok": False, "error": str(exc)})
-        print(f"fedgov: error: {exc}", file=sys.stderr)
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()

@@ -33,9 +33,9 @@ pytestmark = pytest.mark.slow
 
 
 def ledger_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """``fedgov ledger ...`` (through fedgov.cli_ledger, so it runs before cli.py wires it)."""
+    """``fedgov ledger ...`` as an auditor runs it."""
     proc = subprocess.run(
-        [sys.executable, "-m", "fedgov.cli_ledger", "ledger", *args],
+        [sys.executable, "-m", "fedgov", "ledger", *args],
         capture_output=True,
         text=True,
         timeout=60,
