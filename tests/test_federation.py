@@ -430,3 +430,32 @@ def test_cancel_withdraws_a_pending_job_everywhere(fed: LocalFederation) -> None
     # a cancelled job cannot be cancelled again
     r = _cli("job", "cancel", job.job_id, *common)
     assert r.returncode == 2 and "already cancelled" in r.stderr
+
+
+def test_a_node_runs_only_the_manifest_it_approved(fed: LocalFederation) -> None:
+    """A coordinator that swaps in another (validly signed) manifest after approval is caught."""
+    cfg = str(fed.workdir / "nodes" / "gamma" / "node.toml")
+    with fed.client() as c:
+        a = c.submit(manifest([("alpha", ["y"], '{ field = "y", op = "==", value = 1 }'), ("gamma", ["x2"], "")]))
+        b = c.submit(manifest([("alpha", ["y"], '{ field = "y", op = "==", value = 0 }'), ("gamma", ["x2"], "")]))
+        deadline = time.monotonic() + 30
+        while next(p for p in c.status(a.job_id).participants if p.node == "alpha").decision != "approved":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        db = sqlite3.connect(fed.workdir / "state" / "coordinator" / "coordinator.db", timeout=30)
+        with db:  # the coordinator rewrites job A with job B's signed manifest
+            db.execute(
+                "UPDATE jobs SET manifest=(SELECT manifest FROM jobs WHERE job_id=?), "
+                "signature=(SELECT signature FROM jobs WHERE job_id=?) WHERE job_id=?",
+                (b.job_id, b.job_id, a.job_id),
+            )
+        db.close()
+        while not any(r["job_id"] == a.job_id for r in json.loads(_cli("node", "pending", "--json", "--config", cfg).stdout or "[]")):
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+        for who in ("ann", "bob"):  # gamma's approvers sign what gamma was shown: manifest A
+            assert _cli("node", "approve", a.job_id, "--config", cfg, "--kit", str(fed.kits / who)).returncode == 0
+        st = c.wait(a.job_id, timeout=60)
+        c.cancel(b.job_id)
+    assert st.state == "failed"
+    assert "the manifest to run is not the one this node approved" in st.reason
