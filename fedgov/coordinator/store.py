@@ -682,22 +682,12 @@ class CoordinatorStore:
             ).fetchone()
         return row[0] if row else None
 
-    def queued_messages(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM relay").fetchone()[0])
-
     # -- events ----------------------------------------------------------
     def _event(self, db: sqlite3.Connection, job_id: str | None, event: str, detail: str) -> None:
         db.execute(
             "INSERT INTO events(ts, job_id, event, detail) VALUES (?,?,?,?)",
             (time.time(), job_id, event, detail),
         )
-
-    def events(self, job_id: str | None = None) -> list[dict[str, Any]]:
-        with self._lock:
-            q = "SELECT ts, job_id, event, detail FROM events" + (" WHERE job_id=?" if job_id else "")
-            rows = self._db.execute(q + " ORDER BY id", (job_id,) if job_id else ()).fetchall()
-        return [{"ts": t, "job_id": j, "event": e, "detail": d} for t, j, e, d in rows]
 
 
 # -- ledger entry builders ---------------------------------------------------------
