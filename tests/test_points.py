@@ -153,6 +153,41 @@ def test_anti_gaming() -> None:
     assert all(p.total == 0 for p in compute_points(failed, "all").values())
 
 
+def _loo_ledger(coalitions: dict[frozenset[str], float], rules: PointsRules) -> list[E.Entry]:
+    """A horizontal-FL job of three regions whose model entry holds ``coalitions``."""
+    regions = ("east", "north", "west")
+    parts = {r: ("applications", ["eligible", "income"]) for r in regions}
+    return [
+        rules_entry(rules, ts=TS),
+        *(E.node_registered(r, "0" * 64, ts=TS) for r in regions),
+        E.job_submitted("hfl-1", "horizontal-fl", "p", "analyst", "6" * 64, parts, validation="east/val", ts=TS),
+        *(E.job_approved("hfl-1", r, ts=TS) for r in regions),
+        *(E.contribution("hfl-1", r, "applications", 100, ["eligible", "income"], ts=TS) for r in regions),
+        E.model_contribution("hfl-1", "auc", "east/val", coalitions, ts=TS),
+        E.job_completed("hfl-1", "succeeded", ts=TS),
+    ]
+
+
+def test_leave_one_out_family_earns_the_drop() -> None:
+    """Horizontal FL records v(N) and every v(N minus one region): points = max(drop, 0) x unit."""
+    full = frozenset({"east", "north", "west"})
+    loo = {full: 0.90, full - {"east"}: 0.86, full - {"north"}: 0.91, full - {"west"}: 0.895}
+    r = PointsRules()
+    pts = compute_points(_loo_ledger(loo, r), "all", r)
+    assert pts["east"].model == pytest.approx(0.04 * r.leave_one_out_points_per_unit)
+    assert pts["north"].model == 0.0  # a negative drop is no penalty
+    assert pts["west"].model == pytest.approx(0.005 * r.leave_one_out_points_per_unit)
+    # an incomplete family is ignored, with a note
+    notes: list[str] = []
+    partial = {k: v for k, v in loo.items() if k != full - {"west"}}
+    assert all(p.model == 0 for p in compute_points(_loo_ledger(partial, r), "all", r, notes=notes).values())
+    assert any("leave-one-out family" in n for n in notes)
+    # a rule set published before this term existed reads as 0 for it: old awards recompute unchanged
+    old = {k: v for k, v in r.to_dict().items() if k != "leave_one_out_points_per_unit"}
+    assert PointsRules.from_dict(old).leave_one_out_points_per_unit == 0.0
+    assert PointsRules.from_dict(r.to_dict()) == r
+
+
 def test_report_budget_shares_and_ranks() -> None:
     rows = points_report(_ledger(), "2024", "1000000.00")
     assert [r.rank for r in rows] == [1, 2, 3, 4]

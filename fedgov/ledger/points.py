@@ -21,10 +21,15 @@ Per job that **succeeded**, completed inside the period, and is **joint**
   at the dataset's published row count.
 * **model term** from the job's first ``model_contribution`` entry: the exact
   Shapley value of each participant's features on the held-out metric,
-  ``max(φ, 0) × model_points_per_unit``. Counted only if the entry's
-  ``validation`` set is the one named in ``job_submitted`` (not empty), every
-  ``2**n`` coalition of participants is present, and the participant also has
-  a counted data contribution to the job (points only for data that entered).
+  ``max(φ, 0) × model_points_per_unit``, when every ``2**n`` coalition of
+  participants is present; when the entry holds exactly the **leave-one-out
+  family** (the full set and every set missing one participant, as
+  horizontal FL measures it — a one-region model would expose that region's
+  updates), the leave-one-out drop ``v(N) − v(N∖{i})`` instead,
+  ``max(drop, 0) × leave_one_out_points_per_unit``. Counted only if the
+  entry's ``validation`` set is the one named in ``job_submitted`` (not
+  empty) and the participant also has a counted data contribution to the job
+  (points only for data that entered).
 
 Floating-point arithmetic is done in a fixed order (log order, sorted names,
 :func:`math.fsum`), and totals are rounded to :data:`DECIMALS` places, so the
@@ -91,6 +96,8 @@ class PointsRules:
     unpublished_quality: float = 0.0
     quality_exponent: float = 1.0
     model_points_per_unit: float = 10_000.0
+    #: 0 in rule sets published before the leave-one-out term existed (see from_dict)
+    leave_one_out_points_per_unit: float = 10_000.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (every field, stable key set)."""
@@ -102,8 +109,13 @@ class PointsRules:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PointsRules:
-        """Strict inverse of :meth:`to_dict`: unknown or mistyped keys raise :class:`ConfigError`."""
+        """Strict inverse of :meth:`to_dict`: unknown or mistyped keys raise :class:`ConfigError`.
+
+        A rule set published before ``leave_one_out_points_per_unit`` existed
+        reads as 0 for it, so its old awards recompute unchanged.
+        """
         known = {f.name: f for f in fields(cls)}
+        d = {"leave_one_out_points_per_unit": 0.0, **d}
         for key in d:
             if key not in known:
                 raise ConfigError(f"unknown key {key!r}", where="points rules")
@@ -406,16 +418,26 @@ def _model_points(
             f"job {name}: model contribution names non-participants {sorted(set(players) - set(parts))}; ignored"
         )
         return {}
-    if len(players) > MAX_PLAYERS or len(coalitions) != 1 << len(players):
-        say(f"job {name}: model contribution lacks some of the {2 ** len(players)} coalitions; ignored")
+    full = frozenset(players)
+    loo = {full, *(full - {p} for p in players)}
+    if len(players) <= MAX_PLAYERS and len(coalitions) == 1 << len(players):
+        phi = shapley_values(players, coalitions)
+        method, unit = "Shapley value", rules.model_points_per_unit
+    elif len(players) >= 2 and set(coalitions) == loo:
+        phi = {p: coalitions[full] - coalitions[full - {p}] for p in players}
+        method, unit = "leave-one-out value", rules.leave_one_out_points_per_unit
+    else:
+        say(
+            f"job {name}: model contribution holds neither all {2 ** len(players)} coalitions nor "
+            "the leave-one-out family; ignored"
+        )
         return {}
-    phi = shapley_values(players, coalitions)
     out: dict[str, float] = {}
     for p in players:
         if p not in counted:
-            say(f"job {name}: {p} has a Shapley value but no counted data contribution; no model points")
+            say(f"job {name}: {p} has a {method} but no counted data contribution; no model points")
             continue
-        out[p] = max(float(phi[p]), 0.0) * rules.model_points_per_unit
+        out[p] = max(float(phi[p]), 0.0) * unit
     return out
 
 
