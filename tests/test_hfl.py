@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -140,3 +141,108 @@ def _port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_local_dp_clips_then_adds_gaussian_noise() -> None:
+    """The DP option: the update is clipped to L2 norm dp-clip, then N(0, (dp-noise*dp-clip)^2) added."""
+    import numpy as np
+
+    from fedgov.hfl.app import _local_dp
+
+    w0 = np.zeros(2000)
+    w = np.full(2000, 3.0)  # update norm ~134
+    clipped = _local_dp(w0, w, clip=0.5, noise=0.0)
+    assert np.linalg.norm(clipped - w0) == pytest.approx(0.5, rel=1e-9)
+    assert np.allclose(clipped / np.linalg.norm(clipped), w / np.linalg.norm(w))
+    small = np.full(2000, 1e-4)  # already inside the clip: untouched
+    assert np.allclose(_local_dp(w0, small, clip=0.5, noise=0.0), small)
+    noisy = _local_dp(w0, w, clip=0.5, noise=2.0)
+    resid = noisy - clipped
+    assert np.std(resid) == pytest.approx(1.0, rel=0.1)  # sigma = noise * clip
+
+
+@pytest.mark.slow
+def test_dp_option_bounds_the_model_end_to_end(regional: dict, tmp_path: Path) -> None:
+    """dp-clip reaches every ClientApp through the real deployment: with clipping alone,
+    FedAvg of updates of norm <= c moves the model at most c per round."""
+    import numpy as np
+
+    regions = {r: v["path"] for r, v in regional["regions"].items()}
+    clip, rounds = 0.05, 2
+    res = run_horizontal_job(tmp_path / "dp", regions,
+                             {"rounds": rounds, "local-steps": 20, "min-clients": 3, "contribution": False,
+                              "round-timeout": 40.0, "dp-clip": clip, "dp-noise": 0.0},
+                             validation=regional["validation"]["path"], encrypted=False)
+    norm = float(np.linalg.norm(res["weights"]))
+    # an unclipped run moves the weights by ~1 (lr 1, 20 steps); clipping must bind
+    assert 0.5 * clip < norm <= rounds * clip + 1e-9, norm
+    assert _pids_mentioning(str((tmp_path / "dp").resolve())) == []
+
+
+def _routable_ipv4() -> str | None:
+    """This host's non-loopback IPv4 address (a UDP connect sends nothing), or None."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))
+        except OSError:
+            return None
+        ip = s.getsockname()[0]
+    return None if ip.startswith("127.") else ip
+
+
+def test_superlink_on_all_interfaces_keeps_control_api_local(tmp_path: Path) -> None:
+    """Multi-host mode: bound to 0.0.0.0, the Control API still refuses non-loopback peers."""
+    import http.client
+    import ssl
+
+    from fedgov.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="advertised"):
+        Deployment(tmp_path / "x", listen="0.0.0.0")
+    with pytest.raises(ConfigError, match="listen address"):
+        Deployment(tmp_path / "y", listen="10.0.0.7")
+    ip = _routable_ipv4()
+    if ip is None:
+        pytest.skip("no non-loopback IPv4 address on this host")
+    dep = Deployment(tmp_path / "dep", listen="0.0.0.0", advertise=ip)
+    try:
+        dep.start_superlink()
+        tls = ssl.create_default_context(cafile=str(dep.ca_cert))  # the cert names the advertised IP
+
+        def status(host: str, path: str) -> int:
+            c = http.client.HTTPSConnection(host, dep.port, context=tls, timeout=10)
+            c.request("POST", path, body=b"", headers={"content-type": "application/protobuf"})
+            return c.getresponse().status
+
+        assert status(ip, "/v1/control/ListRuns") == 403  # peer address = ip: not loopback
+        assert status(ip, "/v1/fleet/PullMessages") != 403  # the Fleet API is for everyone
+        assert status("127.0.0.1", "/v1/control/ListRuns") != 403
+        assert dep.flwr("ls", "fedgov")["success"]  # the coordinator's own CLI (loopback) works
+    finally:
+        dep.stop()
+    assert dep.flower_pids() == []
+
+
+@pytest.mark.slow
+def test_encrypted_job_over_the_advertised_address(regional: dict, tmp_path: Path) -> None:
+    """SuperNodes and the key holder dial the advertised (non-loopback) address, as from other hosts."""
+    ip = _routable_ipv4()
+    if ip is None:
+        pytest.skip("no non-loopback IPv4 address on this host")
+    regions = {r: v["path"] for r, v in regional["regions"].items()}
+    work = tmp_path / "multi"
+    res = run_horizontal_job(work, regions,
+                             {"rounds": 1, "local-steps": 5, "min-clients": 3, "contribution": False,
+                              "round-timeout": 40.0},
+                             validation=regional["validation"]["path"], key_holder="auditor",
+                             listen="0.0.0.0", advertise=ip)
+    assert res["status"] == "completed" and res["rounds"][0]["participants"] == sorted(regions)
+    # the SuperLink's access log: every SuperNode activated from the routable address
+    access = (work / "logs" / "superlink.log").read_text()
+    activated = re.findall(r"(\S+):\d+ - \"POST /v1/fleet/activate-node", access)
+    assert len(activated) >= len(regions) and set(activated) == {ip}, activated
+    # the key holder (its only broker address is the advertised one) decrypted the round
+    assert res["mode"] == "encrypted" and res["aggregator_context_is_private"] is False
+    assert _pids_mentioning(str(work.resolve())) == []

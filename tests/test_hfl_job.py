@@ -4,6 +4,8 @@ key-holder node processes, with Flower's deployment engine started by the nodes.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -152,3 +154,35 @@ def test_horizontal_fl_job_through_the_coordinator(tmp_path: Path) -> None:
     (job_dir,) = list(kh_state.iterdir())
     decs = [json.loads(x) for x in (job_dir / "decryptions.jsonl").read_text().splitlines()]
     assert len(decs) == 2 and all(t["contributors"] >= 2 for d in decs for t in d["tracks"])
+
+    # the ledger records each region's data contribution and the leave-one-out family of
+    # coalition AUCs; points give each region max(drop, 0) x the published unit
+    db = tmp_path / "fed" / "state" / "coordinator" / "ledger.db"
+    job_id = out["job"]["job_id"]
+
+    def ledger(*args: str) -> object:
+        proc = subprocess.run([sys.executable, "-m", "fedgov", "ledger", *args, "--db", str(db), "--json"],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    rows = ledger("show", "--job", job_id)
+    by_type: dict[str, list] = {}
+    for r in rows:
+        by_type.setdefault(r["type"], []).append(r)
+    assert sorted(c["node"] for c in by_type["contribution"]) == regions
+    (model,) = by_type["model_contribution"]
+    assert model["validation"] == f"{val_region}/validation" and model["metric"] == "auc"
+    family = {"+".join(regions)} | {"+".join(x for x in regions if x != r) for r in regions}
+    assert set(model["coalitions"]) == family
+    assert model["coalitions"]["+".join(regions)] == pytest.approx(res["auc"], abs=1e-6)
+    for r in regions:
+        rest = "+".join(x for x in regions if x != r)
+        assert model["coalitions"][rest] == pytest.approx(res["auc"] - res["contribution"][r], abs=2e-6)
+    (done,) = by_type["job_completed"]
+    assert done["metrics"]["aggregator.rounds"] == 2
+    assert all(done["metrics"][f"aggregator.eval.rounds_joined.{r}"] == 2 for r in regions)
+    pts = {row["dept"]: row for row in ledger("points")["rows"]}
+    for r in regions:
+        want = max(res["contribution"][r], 0.0) * 10_000.0
+        assert pts[r]["model_points"] == pytest.approx(want, abs=0.05), (r, pts[r])

@@ -104,7 +104,9 @@ TERMINAL = ("succeeded", "failed", "rejected", "cancelled")
 
 #: Summary metrics a job_completed entry carries (per reporting node; ``eval.*`` too).
 #: The ledger is readable by every federation member, so only these aggregates.
-LEDGER_METRICS = ("intersection_size", "total_released", "scored", "epochs", "best_epoch", "rows", "records")
+LEDGER_METRICS = (
+    "intersection_size", "total_released", "scored", "epochs", "best_epoch", "rows", "records", "rounds",
+)
 #: Largest number of outbox rows appended in one ledger transaction.
 OUTBOX_BATCH = 500
 _HEX64 = frozenset("0123456789abcdef")

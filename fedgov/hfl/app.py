@@ -185,7 +185,7 @@ def _run(grid: Grid, cfg: dict[str, Any], result: _Result) -> None:
         ctx = sa.load_public_context(ctx_bytes, str(cfg["he-context-sha256"]))
         res["aggregator_context_is_private"] = bool(ctx.is_private())
         broker = sa.DecryptBroker(Path(str(cfg["coordinator-kit"])), str(cfg["key-holder"]),
-                                  int(cfg["broker-port"]))
+                                  int(cfg["broker-port"]), host=str(cfg["broker-host"]))
     elif mode != "plain":
         raise JobFailed(f"unknown mode {mode!r} (plain or encrypted)")
 
@@ -257,11 +257,17 @@ def _run(grid: Grid, cfg: dict[str, Any], result: _Result) -> None:
         res["weights"] = weights[ALL].tolist()
         res["seconds_per_round"] = float(np.mean(round_secs)) if round_secs else 0.0
         if len(tracks) > 1:
-            res["contribution"] = {
-                t[1:]: round(full - float(logreg.auc(yv, logreg.predict_proba(weights[t], Xv))),
-                             6)
-                for t in tracks[1:]}
+            without = {t[1:]: float(logreg.auc(yv, logreg.predict_proba(weights[t], Xv)))
+                       for t in tracks[1:]}
+            res["contribution"] = {r: round(full - a, 6) for r, a in without.items()}
             res["contribution_method"] = "leave-one-out AUC drop on the validation set"
+            # the same measurements as coalition values, for the ledger's model_contribution
+            # entry: the full set and every "all but one region" set (the leave-one-out family)
+            names = sorted(regions.values())
+            coalitions = {"+".join(names): round(full, 6)}
+            for r, a in without.items():
+                coalitions["+".join(n for n in names if n != r)] = round(a, 6)
+            res["eval"] = {"coalition_metric": "auc", "coalitions": coalitions}
         res["status"] = "completed"
         result.write()
     finally:

@@ -9,14 +9,16 @@ which Flower starts in *new sessions* — can be found and killed):
     python -m fedgov.hfl._superlink --ssl-certfile superlink/tls.crt
         --ssl-keyfile superlink/tls.key --ssl-ca-certfile ca.crt
         --enable-supernode-auth --disable-runtime-dependency-installation
-        --isolation subprocess --host 127.0.0.1 --port P
+        --isolation subprocess --host LISTEN --port P
 
   ``fedgov.hfl._superlink`` is ``flower-superlink`` plus a guard that lets
   only loopback peers use the Control and Runtime APIs, which share the Fleet
-  API's port in Flower 1.42.
+  API's port in Flower 1.42. ``LISTEN`` is ``127.0.0.1`` on one host; with
+  SuperNodes on other hosts it is ``0.0.0.0`` (or ``::``) and they dial the
+  *advertised* name, which the SuperLink's certificate carries.
 * **SuperNodes** (one per region)::
 
-    flower-supernode --superlink 127.0.0.1:P --root-certificates ca.crt
+    flower-supernode --superlink ADVERTISED:P --root-certificates ca.crt
         --auth-supernode-private-key nodes/<r>/auth_key --port Q
         --node-config 'region="<r>" data-path="..." he-context-sha256="..."'
         --max-retries 3 --max-wait-time 20
@@ -158,8 +160,14 @@ clientapp = "fedgov.hfl.app:client_app"
 _RUN_CONFIG_DEFAULTS: dict[str, Any] = {
     **DEFAULT_PARAMS, "mode": "plain", "expected-clients": 2, "job-id": "",
     "result-path": "", "val-path": "", "he-context-path": "", "he-context-sha256": "",
-    "coordinator-kit": "", "key-holder": "", "broker-port": 0, "region-nodes": "",
+    "coordinator-kit": "", "key-holder": "", "broker-port": 0, "broker-host": "127.0.0.1",
+    "region-nodes": "",
 }
+
+
+def _hostport(host: str, port: int) -> str:
+    """``host:port`` with IPv6 literals in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _toml_value(v: Any) -> str:
@@ -229,10 +237,30 @@ class Deployment:
     """
 
     def __init__(self, workdir: Path, *, port: int | None = None, max_restarts: int = 3,
-                 restart_backoff: float = 1.0, superlink_ca: Path | None = None) -> None:
+                 restart_backoff: float = 1.0, superlink_ca: Path | None = None,
+                 listen: str = "127.0.0.1", advertise: str | None = None) -> None:
         """``superlink_ca``: run only the SuperNode side of a deployment whose
-        SuperLink (at ``127.0.0.1:port``) another host runs, trusting that CA
-        certificate; no PKI is created then."""
+        SuperLink (at ``advertise:port``) another process or host runs, trusting
+        that CA certificate; no PKI is created then.
+
+        ``listen``: the address the SuperLink (and the decryption broker)
+        bind: loopback (default, single host) or a wildcard (``0.0.0.0``,
+        ``::``) so SuperNodes on other hosts reach the Fleet API; the Control
+        and Runtime APIs still answer only loopback peers. ``advertise``: the
+        host name or address SuperNodes and the key holder dial (in the
+        SuperLink's TLS certificate); defaults to ``listen`` unless that is a
+        wildcard, which needs an explicit name.
+        """
+        if listen not in ("127.0.0.1", "::1", "localhost", "0.0.0.0", "::"):
+            raise ConfigError(f"listen address {listen!r}: use 127.0.0.1 (one host) or 0.0.0.0 / :: "
+                              "(SuperNodes on other hosts)", where="hfl")
+        if advertise is None:
+            if listen in ("0.0.0.0", "::"):
+                raise ConfigError("listening on all interfaces needs an advertised host name or "
+                                  "address for SuperNodes to dial", where="hfl")
+            advertise = listen
+        self.listen = listen
+        self.advertise = advertise
         self.workdir = Path(workdir).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.marker = uuid.uuid4().hex
@@ -258,8 +286,8 @@ class Deployment:
         if not (ca / "ca.crt").exists():
             pki.create_ca(ca, "fedgov hfl job")
         if not (self.pki_dir / "superlink" / "tls.crt").exists():
-            pki.issue_kit(ca, self.pki_dir / "superlink", "superlink", "coordinator",
-                          hosts=("localhost", "127.0.0.1"))
+            hosts = tuple(dict.fromkeys(("localhost", "127.0.0.1", self.advertise)))
+            pki.issue_kit(ca, self.pki_dir / "superlink", "superlink", "coordinator", hosts=hosts)
 
     @property
     def ca_cert(self) -> Path:
@@ -312,11 +340,12 @@ class Deployment:
                "--ssl-certfile", str(kit / "tls.crt"), "--ssl-keyfile", str(kit / "tls.key"),
                "--ssl-ca-certfile", str(self.ca_cert), "--enable-supernode-auth",
                "--disable-runtime-dependency-installation", "--isolation", "subprocess",
-               "--host", "127.0.0.1", "--port", str(self.port)]
+               "--host", self.listen, "--port", str(self.port)]
+        local = "::1" if self.listen in ("::", "::1") else "127.0.0.1"
         self.flwr_home.mkdir(parents=True, exist_ok=True)
-        (self.flwr_home / "config.toml").write_text(
+        (self.flwr_home / "config.toml").write_text(  # the flwr CLI: always over loopback
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-            f'address = "127.0.0.1:{self.port}"\nroot-certificates = "{self.ca_cert}"\n')
+            f'address = "{_hostport(local, self.port)}"\nroot-certificates = "{self.ca_cert}"\n')
         p = _Proc("superlink", cmd, self.workdir / "logs" / "superlink.log")
         self.procs["superlink"] = p
         self._spawn(p, self.env())
@@ -326,7 +355,7 @@ class Deployment:
                 raise TransportError(f"SuperLink exited with code {p.popen.returncode}; "
                                      f"see {p.log}")
             with contextlib.suppress(OSError), socket.create_connection(
-                    ("127.0.0.1", self.port), timeout=0.5):
+                    (local, self.port), timeout=0.5):
                 return
             time.sleep(0.2)
         raise TransportError(f"SuperLink did not listen on port {self.port} in {timeout:.0f} s")
@@ -394,7 +423,7 @@ class Deployment:
         if not (ndir / "auth_key").exists():
             generate_supernode_keys(ndir)
         conf = " ".join(f"{k}={_toml_value(v)}" for k, v in node_config.items())
-        cmd = [str(_BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{self.port}",
+        cmd = [str(_BIN / "flower-supernode"), "--superlink", _hostport(self.advertise, self.port),
                "--root-certificates", str(self.ca_cert),
                "--auth-supernode-private-key", str(ndir / "auth_key"),
                "--host", "127.0.0.1", "--port", str(_free_port()),
@@ -473,7 +502,7 @@ class Deployment:
         kit = self.issue_node_kit(name)
         cmd = [sys.executable, "-m", "fedgov.hfl.secure_agg", "--kit", str(kit),
                "--secret-context", str(km.secret_context),
-               "--broker", f"127.0.0.1:{broker_port}",
+               "--broker", _hostport(self.advertise, broker_port),
                "--min-contributors", str(min_contributors),
                "--audit-log", str(kdir / "decryptions.jsonl")]
         p = _Proc(f"keyholder:{name}", cmd, self.workdir / "logs" / f"keyholder-{name}.log")
@@ -597,8 +626,9 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def run_horizontal_job(workdir: Path, regions: dict[str, Path | str], params: dict[str, Any],
                        *, validation: Path | str, key_holder: str | None = None,
-                       encrypted: bool = True, keep_workdir: bool = True) -> dict[str, Any]:
-    """Run one horizontal-FL job end to end on loopback and return its result.
+                       encrypted: bool = True, keep_workdir: bool = True,
+                       listen: str = "127.0.0.1", advertise: str | None = None) -> dict[str, Any]:
+    """Run one horizontal-FL job end to end on this host and return its result.
 
     ``regions`` maps region name → that bureau's feature table (CSV);
     ``validation`` is the labelled validation table the coordinator holds;
@@ -611,6 +641,8 @@ def run_horizontal_job(workdir: Path, regions: dict[str, Path | str], params: di
     ``seconds_per_round``, ``aggregator_context_is_private`` (always False)
     and ``deployment`` (node IDs, supervision events). Raises JobFailed with
     a clear reason; every process is stopped before returning or raising.
+    ``listen`` / ``advertise``: where the SuperLink binds and the name
+    SuperNodes dial (see :class:`Deployment`).
     """
     workdir = Path(workdir)
     if not regions:
@@ -626,7 +658,7 @@ def run_horizontal_job(workdir: Path, regions: dict[str, Path | str], params: di
     p = {**DEFAULT_PARAMS, **params}
     if int(p["min-clients"]) < 1:
         raise ConfigError("min-clients must be >= 1")
-    dep = Deployment(workdir)
+    dep = Deployment(workdir, listen=listen, advertise=advertise)
     try:
         dep.start_superlink()
         ids = dep.register_supernodes(list(regions))
@@ -647,7 +679,8 @@ def run_horizontal_job(workdir: Path, regions: dict[str, Path | str], params: di
             run_cfg.update({"he-context-path": str(km.public_context),
                             "he-context-sha256": km.sha256,
                             "coordinator-kit": str(dep.pki_dir / "superlink"),
-                            "key-holder": key_holder, "broker-port": broker_port})
+                            "key-holder": key_holder, "broker-port": broker_port,
+                            "broker-host": dep.listen})
         for name, path in regions.items():
             conf: dict[str, Any] = {"region": name, "data-path": str(Path(path).resolve())}
             if pin:

@@ -205,7 +205,8 @@ class DecryptBroker:
             "Result": grpc.unary_unary_rpc_method_handler(self._result),
         })
         self._server.add_generic_rpc_handlers((handler,))
-        bound = self._server.add_secure_port(f"{host}:{port}", tls.server_credentials(material))
+        addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        bound = self._server.add_secure_port(addr, tls.server_credentials(material))
         if bound == 0:
             raise TransportError(f"cannot bind the decryption broker on {host}:{port}")
         self.port = bound

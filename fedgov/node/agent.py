@@ -397,6 +397,8 @@ class NodeAgent:
                 load_json=load_json,
             )
             ctx.notes["state_dir"] = str(self.config.state_dir)
+            ctx.notes["hfl_listen"] = self.config.hfl_listen
+            ctx.notes["hfl_advertise"] = self.config.hfl_advertise
             if me.dataset:
                 schema = self.config.datasets[me.dataset].schema
                 ctx.notes["schema_types"] = {f.name: (f.type, tuple(f.values or ())) for f in schema.fields}

@@ -14,6 +14,10 @@
     schema = "schemas/income.toml"
     source = "../../data/social_assistance/tax/income.csv"   # .csv | .parquet | SQL URL
     # SQL sources: table = "..." or query = "SELECT ..."
+
+    [hfl]                                     # optional; aggregator of horizontal-fl jobs
+    listen = "0.0.0.0"                        # default 127.0.0.1 (SuperNodes on this host only)
+    advertise = "fedgov-hub.example.gov.cn"   # what other hosts' SuperNodes dial (in its TLS cert)
 """
 
 from __future__ import annotations
@@ -46,13 +50,30 @@ class NodeConfig:
     policy: Policy
     datasets: dict[str, DatasetConfig]
     path: Path
+    #: where an aggregator's Flower SuperLink binds / the name SuperNodes dial ("" = listen)
+    hfl_listen: str = "127.0.0.1"
+    hfl_advertise: str = ""
 
     @classmethod
     def load(cls, path: Path) -> NodeConfig:
         """Load node.toml with its policy and schemas; every error names file and key."""
         doc = load_toml(path)
         where = str(path)
-        check_keys(doc, ("node", "datasets"), where, required=("node",))
+        check_keys(doc, ("node", "datasets", "hfl"), where, required=("node",))
+        hfl = get_table(doc, "hfl", where)
+        check_keys(hfl, ("listen", "advertise"), f"{where}: hfl")
+        hfl_listen = get_str(hfl, "listen", f"{where}: hfl", default="127.0.0.1")
+        if hfl_listen not in ("127.0.0.1", "::1", "localhost", "0.0.0.0", "::"):
+            raise ConfigError(
+                f"listen = {hfl_listen!r}: use 127.0.0.1 (one host) or 0.0.0.0 / :: (other hosts)",
+                where=f"{where}: hfl",
+            )
+        hfl_advertise = get_str(hfl, "advertise", f"{where}: hfl", default=hfl_listen)
+        if hfl_advertise in ("0.0.0.0", "::"):
+            raise ConfigError(
+                "listening on all interfaces needs advertise = the name or address other hosts dial",
+                where=f"{where}: hfl",
+            )
         node = get_table(doc, "node", where, required=True)
         w = f"{where}: node"
         check_keys(
@@ -95,4 +116,6 @@ class NodeConfig:
             policy=load_policy(base / get_str(node, "policy", w)),
             datasets=datasets,
             path=path.resolve(),
+            hfl_listen=hfl_listen,
+            hfl_advertise=hfl_advertise,
         )

@@ -39,10 +39,12 @@ Every process Flower spawns belongs to a :class:`~fedgov.hfl.deployment.Deployme
 (one per node) whose ``stop`` runs in ``finally`` and also as soon as the
 coordinator aborts the job (``ctx.abort``).
 
-Limitation: the SuperLink and the decryption broker listen on 127.0.0.1, so
-the aggregator, the regions' SuperNodes and the key holder must share a host
-(as in :class:`~fedgov.runner.LocalFederation`); a multi-host deployment needs
-the SuperLink bound to a routable address.
+Addresses: the aggregator's SuperLink and decryption broker bind the
+aggregator node's ``[hfl] listen`` (default 127.0.0.1: everything on one host,
+as in :class:`~fedgov.runner.LocalFederation`); with ``listen = "0.0.0.0"``
+regions and the key holder on other hosts dial ``[hfl] advertise``, which the
+job's SuperLink certificate names. Control and Runtime APIs still answer only
+loopback peers.
 """
 
 from __future__ import annotations
@@ -65,7 +67,13 @@ import pyarrow.csv as pacsv
 from fedgov.crypto import pki
 from fedgov.errors import ConfigError, FedgovError, JobFailed
 from fedgov.hfl import secure_agg
-from fedgov.hfl.deployment import DEFAULT_PARAMS, Deployment, _free_port, generate_supernode_keys
+from fedgov.hfl.deployment import (
+    DEFAULT_PARAMS,
+    Deployment,
+    _free_port,
+    _hostport,
+    generate_supernode_keys,
+)
 from fedgov.hfl.logreg import LABEL
 from fedgov.node.context import TaskContext
 from fedgov.node.kinds.vertical_lr import feature_matrix
@@ -208,7 +216,7 @@ def _region(ctx: TaskContext, agg: str, kh: str | None, val_region: str, p: dict
     link = _recv(ctx, agg, "hfl/link")
     ca = work / "superlink-ca.crt"
     ca.write_text(link["ca"])
-    dep = Deployment(dep_dir, port=int(link["port"]), superlink_ca=ca)
+    dep = Deployment(dep_dir, port=int(link["port"]), superlink_ca=ca, advertise=str(link["host"]))
     with _stop_on_abort(ctx, dep):
         conf: dict[str, Any] = {"region": ctx.me, "data-path": str(Path(data_path).resolve())}
         if pin:
@@ -281,7 +289,8 @@ def _aggregator(
     ctx: TaskContext, kh: str | None, regions: list[str], val_region: str, p: dict[str, Any]
 ) -> dict[str, Any]:
     work = _workdir(ctx)
-    dep = Deployment(work / "deployment")
+    dep = Deployment(work / "deployment", listen=str(ctx.notes.get("hfl_listen", "127.0.0.1")),
+                     advertise=str(ctx.notes.get("hfl_advertise") or "") or None)
     ok, reason = False, "the aggregator failed"
     try:
         with _stop_on_abort(ctx, dep):
@@ -328,7 +337,7 @@ def _aggregator(
                     {
                         "cert": cert.read_text(),
                         "ca": dep.ca_cert.read_text(),
-                        "broker": f"127.0.0.1:{broker_port}",
+                        "broker": _hostport(dep.advertise, broker_port),
                     },
                 )
                 run_cfg.update(
@@ -338,10 +347,12 @@ def _aggregator(
                         "coordinator-kit": str(dep.pki_dir / "superlink"),
                         "key-holder": kh,
                         "broker-port": broker_port,
+                        "broker-host": dep.listen,
                     }
                 )
             for r in regions:
-                _send(ctx, r, "hfl/link", {"port": dep.port, "ca": dep.ca_cert.read_text()})
+                _send(ctx, r, "hfl/link",
+                      {"host": dep.advertise, "port": dep.port, "ca": dep.ca_cert.read_text()})
             res = dep.run_app(run_cfg, timeout=_job_timeout(p))
             ok, reason = True, ""
     except FedgovError as exc:
@@ -352,6 +363,10 @@ def _aggregator(
             with contextlib.suppress(Exception):
                 _send(ctx, t, "hfl/stop", {"ok": ok, "reason": reason})
     rounds = res.get("rounds", [])
+    # the ledger's job_completed entry records these numbers (coordinator: result_metrics)
+    evaluation = dict(res.get("eval", {}))
+    for r in regions:
+        evaluation[f"rounds_joined.{r}"] = sum(r in e.get("participants", []) for e in rounds)
     return {
         "auc": res.get("auc_validation"),
         "rounds": len(rounds),
@@ -360,6 +375,9 @@ def _aggregator(
         ],
         "contribution": res.get("contribution", {}),
         "contribution_method": res.get("contribution_method", ""),
+        # coalition AUCs → the coordinator records them as a model_contribution ledger entry
+        "eval": evaluation,
+        "dp": {"clip": p["dp-clip"], "noise": p["dp-noise"]},
         "mode": run_cfg["mode"],
         "features": features,
         "weights": res.get("weights"),
