@@ -386,12 +386,14 @@ class RelayService(relay_pb2_grpc.RelayServicer):
         while True:
             self.store.touch_node(ident.name)
             self._running_participants(request.job_id, (ident.name, request.sender), context)
-            data = self.store.get_message(
-                request.job_id, request.step, request.sender, ident.name, request.seq
-            )
-            if data is not None or time.monotonic() >= deadline or not context.is_active():
-                break
+            # check and wait under the condition's lock: a message stored between the two
+            # would otherwise be noticed only at the next timeout (up to a second late)
             with self.store.changed:
+                data = self.store.get_message(
+                    request.job_id, request.step, request.sender, ident.name, request.seq
+                )
+                if data is not None or time.monotonic() >= deadline or not context.is_active():
+                    break
                 self.store.changed.wait(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
         if data is None:
             return

@@ -194,6 +194,7 @@ class CoordinatorStore:
         self._drain_lock = threading.Lock()
         self._drainer: threading.Thread | None = None
         self._drainer_stop = threading.Event()
+        self._touched: dict[str, float] = {}
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
@@ -427,9 +428,18 @@ class CoordinatorStore:
             self._event(db, None, "node-registered", name)
         return broken
 
+    #: ``last_seen`` is written at most this often per node: each write is a durable
+    #: (fsync'd) transaction under the store lock, and nodes touch on every poll.
+    TOUCH_INTERVAL = 1.0
+
     def touch_node(self, name: str) -> None:
+        """Record that ``name`` was heard from now (to :attr:`TOUCH_INTERVAL` resolution)."""
+        now = time.time()
+        if now - self._touched.get(name, 0.0) < self.TOUCH_INTERVAL:
+            return
         with self._lock:
-            self._db.execute("UPDATE nodes SET last_seen=? WHERE name=?", (time.time(), name))
+            self._db.execute("UPDATE nodes SET last_seen=? WHERE name=?", (now, name))
+            self._touched[name] = now
 
     def reset_liveness(self) -> None:
         """After a coordinator restart, give every node a fresh grace period."""
