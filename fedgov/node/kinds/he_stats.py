@@ -40,6 +40,7 @@ releases nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -77,26 +78,10 @@ def _float_list(raw: Any, key: str) -> tuple[float, ...]:
     return tuple(float(x) for x in raw)
 
 
-def build_query(ctx: TaskContext) -> tuple[hs.StatsQuery, str, str | None]:
-    """The query both parties derive from the signed manifest: (query, value field, group-by)."""
+def _query_options(ctx: TaskContext, group_by: str | None) -> dict[str, Any]:
+    """The statistic options both modes share, checked: stats, clip, bins, dp, include_total, mask_bits."""
     p = dict(ctx.manifest.parameters)
     w = f"{_W}: parameters"
-    unknown = sorted(set(p) - set(PARAM_KEYS))
-    if unknown:
-        raise ConfigError(f"unknown parameter(s) {unknown} (allowed: {', '.join(PARAM_KEYS)})", where=w)
-    requester = ctx.manifest.requester
-    if not requester:
-        raise ConfigError("he-stats needs [job] requester = <your certificate name>: the data owner "
-                          "keeps the privacy budget and release history per requester", where="manifest")
-    holder, owner = _roles(ctx)
-    oid = owner.extra.get("id") or owner.fields[0]
-    value_fields = [f for f in owner.fields if f != oid]
-    field = str(p.get("field") or (value_fields[0] if len(value_fields) == 1 else ""))
-    if field not in value_fields:
-        raise ConfigError(f"parameters.field must name one of the owner's fields {value_fields}", where=w)
-    group_by = p.get("group_by")
-    if group_by is not None and (not isinstance(group_by, str) or group_by not in holder.fields):
-        raise ConfigError(f"group_by '{group_by}' must be one of the cohort holder's fields", where=w)
     stats = p.get("stats", ["count", "sum", "mean"])
     if not isinstance(stats, list) or not all(isinstance(s, str) for s in stats):
         raise ConfigError("'stats' must be a list of names", where=w)
@@ -120,6 +105,40 @@ def build_query(ctx: TaskContext) -> tuple[hs.StatsQuery, str, str | None]:
     mask_bits = p.get("mask_bits", 20)
     if isinstance(mask_bits, bool) or not isinstance(mask_bits, int):
         raise ConfigError("'mask_bits' must be an integer", where=w)
+    return {"stats": tuple(stats), "clip": (clip[0], clip[1]), "bins": bins, "dp": dp,
+            "include_total": include_total, "mask_bits": mask_bits}
+
+
+def _requester(ctx: TaskContext) -> str:
+    requester = ctx.manifest.requester
+    if not requester:
+        raise ConfigError("he-stats needs [job] requester = <your certificate name>: the data owner "
+                          "keeps the privacy budget and release history per requester", where="manifest")
+    return requester
+
+
+def _check_param_keys(ctx: TaskContext, allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set(ctx.manifest.parameters) - set(allowed))
+    if unknown:
+        raise ConfigError(f"unknown parameter(s) {unknown} (allowed: {', '.join(allowed)})",
+                          where=f"{_W}: parameters")
+
+
+def build_query(ctx: TaskContext) -> tuple[hs.StatsQuery, str, str | None]:
+    """The query both parties derive from the signed manifest: (query, value field, group-by)."""
+    p = dict(ctx.manifest.parameters)
+    w = f"{_W}: parameters"
+    _check_param_keys(ctx, PARAM_KEYS)
+    requester = _requester(ctx)
+    holder, owner = _roles(ctx)
+    oid = owner.extra.get("id") or owner.fields[0]
+    value_fields = [f for f in owner.fields if f != oid]
+    field = str(p.get("field") or (value_fields[0] if len(value_fields) == 1 else ""))
+    if field not in value_fields:
+        raise ConfigError(f"parameters.field must name one of the owner's fields {value_fields}", where=w)
+    group_by = p.get("group_by")
+    if group_by is not None and (not isinstance(group_by, str) or group_by not in holder.fields):
+        raise ConfigError(f"group_by '{group_by}' must be one of the cohort holder's fields", where=w)
     cohort = json.dumps({
         "holder": holder.node, "dataset": holder.dataset, "group_by": group_by,
         "groups": p.get("groups"),
@@ -127,8 +146,7 @@ def build_query(ctx: TaskContext) -> tuple[hs.StatsQuery, str, str | None]:
     }, sort_keys=True, default=str)
     query = hs.StatsQuery(
         job_id=ctx.job_id, requester=requester, scope=f"{owner.node}.{owner.dataset}.{field}",
-        cohort=cohort, stats=tuple(stats), clip=(clip[0], clip[1]), bins=bins,
-        include_total=include_total, dp=dp, mask_bits=mask_bits,
+        cohort=cohort, **_query_options(ctx, group_by),
     )
     return query, field, group_by
 
@@ -209,8 +227,147 @@ def _owner(ctx: TaskContext, query: hs.StatsQuery, field: str, holder: str) -> d
     return out
 
 
+# --------------------------------------------------------------------------- horizontal
+
+H_PARAM_KEYS = ("field", "group_by", "groups", "stats", "clip", "bins", "include_total", "dp",
+                "mask_bits", "key_holder", "combiner")
+
+
+def _h_roles(ctx: TaskContext) -> tuple[list[Participant], str, str]:
+    """(regions, key holder, combiner) of a horizontal he-stats job."""
+    data = ctx.manifest.data_participants
+    regions = [p for p in data if p.role == "region"]
+    if len(regions) != len(data) or len(regions) < 2:
+        raise ConfigError("horizontal he-stats needs at least two data participants, all with role "
+                          "'region'", where="manifest")
+    arbiters = {p.node for p in ctx.manifest.participants if p.role == "arbiter"}
+    params = ctx.manifest.parameters
+    kh, comb = str(params.get("key_holder", "")), str(params.get("combiner", ""))
+    if kh not in arbiters or comb not in arbiters:
+        raise ConfigError("parameters.key_holder and parameters.combiner must name participants with "
+                          "role 'arbiter' (data-less nodes)", where=f"{_W}: parameters")
+    if kh == comb:
+        raise ConfigError("the key holder must not be the combiner: it would see each region's part",
+                          where=f"{_W}: parameters")
+    return regions, kh, comb
+
+
+def build_horizontal_query(ctx: TaskContext) -> tuple[hs.StatsQuery, str, str | None, list[str]]:
+    """(query, value field, group-by, group labels) every party of a horizontal job derives.
+
+    The key holder's release history is scoped to the field, across region
+    sets (the cohort key names the regions, so answers over {A, B, C} and
+    {A, B} are checked against each other); each region's privacy budget to
+    its own dataset and field (the same scope as when it is a vertical owner,
+    so the two modes share one budget).
+    """
+    _check_param_keys(ctx, H_PARAM_KEYS)
+    p = dict(ctx.manifest.parameters)
+    w = f"{_W}: parameters"
+    regions, _, _ = _h_roles(ctx)
+    field = p.get("field")
+    group_by = p.get("group_by")
+    for r in regions:
+        if not isinstance(field, str) or field not in r.fields:
+            raise ConfigError(f"parameters.field must name a field every region lists ({r.node} lists "
+                              f"{list(r.fields)})", where=w)
+        if group_by is not None and (not isinstance(group_by, str) or group_by not in r.fields):
+            raise ConfigError(f"group_by '{group_by}' must be a field every region lists", where=w)
+    labels = ["all"]
+    if group_by is not None:
+        raw = p.get("groups")
+        if not isinstance(raw, list) or not raw:
+            raise ConfigError("a grouped horizontal query needs parameters.groups (the labels every "
+                              "region uses)", where=w)
+        labels = [str(g) for g in raw]
+    names = sorted(r.node for r in regions)
+    cohort = json.dumps({
+        "regions": names, "group_by": group_by, "groups": labels,
+        "where": {r.node: [[c.field, c.op, c.value] for c in r.where] for r in regions},
+    }, sort_keys=True, default=str)
+    query = hs.StatsQuery(job_id=ctx.job_id, requester=_requester(ctx),
+                          scope=f"horizontal:{field}", cohort=cohort,
+                          **_query_options(ctx, group_by))
+    return query, str(field), group_by, labels
+
+
+def _h_region(ctx: TaskContext, query: hs.StatsQuery, field: str, group_by: str | None,
+              labels: list[str], kh: str, comb: str) -> dict[str, Any]:
+    me = ctx.participant
+    store = PrivacyStore(str(ctx.notes["state_dir"]))
+    query = dataclasses.replace(query, scope=f"{ctx.me}.{me.dataset}.{field}")
+    accountant = None
+    if query.dp is not None:
+        e_lim, d_lim = store.limits()
+        accountant = hs.BudgetAccountant(e_lim, d_lim, store=store.budget(e_lim, d_lim))
+        accountant.check(query.requester, query.scope, query.dp.epsilon, query.dp.delta)
+    cols = sorted({field, *([group_by] if group_by else []), *(c.field for c in me.where)})
+    table = ctx.load(cols)
+    inside = row_mask(table, me.where).to_pylist()
+    groups = table.column(group_by).to_pylist() if group_by else ["all"] * table.num_rows
+    index = {lab: k for k, lab in enumerate(labels)}
+    codes = np.array(
+        [index.get(str(g), -1) if ok and g is not None else -1 for ok, g in zip(inside, groups, strict=True)],
+        dtype=np.int64,
+    )
+    region = hs.Region(ctx.me, query, codes, labels, numeric(table.column(field).to_pylist()),
+                       min_cohort=ctx.decision.min_cohort, accountant=accountant)
+    ctx.channel.send(comb, "he-stats-h/counts", region.counts(ctx.channel.recv(kh, "he-stats-h/hello")))
+    ctx.channel.send(comb, "he-stats-h/moments", region.moments(ctx.channel.recv(kh, "he-stats-h/plan")))
+    return {}
+
+
+def _h_combiner(ctx: TaskContext, query: hs.StatsQuery, regions: list[str], kh: str) -> dict[str, Any]:
+    hello = ctx.channel.recv(kh, "he-stats-h/hello")
+    for step in ("counts", "moments"):
+        parts = [ctx.channel.recv(r, f"he-stats-h/{step}") for r in regions]
+        ctx.channel.send(kh, f"he-stats-h/{step}", hs.combine(query.job_id, hello, parts))
+    return {}
+
+
+def _h_key_holder(ctx: TaskContext, query: hs.StatsQuery, field: str, labels: list[str],
+                  regions: list[str], comb: str) -> dict[str, Any]:
+    store = PrivacyStore(str(ctx.notes["state_dir"]))
+    kh = hs.RegionKeyHolder(query, labels, min_cohort=ctx.decision.min_cohort,
+                            history=hs.ReleaseHistory(store.history()))
+    hello = kh.hello()
+    for t in [*regions, comb]:
+        ctx.channel.send(t, "he-stats-h/hello", hello)
+    plan = kh.plan(ctx.channel.recv(comb, "he-stats-h/counts"))
+    for r in regions:
+        ctx.channel.send(r, "he-stats-h/plan", plan)
+    release = kh.release(ctx.channel.recv(comb, "he-stats-h/moments"))
+    out = release.to_json()
+    out.update(field=field, cohort=json.loads(query.cohort), mode="horizontal")
+    return out
+
+
+def run_he_stats_horizontal(ctx: TaskContext) -> dict[str, Any]:
+    """Horizontal ``he-stats``: several regions hold the field; only totals are ever decrypted.
+
+    Regions encrypt per-cell counts and moments under the key holder's fresh
+    key; the combiner (another data-less node) adds them; the key holder
+    applies the release rules to the totals and releases. The largest
+    ``min_cohort`` of the regions applies; DP noise is added by each region
+    to its own part, charged to its own budget.
+    """
+    query, field, group_by, labels = build_horizontal_query(ctx)
+    regions, kh, comb = _h_roles(ctx)
+    names = [r.node for r in regions]
+    if ctx.me == kh:
+        return _h_key_holder(ctx, query, field, labels, names, comb)
+    if ctx.me == comb:
+        return _h_combiner(ctx, query, names, kh)
+    if ctx.me in names:
+        return _h_region(ctx, query, field, group_by, labels, kh, comb)
+    raise ConfigError(f"node '{ctx.me}' has no role in this he-stats job", where="manifest")
+
+
 def run_he_stats(ctx: TaskContext) -> dict[str, Any]:
-    """The ``he-stats`` job kind (vertical): the owner releases policy-checked statistics."""
+    """The ``he-stats`` job kind: vertical (cohort holder + owner) or, with role "region"
+    participants, horizontal (:func:`run_he_stats_horizontal`)."""
+    if any(p.role == "region" for p in ctx.manifest.data_participants):
+        return run_he_stats_horizontal(ctx)
     query, field, group_by = build_query(ctx)
     holder, owner = _roles(ctx)
     if ctx.me == holder.node:
