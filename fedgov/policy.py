@@ -29,7 +29,7 @@ from typing import Any
 from fedgov.errors import ConfigError
 from fedgov.tomlutil import check_keys, get_int, get_str, get_str_list, get_table, load_toml
 
-SETTING_KEYS = ("min_cohort", "approval", "approvers_required", "requesters", "approvers")
+SETTING_KEYS = ("min_cohort", "approval", "approvers_required", "requesters", "approvers", "standing_alignment")
 DEFAULT_MIN_COHORT = 11
 
 
@@ -49,6 +49,8 @@ class DatasetPolicy:
     requesters: tuple[str, ...]
     approvers: tuple[str, ...]  # optional allow-list of approver names; empty = any approver of the dept
     rules: tuple[Rule, ...]
+    #: may keep a standing (cached) PSI alignment with a requester's guest (see psi_standing)
+    standing_alignment: bool = False
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class Decision:
     approvers_required: int = 1
     approvers: tuple[str, ...] = ()
     min_cohort: int = DEFAULT_MIN_COHORT
+    standing_alignment: bool = False
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,7 @@ class Policy:
             approvers_required=dp.approvers_required,
             approvers=dp.approvers,
             min_cohort=dp.min_cohort,
+            standing_alignment=dp.standing_alignment,
         )
 
 
@@ -147,6 +151,10 @@ def _settings(table: dict[str, Any], base: dict[str, Any], where: str) -> dict[s
         out["requesters"] = tuple(get_str_list(table, "requesters", where))
     if "approvers" in table:
         out["approvers"] = tuple(get_str_list(table, "approvers", where))
+    if "standing_alignment" in table:
+        if not isinstance(table["standing_alignment"], bool):
+            raise ConfigError("standing_alignment must be true or false", where=where)
+        out["standing_alignment"] = table["standing_alignment"]
     return out
 
 
@@ -163,6 +171,7 @@ def parse_policy(doc: dict[str, Any], where: str) -> Policy:
             "approvers_required": 1,
             "requesters": ("*",),
             "approvers": (),
+            "standing_alignment": False,
         },
         f"{where}: defaults",
     )

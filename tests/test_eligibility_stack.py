@@ -76,6 +76,36 @@ def test_decisions_equal_the_plaintext_rules_and_only_counts_are_released(
     assert agree["check_agrees"] > agree["baseline_agrees"]
 
 
+def test_standing_alignment_gives_the_same_decisions_and_reuses_the_registers(
+    world: tuple[LocalFederation, Path],
+) -> None:
+    """Two checks with alignment = "standing": the first builds every department's cache
+    (masks the whole register), the second masks no register entry; both decide exactly
+    as the plaintext rules."""
+    fed, data = world
+    rules = el.parse_rules(RULES_WITHOUT_MEDICAL)
+    runs = []
+    for _ in range(2):
+        with fed.client("analyst") as c:
+            job = c.submit(eligibility_manifest(RULES_WITHOUT_MEDICAL, dataset="applications", alignment="standing"))
+            st = c.wait(job.job_id, timeout=180)
+            assert st.state == "succeeded", st.reason
+            rel = c.result(job.job_id)["civil_affairs"]
+        path = fed.workdir / "state" / "civil_affairs" / "outputs" / job.job_id / "decisions.csv"
+        with path.open() as fh:
+            rows = list(csv.DictReader(fh))
+        batch = normalize_ids([r["resident_id"] for r in rows])
+        want, _ = plaintext_eligibility(data, rules, batch)
+        got = [el.ApplicantResult(r["eligible"] == "true", tuple(x for x in r["failed"].split(";") if x))
+               for r in rows]
+        assert got == want
+        runs.append(rel)
+    first, second = (r["alignment"]["new_register_entries"] for r in runs)
+    assert set(first) == set(second) == set(rules.nodes())
+    assert all(n > 0 for n in first.values()) and all(n == 0 for n in second.values()), (first, second)
+    assert runs[0]["eligible"] == runs[1]["eligible"]
+
+
 def test_a_department_missing_from_the_manifest_fails_with_a_clear_reason(
     world: tuple[LocalFederation, Path],
 ) -> None:

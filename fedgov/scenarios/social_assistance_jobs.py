@@ -157,11 +157,13 @@ def eligibility_manifest(
     baseline: bool = True,
     label: bool = True,
     description: str = "Minimum-living-allowance check of this year's applicants; figures never exposed",
+    alignment: str = "fresh",
 ) -> str:
     """``eligibility-check`` over civil affairs' ``dataset`` with ``rules_text``
     (default: ``examples/social_assistance/eligibility_rules.toml``, which
     includes medical insurance — two approvers there). Departments and their
-    fields follow from the rules."""
+    fields follow from the rules. ``alignment = "standing"`` reuses the
+    departments' cached alignment (their policies must allow it)."""
     text = RULES_FILE.read_text() if rules_text is None else rules_text
     rules = parse_rules(text, "rules")
     if "'''" in text:
@@ -198,6 +200,8 @@ def eligibility_manifest(
             f"fields = {_toml(['resident_id', *rules.fields(node)])}",
         ]
     parts += ["", "[[participants]]", f"node = {_toml(arbiter)}", 'role = "arbiter"', "", "[parameters]"]
+    if alignment != "fresh":
+        parts.append(f"alignment = {_toml(alignment)}")
     if baseline:
         parts.append('baseline = { field = "declared_monthly_income", threshold = "income_standard", '
                      'per_capita = true, compare = "<" }')

@@ -53,10 +53,11 @@ from fedgov.errors import ConfigError
 from fedgov.manifest import Manifest
 from fedgov.node.context import TaskContext, id_column, numeric
 from fedgov.node.kinds.vertical_lr import align
+from fedgov.node.standing import align_standing
 from fedgov.protocols import eligibility as el
 
 _W = "eligibility-check"
-PARAM_KEYS = ("rules", "baseline", "psi_workers")
+PARAM_KEYS = ("rules", "baseline", "psi_workers", "alignment")
 _CMP = {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal}
 
 
@@ -138,6 +139,17 @@ def _baseline(ctx: TaskContext, rules: el.Rules, table: pa.Table, slot: np.ndarr
     return _CMP[cmp_](x, t) & valid
 
 
+def _align(ctx: TaskContext, *, dataset: str, guest: str, hosts: list[str]) -> tuple[Any, np.ndarray, int]:
+    """Left-join alignment with civil affairs' batch: fresh PSI, or the standing alignment
+    (``parameters.alignment = "standing"``; every department's policy must allow it)."""
+    mode = str(ctx.manifest.parameters.get("alignment", "fresh"))
+    if mode == "standing":
+        return align_standing(ctx, tag="batch", dataset=dataset, guest=guest, hosts=hosts)
+    if mode != "fresh":
+        raise ConfigError(f"alignment must be 'fresh' or 'standing', got '{mode}'", where=f"{_W}: parameters")
+    return align(ctx, tag="batch", dataset=dataset, guest=guest, hosts=hosts, join="left")
+
+
 def _key_holder(ctx: TaskContext, guest: str, hosts: list[str]) -> dict[str, Any]:
     kh = el.KeyHolder(ctx.job_id)
     hello = kh.hello()
@@ -149,7 +161,7 @@ def _key_holder(ctx: TaskContext, guest: str, hosts: list[str]) -> dict[str, Any
 
 def _department(ctx: TaskContext, rules: el.Rules, guest: str, hosts: list[str], arbiter: str) -> dict[str, Any]:
     me = ctx.participant
-    table, slot, n = align(ctx, tag="batch", dataset=me.dataset, guest=guest, hosts=hosts, join="left")
+    table, slot, n = _align(ctx, dataset=me.dataset, guest=guest, hosts=hosts)
     values = {f: _over_batch(numeric(table.column(f).to_pylist()), slot, n) for f in rules.fields(ctx.me)}
     dept = el.Department(ctx.job_id, ctx.me, rules, values)
     ctx.channel.send(guest, "elig/contribution", dept.contribute(ctx.channel.recv(arbiter, "elig/hello")))
@@ -159,7 +171,7 @@ def _department(ctx: TaskContext, rules: el.Rules, guest: str, hosts: list[str],
 def _civil_affairs(ctx: TaskContext, rules: el.Rules, hosts: list[str], arbiter: str) -> dict[str, Any]:
     me = ctx.participant
     t0 = time.monotonic()
-    table, slot, n = align(ctx, tag="batch", dataset=me.dataset, guest=ctx.me, hosts=hosts, join="left")
+    table, slot, n = _align(ctx, dataset=me.dataset, guest=ctx.me, hosts=hosts)
     t1 = time.monotonic()
     regions: list[str | None] = [None] * n
     reg_col = table.column(rules.region_field).to_pylist()
@@ -198,6 +210,9 @@ def _civil_affairs(ctx: TaskContext, rules: el.Rules, hosts: list[str], arbiter:
         "decisions_kept_at": ctx.me,
         "seconds": {"alignment": round(t1 - t0, 3), "check": round(t2 - t1, 3)},
     }
+    if "standing_delta" in ctx.notes:
+        # register entries each department had to mask for this job (0 = its cache was current)
+        out["alignment"] = {"mode": "standing", "new_register_entries": dict(ctx.notes["standing_delta"])}
     base = _baseline(ctx, rules, table, slot, n, regions, sizes)
     if base is not None:
         out["compared_with_baseline"] = {
