@@ -162,8 +162,6 @@ def bench_stack(applicants: int, seed: int) -> dict[str, Any]:
     """Full stack: the eligibility check as a signed job through node processes, three times
     in one federation: fresh PSI alignment, then standing alignment twice (the first run
     builds the departments' caches, the second reuses them: registers unchanged)."""
-    import csv
-
     from fedgov.demo import node_specs
     from fedgov.runner import LocalFederation
     from fedgov.scenarios.social_assistance import generate
@@ -171,6 +169,7 @@ def bench_stack(applicants: int, seed: int) -> dict[str, Any]:
         RULES_WITHOUT_MEDICAL,
         eligibility_manifest,
         plaintext_eligibility,
+        read_decisions,
     )
 
     rules = el.parse_rules(RULES_WITHOUT_MEDICAL, "rules")
@@ -197,13 +196,9 @@ def bench_stack(applicants: int, seed: int) -> dict[str, Any]:
                     if st.state != "succeeded":
                         raise SystemExit(f"bench job {st.state}: {st.reason}")
                     rel = c.result(job.job_id)["civil_affairs"]
-                path = fed.workdir / "state" / "civil_affairs" / "outputs" / job.job_id / "decisions.csv"
-                with path.open() as fh:
-                    rows = list(csv.DictReader(fh))
-                batch = normalize_ids([r["resident_id"] for r in rows])
+                batch, got = read_decisions(fed.workdir / "state" / "civil_affairs" / "outputs" / job.job_id
+                                            / "decisions.csv")
                 want, _ = plaintext_eligibility(data, rules, batch)
-                got = [el.ApplicantResult(r["eligible"] == "true",
-                                          tuple(x for x in r["failed"].split(";") if x)) for r in rows]
                 runs[name] = {
                     "seconds": dt, "applicants": rel["applicants"], "per_s": rel["applicants"] / dt,
                     "correct": got == want and len(got) == rel["applicants"],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from fedgov.scenarios.social_assistance_jobs import (
     decisions_changed,
     eligibility_manifest,
     plaintext_eligibility,
+    read_decisions,
     read_reference,
 )
 
@@ -54,15 +54,11 @@ def test_decisions_equal_the_plaintext_rules_and_only_counts_are_released(
     assert all(isinstance(v, int) for v in rel["failed_by_rule"].values())
 
     path = fed.workdir / "state" / "civil_affairs" / "outputs" / job.job_id / "decisions.csv"
-    with path.open() as fh:
-        rows = list(csv.DictReader(fh))
-    batch = normalize_ids([r["resident_id"] for r in rows])
+    batch, got = read_decisions(path)
     assert len(batch) == len(set(batch)) == rel["applicants"]
     assert len(batch) == len(set(normalize_ids(read_reference(data, "civil_affairs", "applications")
                                                .column("resident_id").to_pylist())))
     want, base = plaintext_eligibility(data, rules, batch)
-    got = [el.ApplicantResult(r["eligible"] == "true", tuple(x for x in r["failed"].split(";") if x))
-           for r in rows]
     assert got == want
     eligible = np.array([g.eligible for g in got])
     assert rel["eligible"] == int(eligible.sum()) > 0
@@ -91,13 +87,9 @@ def test_standing_alignment_gives_the_same_decisions_and_reuses_the_registers(
             st = c.wait(job.job_id, timeout=180)
             assert st.state == "succeeded", st.reason
             rel = c.result(job.job_id)["civil_affairs"]
-        path = fed.workdir / "state" / "civil_affairs" / "outputs" / job.job_id / "decisions.csv"
-        with path.open() as fh:
-            rows = list(csv.DictReader(fh))
-        batch = normalize_ids([r["resident_id"] for r in rows])
+        batch, got = read_decisions(fed.workdir / "state" / "civil_affairs" / "outputs" / job.job_id
+                                    / "decisions.csv")
         want, _ = plaintext_eligibility(data, rules, batch)
-        got = [el.ApplicantResult(r["eligible"] == "true", tuple(x for x in r["failed"].split(";") if x))
-               for r in rows]
         assert got == want
         runs.append(rel)
     first, second = (r["alignment"]["new_register_entries"] for r in runs)

@@ -253,6 +253,18 @@ def read_reference(data_dir: Path, node: str, dataset: str) -> pa.Table:
     return read_dataset(d.source, load_schema(d.schema), base_dir=data_dir, table=d.table, query=d.query)
 
 
+def read_decisions(path: Path) -> tuple[list[str], list[ApplicantResult]]:
+    """Civil affairs' kept decisions (``outputs/<job>/decisions.csv``): the batch's
+    normalised IDs and, per applicant, the decision and failed rules."""
+    import csv
+
+    with Path(path).open() as fh:
+        rows = list(csv.DictReader(fh))
+    batch = normalize_ids([r["resident_id"] for r in rows])
+    got = [ApplicantResult(r["eligible"] == "true", tuple(x for x in r["failed"].split(";") if x)) for r in rows]
+    return batch, got
+
+
 def plaintext_eligibility(
     data_dir: Path, rules: Rules, batch: list[str], *, dataset: str = "applications"
 ) -> tuple[list[ApplicantResult], np.ndarray]:
