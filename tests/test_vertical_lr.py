@@ -75,6 +75,20 @@ def test_public_context_has_no_secret_key() -> None:
         pub.rotate(ct, 2)  # only the Galois keys asked for exist
 
 
+def test_encryption_from_a_prepared_zero_is_used_once() -> None:
+    """The host prepares Enc(0) while it waits: the result decrypts right, and a consumed
+    zero (or anything not a fresh zero) is refused rather than reused."""
+    ctx = CkksContext.create(CkksParams(), rotation_steps=[1])
+    pub = CkksContext.from_public_bytes(ctx.public_bytes())
+    zero = pub.encrypt_zero()
+    ct = pub.encrypt([0.25, -3.0], zero=zero)
+    assert np.allclose(ctx.decrypt(ct)[:2], [0.25, -3.0], atol=1e-4)
+    with pytest.raises(CryptoError, match="fresh"):
+        pub.encrypt([1.0], zero=zero)  # already consumed (it is the ciphertext above)
+    with pytest.raises(CryptoError, match="fresh"):
+        pub.encrypt([1.0], zero=pub.encrypt([2.0]))
+
+
 def test_mask_budget_is_checked() -> None:
     p = CkksParams()
     b = mask_budget(p, mask_bits=30, value_bound=0.1, precision_bits=12, min_hiding_bits=24, summed_slots=256)

@@ -438,10 +438,30 @@ class CkksContext:
         self._encoder.encode(self._vec(values), pid, float(scale if scale is not None else self.scale), pt)
         return pt
 
-    def encrypt(self, values: Any) -> Any:
-        """Fresh public-key encryption of up to ``slots`` reals (zero-padded)."""
+    def encrypt(self, values: Any, *, zero: Any | None = None) -> Any:
+        """Fresh public-key encryption of up to ``slots`` reals (zero-padded).
+
+        ``zero``: a fresh :meth:`encrypt_zero` result to use up (it is consumed:
+        the caller must not use it again). SEAL's own ``encrypt`` is exactly
+        ``encrypt_zero`` plus the plaintext, so the result is distributed the
+        same; splitting lets a party prepare the costly, data-independent part
+        while it waits on the network.
+        """
+        pt = self.encode(values)
+        if zero is None:
+            ct = sealapi.Ciphertext()
+            self._encryptor.encrypt(pt, ct)
+            return ct
+        if list(zero.parms_id()) != list(pt.parms_id()) or zero.size() != 2 or zero.scale != 1.0:
+            raise CryptoError("not a fresh top-level encryption of zero", where="ckks")
+        zero.scale = pt.scale
+        self._evaluator.add_plain_inplace(zero, pt)
+        return zero
+
+    def encrypt_zero(self) -> Any:
+        """A fresh public-key encryption of zero at the top level (for :meth:`encrypt`)."""
         ct = sealapi.Ciphertext()
-        self._encryptor.encrypt(self.encode(values), ct)
+        self._encryptor.encrypt_zero(ct)
         return ct
 
     def decrypt(self, ct: Any) -> np.ndarray:
@@ -477,17 +497,37 @@ class CkksContext:
     def add_inplace(self, a: Any, b: Any) -> None:
         self._evaluator.add_inplace(a, b)
 
-    def add_plain(self, ct: Any, values: Any) -> Any:
-        """``ct + values`` at ``ct``'s level and scale."""
+    def add_plain(self, ct: Any, values: Any, *, cache: dict[Any, Any] | None = None, key: Any = None) -> Any:
+        """``ct + values`` at ``ct``'s level and scale.
+
+        ``cache``/``key``: reuse the encoding of ``values`` stored under ``key``
+        (the caller guarantees the same key always means the same values) when
+        its level and scale match; otherwise encode and store it.
+        """
         out = sealapi.Ciphertext()
-        self._evaluator.add_plain(ct, self.encode(values, parms_id=ct.parms_id(), scale=ct.scale), out)
+        pt = self._encode_cached(values, ct.parms_id(), ct.scale, cache, key)
+        self._evaluator.add_plain(ct, pt, out)
         return out
 
-    def mul_plain_to(self, ct: Any, values: Any, target_scale: float) -> Any:
-        """``ct * values``, rescaled once, with result scale exactly ``target_scale``."""
+    def _encode_cached(
+        self, values: Any, parms_id: list[int], scale: float, cache: dict[Any, Any] | None, key: Any
+    ) -> Any:
+        if cache is None:
+            return self.encode(values, parms_id=parms_id, scale=scale)
+        pt = cache.get(key)
+        if pt is None or list(pt.parms_id()) != list(parms_id) or pt.scale != scale:
+            pt = self.encode(values, parms_id=parms_id, scale=scale)
+            cache[key] = pt
+        return pt
+
+    def mul_plain_to(
+        self, ct: Any, values: Any, target_scale: float, *, cache: dict[Any, Any] | None = None, key: Any = None
+    ) -> Any:
+        """``ct * values``, rescaled once, with result scale exactly ``target_scale``
+        (``cache``/``key`` as in :meth:`add_plain`)."""
         pid = ct.parms_id()
         q = self._prime_at(pid)
-        pt = self.encode(values, parms_id=pid, scale=target_scale * q / ct.scale)
+        pt = self._encode_cached(values, pid, target_scale * q / ct.scale, cache, key)
         out = sealapi.Ciphertext()
         self._evaluator.multiply_plain(ct, pt, out)
         self._evaluator.rescale_to_next_inplace(out)

@@ -305,6 +305,7 @@ def run_vertical_lr(ctx: TaskContext) -> dict[str, Any]:
         for e in range(params.epochs):
             for b in range(n_batches):
                 ctx.channel.send(guest, "vlr/score", hp.partial_scores(e, b))
+                hp.precompute()  # while the guest works on the residual
                 ctx.channel.send(
                     arbiter, "vlr/grad", hp.masked_gradient(ctx.channel.recv(guest, "vlr/resid"))
                 )
