@@ -98,6 +98,21 @@ def test_standing_alignment_gives_the_same_decisions_and_reuses_the_registers(
     assert runs[0]["eligible"] == runs[1]["eligible"]
 
 
+def test_concurrent_standing_checks_do_not_block_each_other(world: tuple[LocalFederation, Path]) -> None:
+    """Two standing-alignment checks submitted together both finish with correct decisions
+    while sharing the departments' caches."""
+    fed, data = world
+    rules = el.parse_rules(RULES_WITHOUT_MEDICAL)
+    manifest = eligibility_manifest(RULES_WITHOUT_MEDICAL, dataset="applications", alignment="standing")
+    with fed.client("analyst") as c:
+        jobs = [c.submit(manifest).job_id for _ in range(2)]
+        states = [c.wait(j, timeout=240) for j in jobs]
+    assert [s.state for s in states] == ["succeeded", "succeeded"], [s.reason for s in states]
+    for j in jobs:
+        batch, got = read_decisions(fed.workdir / "state" / "civil_affairs" / "outputs" / j / "decisions.csv")
+        assert got == plaintext_eligibility(data, rules, batch)[0]
+
+
 def test_a_department_missing_from_the_manifest_fails_with_a_clear_reason(
     world: tuple[LocalFederation, Path],
 ) -> None:

@@ -5,7 +5,12 @@ with ``join = "left"``: it returns ``(table, slot, n)`` where the guest's
 order is all its distinct batch rows, shuffled by a job-specific key, and a
 host's ``slot[i]`` is the batch position of its row ``i`` (-1: not in the
 batch). State lives under ``<state_dir>/psi-standing/`` (scalars in 0600
-files), one lock file per cache so that concurrent jobs take turns.
+files, replaced atomically). Locks are held only around local
+read-modify-write, never across a network wait, so concurrent jobs cannot
+deadlock: the host's handle table is updated under its lock (so deltas stay
+consistent), the guest's epoch is created under its lock; two guest jobs
+racing on a cache write the same values, or a stale table the next job
+notices (full resend).
 
 A host takes part only if its policy for the dataset says
 ``standing_alignment = true``; the guest's node keeps one epoch for all hosts.
@@ -66,7 +71,7 @@ def _read(path: Path) -> bytes | None:
 def _write_secret(path: Path, data: bytes) -> None:
     """Atomically replace ``path`` with ``data``, readable by this user only."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
@@ -122,29 +127,31 @@ def _guest(
         if ep is None or ep.expired():
             ep = st.GuestEpoch.new()
             _write_secret(root / "guest" / "epoch.json", ep.to_bytes())
-        caches: dict[str, st.GuestCache | None] = {}
-        for h in hosts:
-            blob = _read(root / "guest" / f"{h}.cache")
-            c = st.GuestCache.from_bytes(blob) if blob else None
-            caches[h] = c if c is not None and c.epoch == ep.epoch else None
-            c = caches[h]
-            hello = {"epoch": ep.epoch, "table": c.table if c else "", "has": len(c) if c else 0}
-            ctx.channel.send(h, f"{prefix}/hello", json.dumps(hello).encode())
-        batch = st.mask_batch(ep, distinct, workers=workers)
-        for h in hosts:
-            ctx.channel.send_stream(h, f"{prefix}/batch", list(_chunks(batch)))
-        matches: dict[str, np.ndarray] = {}
-        delta: dict[str, int] = {}
-        for h in hosts:
+    caches: dict[str, st.GuestCache | None] = {}
+    for h in hosts:
+        blob = _read(root / "guest" / f"{h}.cache")
+        c = st.GuestCache.from_bytes(blob) if blob else None
+        caches[h] = c = c if c is not None and c.epoch == ep.epoch else None
+        hello = {"epoch": ep.epoch, "table": c.table if c else "", "has": len(c) if c else 0}
+        ctx.channel.send(h, f"{prefix}/hello", json.dumps(hello).encode())
+    batch = st.mask_batch(ep, distinct, workers=workers)
+    for h in hosts:
+        ctx.channel.send_stream(h, f"{prefix}/batch", list(_chunks(batch)))
+    matches: dict[str, np.ndarray] = {}
+    delta: dict[str, int] = {}
+    for h in hosts:
+        try:
             header = json.loads(ctx.channel.recv(h, f"{prefix}/delta"))
-            values = b"".join(ctx.channel.recv_stream(h, f"{prefix}/delta-values"))
-            cache = st.apply_delta(caches[h], ep, header, values, workers=workers)
-            _write_secret(root / "guest" / f"{h}.cache", cache.to_bytes())
-            reply = b"".join(ctx.channel.recv_stream(h, f"{prefix}/reply"))
-            if len(reply) != len(batch):
-                raise FedgovError(f"{h} answered {len(reply) // POINT_WIDTH} of {len(distinct)} values", where=_W)
-            matches[h] = st.match(cache, reply)
-            delta[h] = len(values) // POINT_WIDTH
+        except ValueError:
+            raise FedgovError(f"malformed standing-alignment delta from {h}", where=_W) from None
+        values = b"".join(ctx.channel.recv_stream(h, f"{prefix}/delta-values"))
+        cache = st.apply_delta(caches[h], ep, header, values, workers=workers)
+        _write_secret(root / "guest" / f"{h}.cache", cache.to_bytes())
+        reply = b"".join(ctx.channel.recv_stream(h, f"{prefix}/reply"))
+        if len(reply) != len(batch):
+            raise FedgovError(f"{h} answered {len(reply) // POINT_WIDTH} of {len(distinct)} values", where=_W)
+        matches[h] = st.match(cache, reply)
+        delta[h] = len(values) // POINT_WIDTH
     ctx.notes["standing_delta"] = delta
     key = _order_key(ctx.job_id, tag)
     rows = sorted(first.values(), key=lambda r: hashlib.sha256(key + ids[r].encode()).digest())
@@ -162,22 +169,22 @@ def _host(
     ctx: TaskContext, table: pa.Table, ids: list[str], state: Path, prefix: str, guest: str
 ) -> tuple[pa.Table, np.ndarray, int]:
     workers = _workers(ctx)
-    with _locked(state / "lock"):
-        try:
-            hello = json.loads(ctx.channel.recv(guest, f"{prefix}/hello"))
-            epoch, guest_table, has = str(hello["epoch"]), str(hello["table"]), int(hello["has"])
-        except (ValueError, KeyError, TypeError):
-            raise FedgovError("malformed standing-alignment hello", where=_W) from None
-        if not epoch or len(epoch) > 64:
-            raise ConfigError("standing-alignment epoch id must be 1..64 characters", where=_W)
+    try:
+        hello = json.loads(ctx.channel.recv(guest, f"{prefix}/hello"))
+        epoch, guest_table, has = str(hello["epoch"]), str(hello["table"]), int(hello["has"])
+    except (ValueError, KeyError, TypeError):
+        raise FedgovError("malformed standing-alignment hello", where=_W) from None
+    if not epoch or len(epoch) > 64:
+        raise ConfigError("standing-alignment epoch id must be 1..64 characters", where=_W)
+    with _locked(state / "lock"):  # no network wait inside: see the module docstring
         raw = _read(state / "cache.json")
         cache = st.HostCache.from_bytes(raw) if raw else None
         cache, values, header = st.host_delta(cache, epoch, guest_table, has, ids, workers=workers)
         _write_secret(state / "cache.json", cache.to_bytes())
-        ctx.channel.send(guest, f"{prefix}/delta", json.dumps(header).encode())
-        ctx.channel.send_stream(guest, f"{prefix}/delta-values", list(_chunks(values)))
-        batch = b"".join(ctx.channel.recv_stream(guest, f"{prefix}/batch"))
-        ctx.channel.send_stream(guest, f"{prefix}/reply", list(_chunks(st.reply_batch(cache, batch, workers=workers))))
+    ctx.channel.send(guest, f"{prefix}/delta", json.dumps(header).encode())
+    ctx.channel.send_stream(guest, f"{prefix}/delta-values", list(_chunks(values)))
+    batch = b"".join(ctx.channel.recv_stream(guest, f"{prefix}/batch"))
+    ctx.channel.send_stream(guest, f"{prefix}/reply", list(_chunks(st.reply_batch(cache, batch, workers=workers))))
     msg = ctx.channel.recv(guest, f"{prefix}/slots")
     (n,) = struct.unpack_from("<q", msg)
     pairs = np.frombuffer(msg, dtype="<i8", offset=8).reshape(-1, 2)
