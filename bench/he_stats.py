@@ -39,49 +39,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fedgov.protocols import eligibility as el  # noqa: E402
 from fedgov.protocols import he_stats as hs  # noqa: E402
 from fedgov.protocols.psi import normalize_ids  # noqa: E402
+from fedgov.scenarios.social_assistance_jobs import RULES_WITHOUT_MEDICAL as RULES  # noqa: E402
 
 STACK_NODES = ("civil_affairs", "tax", "hrss", "housing", "vehicles", "arbiter")
 #: applications rows per generated household (measured: ~0.22); generous margin
 _APPS_PER_HOUSEHOLD = 0.2
-
-RULES = """
-[check]
-name = "bench"
-tie_tolerance = 0.01
-[thresholds.default]
-income_standard = 1000.0
-area_per_capita = 70.0
-[thresholds.saihan]
-income_standard = 1100.0
-[[rules]]
-name = "income"
-kind = "threshold"
-per_capita = true
-threshold = "income_standard"
-terms = [
-  { node = "tax", field = "annual_income", divide = 12, max = 2000000 },
-  { node = "hrss", field = "pension_monthly", max = 50000 },
-]
-[[rules]]
-name = "floor-area"
-kind = "threshold"
-per_capita = true
-compare = "<="
-threshold = "area_per_capita"
-terms = [{ node = "housing", field = "total_floor_area_m2", max = 10000 }]
-[[rules]]
-name = "properties"
-kind = "fact"
-node = "housing"
-field = "property_count"
-fail_if = { op = ">", value = 1 }
-[[rules]]
-name = "vehicle-value"
-kind = "fact"
-node = "vehicles"
-field = "newest_vehicle_value_cny"
-fail_if = { op = ">", value = 50000 }
-"""
 
 
 def log(msg: str) -> None:
@@ -102,7 +64,8 @@ def bench_checks(n: int, seed: int) -> dict[str, Any]:
         "hrss": {"pension_monthly": sparse(0.4, np.round(rng.uniform(190, 5000, n), 2))},
         "housing": {"total_floor_area_m2": sparse(0.7, np.round(rng.uniform(20, 300, n), 1)),
                     "property_count": sparse(0.7, rng.integers(1, 4, n).astype(float))},
-        "vehicles": {"newest_vehicle_value_cny": sparse(0.4, np.round(rng.lognormal(11.3, 0.6, n)))},
+        "vehicles": {"newest_vehicle_value_cny": sparse(0.4, np.round(rng.lognormal(11.3, 0.6, n))),
+                     "vehicle_count": sparse(0.4, rng.integers(1, 3, n).astype(float))},
     }
     tr: list = []
     t0 = time.perf_counter()
