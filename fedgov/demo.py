@@ -330,8 +330,14 @@ def _approve_when_pending(
 
 
 def _submit(
-    fed: LocalFederation, manifest: str, approve: Callable[[str], None] | None = None
+    fed: LocalFederation,
+    manifest: str,
+    approve: Callable[[str], None] | None = None,
+    *,
+    must_succeed: str | None = None,
 ) -> dict[str, Any]:
+    """Submit as the analyst and wait; with ``must_succeed`` (the job's name in the
+    message) a job that did not succeed raises FedgovError with its state and reason."""
     with fed.client("analyst") as c:
         job = c.submit(manifest)
         if approve is not None:
@@ -340,6 +346,8 @@ def _submit(
         out: dict[str, Any] = {"job": st.to_dict()}
         if st.state == "succeeded":
             out["result"] = c.result(job.job_id)
+        elif must_succeed:
+            raise FedgovError(f"{must_succeed} job {st.state}: {st.reason}")
         return out
 
 
@@ -382,10 +390,9 @@ def run_demo(*, keep: Path | None = None, households: int = 6000, quiet: bool = 
                 "   Medical insurance requires two approvers (dual-post review); both sign at their node:"
             )
             counts = _submit(
-                fed, COUNT_MANIFEST, _approve_when_pending(fed, "medical", MEDICAL_APPROVERS, story)
+                fed, COUNT_MANIFEST, _approve_when_pending(fed, "medical", MEDICAL_APPROVERS, story),
+                must_succeed="count",
             )
-            if counts["job"]["state"] != "succeeded":
-                raise FedgovError(f"count job {counts['job']['state']}: {counts['job']['reason']}")
             res = counts["result"]["civil_affairs"]
             for node, n in res["counts"].items():
                 story.say(f"   {node:<14} {'suppressed' if n is None else n}")
@@ -405,10 +412,9 @@ def run_demo(*, keep: Path | None = None, households: int = 6000, quiet: bool = 
             )
             story.say("   no department learns anyone outside the overlap. Medical's approvers sign again:")
             aligned = _submit(
-                fed, PSI_MANIFEST, _approve_when_pending(fed, "medical", MEDICAL_APPROVERS, story)
+                fed, PSI_MANIFEST, _approve_when_pending(fed, "medical", MEDICAL_APPROVERS, story),
+                must_succeed="PSI",
             )
-            if aligned["job"]["state"] != "succeeded":
-                raise FedgovError(f"PSI job {aligned['job']['state']}: {aligned['job']['reason']}")
             pres = aligned["result"]["civil_affairs"]
             for node, n in sorted(pres["pairwise_sizes"].items()):
                 story.say(f"   applicants known to {node:<9} {n:>6}")
@@ -421,10 +427,9 @@ def run_demo(*, keep: Path | None = None, households: int = 6000, quiet: bool = 
             )
             story.say("   own weights, the arbiter only ever decrypts masked numbers. Medical signs again:")
             model = _submit(
-                fed, MODEL_MANIFEST, _approve_when_pending(fed, "medical", MEDICAL_APPROVERS, story)
+                fed, MODEL_MANIFEST, _approve_when_pending(fed, "medical", MEDICAL_APPROVERS, story),
+                must_succeed="model",
             )
-            if model["job"]["state"] != "succeeded":
-                raise FedgovError(f"model job {model['job']['state']}: {model['job']['reason']}")
             mres = model["result"]["civil_affairs"]
             auc_alone = civil_affairs_alone(data_dir)
             story.say(
@@ -451,9 +456,7 @@ def run_demo(*, keep: Path | None = None, households: int = 6000, quiet: bool = 
             story.say(
                 "   by district. HRSS holds the key, checks every cell itself and suppresses small ones:"
             )
-            stats = _submit(fed, stats_manifest())
-            if stats["job"]["state"] != "succeeded":
-                raise FedgovError(f"statistics job {stats['job']['state']}: {stats['job']['reason']}")
+            stats = _submit(fed, stats_manifest(), must_succeed="statistics")
             for line in stats_lines(stats["result"]):
                 story.say(f"   {line}")
             story.say(
@@ -464,10 +467,9 @@ def run_demo(*, keep: Path | None = None, households: int = 6000, quiet: bool = 
             )
             story.say("   eligible / not eligible and which rule failed. Medical signs again:")
             check = _submit(
-                fed, eligibility_manifest(), _approve_when_pending(fed, "medical", MEDICAL_APPROVERS, story)
+                fed, eligibility_manifest(), _approve_when_pending(fed, "medical", MEDICAL_APPROVERS, story),
+                must_succeed="eligibility",
             )
-            if check["job"]["state"] != "succeeded":
-                raise FedgovError(f"eligibility job {check['job']['state']}: {check['job']['reason']}")
             cres = check["result"]["civil_affairs"]
             changed = decisions_changed(check["result"])
             story.say(
