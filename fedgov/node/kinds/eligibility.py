@@ -29,8 +29,10 @@ Drives :mod:`fedgov.protocols.eligibility` over the sealed relay. Manifest
     [parameters]
     rules = '''<the rules file, TOML>'''     # see examples/social_assistance/eligibility_rules.toml
     baseline = { field = "declared_monthly_income", threshold = "income_standard" }   # optional
+    alignment = "standing"    # optional; default "fresh" (see docs/protocols/psi-standing.md)
 
-Flow: every department aligns with civil affairs by pairwise ECDH-PSI (left
+Flow: every department aligns with civil affairs by pairwise ECDH-PSI (or the
+standing alignment each department's policy may allow) (left
 join: the batch is all of civil affairs' distinct applicants, in an order
 shuffled by a job key; a department learns only the batch size and the
 positions of its own matched records); the arbiter sends its public context;
