@@ -143,3 +143,16 @@ def test_arbiter_participant_and_policy() -> None:
     refused = p.check_arbiter(kind="psi", purpose="any", requester="li")
     assert not refused.allowed and "does not serve job kind 'psi'" in refused.reasons[0]
     assert not parse_policy(parse_toml(POLICY, "p"), "p").check_arbiter(kind="vertical-lr", purpose="x", requester="a").allowed
+
+
+def test_standing_alignment_is_opt_in_per_dataset() -> None:
+    rules = '[[datasets.{d}.rules]]\npurposes = ["p"]\nkinds = ["eligibility-check"]\nfields = ["id"]\n'
+    base = "[datasets.a]\n" + rules.format(d="a") + "[datasets.b]\nstanding_alignment = true\n" + rules.format(d="b")
+    p = parse_policy(parse_toml(base, "p"), "p")
+    dec = {d: p.check(dataset=d, kind="eligibility-check", purpose="p", requester="x", fields=["id"]) for d in "ab"}
+    assert dec["a"].allowed and not dec["a"].standing_alignment  # off unless the department says so
+    assert dec["b"].allowed and dec["b"].standing_alignment
+    on = parse_policy(parse_toml("[defaults]\nstanding_alignment = true\n" + base, "p"), "p")
+    assert on.datasets["a"].standing_alignment
+    with pytest.raises(ConfigError, match="true or false"):
+        parse_policy(parse_toml(base.replace("standing_alignment = true", 'standing_alignment = "yes"'), "p"), "p")
