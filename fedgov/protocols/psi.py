@@ -274,13 +274,14 @@ class _Party:
         return self._pipelined(chunks, split, local, _w.pool_remask)  # type: ignore[arg-type]
 
     # -- step 1: own masked set --------------------------------------------
-    def _compute_masked(self) -> None:
+    def _mask_own(self) -> bytes:
+        """``k·H(id)`` for the distinct IDs, in first-occurrence order (32 bytes each)."""
         ids = self._ids
         n = len(ids)
         per = min(self._chunk, max(1, -(-n // self._workers))) if n else 1
         pieces = [ids[i : i + per] for i in range(0, n, per)]
         key, prefix = self._key, self._prefix
-        blob = b"".join(
+        return b"".join(
             self._pipelined(
                 pieces,  # type: ignore[arg-type]
                 lambda piece: [piece],
@@ -288,7 +289,9 @@ class _Party:
                 _w.pool_mask_ids,  # type: ignore[arg-type]
             )
         )
-        arr = np.frombuffer(blob, dtype=f"S{POINT_WIDTH}")
+
+    def _compute_masked(self) -> None:
+        arr = np.frombuffer(self._mask_own(), dtype=f"S{POINT_WIDTH}")
         self._perm = np.argsort(arr, kind="stable")
         self._sorted_masked = arr[self._perm].tobytes()
 

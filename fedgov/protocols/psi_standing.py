@@ -61,8 +61,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fedgov.errors import CryptoError, FedgovError
-from fedgov.protocols import _psi_worker as _w
-from fedgov.protocols.psi import POINT_WIDTH, _Party
+from fedgov.protocols.psi import POINT_WIDTH, _keyed_permutation, _Party
 
 __all__ = [
     "EPOCH_MAX_AGE_MS",
@@ -101,18 +100,7 @@ class _Keyed(_Party):
 
     def masked_in_order(self) -> bytes:
         """``k·H_t(id)`` for the distinct IDs, in first-occurrence order (32 bytes each)."""
-        ids = self._ids
-        per = min(self._chunk, max(1, -(-len(ids) // self._workers))) if ids else 1
-        pieces = [ids[i : i + per] for i in range(0, len(ids), per)]
-        key, prefix = self._key, self._prefix
-        return b"".join(
-            self._pipelined(
-                pieces,  # type: ignore[arg-type]
-                lambda piece: [piece],
-                lambda piece: _w.mask_ids(key, prefix, piece),  # type: ignore[arg-type]
-                _w.pool_mask_ids,  # type: ignore[arg-type]
-            )
-        )
+        return self._mask_own()
 
     def remask_in_order(self, buf: bytes) -> bytes:
         """``k·u`` for each 32-byte ``u`` of ``buf``, order kept."""
@@ -238,7 +226,7 @@ def host_delta(
         if x not in present:
             cache.ids[j] = None
     new = [x for x in current if x not in live]
-    order = np.random.default_rng(int.from_bytes(os.urandom(8), "big")).permutation(len(new))
+    order = _keyed_permutation(os.urandom(32), len(new))  # handles say nothing about register order
     cache.ids.extend(new[i] for i in order)
     start = guest_has if guest_table == cache.table and 0 <= guest_has <= len(cache.ids) else 0
     # a handle removed before it was ever sent still needs a value: a dummy no ID can equal
