@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tenseal as ts
 
@@ -145,8 +146,6 @@ def _port() -> int:
 
 def test_local_dp_clips_then_adds_gaussian_noise() -> None:
     """The DP option: the update is clipped to L2 norm dp-clip, then N(0, (dp-noise*dp-clip)^2) added."""
-    import numpy as np
-
     from fedgov.hfl.app import _local_dp
 
     w0 = np.zeros(2000)
@@ -165,8 +164,6 @@ def test_local_dp_clips_then_adds_gaussian_noise() -> None:
 def test_dp_option_bounds_the_model_end_to_end(regional: dict, tmp_path: Path) -> None:
     """dp-clip reaches every ClientApp through the real deployment: with clipping alone,
     FedAvg of updates of norm <= c moves the model at most c per round."""
-    import numpy as np
-
     regions = {r: v["path"] for r, v in regional["regions"].items()}
     clip, rounds = 0.05, 2
     res = run_horizontal_job(tmp_path / "dp", regions,
@@ -201,7 +198,7 @@ def test_superlink_on_all_interfaces_keeps_control_api_local(tmp_path: Path) -> 
 
     with pytest.raises(ConfigError, match="advertised"):
         Deployment(tmp_path / "x", listen="0.0.0.0")
-    with pytest.raises(ConfigError, match="listen address"):
+    with pytest.raises(ConfigError, match="listen = "):
         Deployment(tmp_path / "y", listen="10.0.0.7")
     ip = _routable_ipv4()
     if ip is None:
@@ -246,3 +243,26 @@ def test_encrypted_job_over_the_advertised_address(regional: dict, tmp_path: Pat
     # the key holder (its only broker address is the advertised one) decrypted the round
     assert res["mode"] == "encrypted" and res["aggregator_context_is_private"] is False
     assert _pids_mentioning(str(work.resolve())) == []
+
+
+def test_node_config_hfl_addresses(tmp_path: Path) -> None:
+    """The aggregator node's [hfl] table: loopback by default; all interfaces only with a name to dial."""
+    from fedgov.errors import ConfigError
+    from fedgov.node.config import NodeConfig
+
+    (tmp_path / "policy.toml").write_text('[arbiter]\nkinds = ["horizontal-fl"]\n')
+    base = ('[node]\nname = "agg"\ncoordinator = "127.0.0.1:1"\nkit = "kit"\nstate_dir = "state"\n'
+            'policy = "policy.toml"\n')
+
+    def load(extra: str) -> NodeConfig:
+        (tmp_path / "node.toml").write_text(base + extra)
+        return NodeConfig.load(tmp_path / "node.toml")
+
+    c = load("")
+    assert (c.hfl_listen, c.hfl_advertise) == ("127.0.0.1", "127.0.0.1")
+    c = load('[hfl]\nlisten = "0.0.0.0"\nadvertise = "hub.example.gov.cn"\n')
+    assert (c.hfl_listen, c.hfl_advertise) == ("0.0.0.0", "hub.example.gov.cn")
+    with pytest.raises(ConfigError, match="advertised host"):
+        load('[hfl]\nlisten = "0.0.0.0"\n')
+    with pytest.raises(ConfigError, match="listen = '10.1.2.3'"):
+        load('[hfl]\nlisten = "10.1.2.3"\n')

@@ -27,6 +27,32 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 #: Paths any SuperNode may use; everything else is coordinator-only.
 PUBLIC_PREFIXES = ("/v1/fleet/",)
+#: What a SuperLink may bind: loopback (one host) or every interface (other hosts' SuperNodes).
+LOOPBACK_LISTEN = ("127.0.0.1", "::1", "localhost")
+WILDCARD_LISTEN = ("0.0.0.0", "::")
+
+
+def listen_addresses(listen: str, advertise: str | None, *, where: str = "hfl") -> tuple[str, str]:
+    """Check a SuperLink's bind address; return ``(listen, advertise)``.
+
+    ``advertise`` (what SuperNodes and the key holder dial, and what the
+    SuperLink's certificate names) defaults to ``listen``; a wildcard bind
+    needs it spelled out. Raises :class:`~fedgov.errors.ConfigError`.
+    """
+    from fedgov.errors import ConfigError
+
+    if listen not in (*LOOPBACK_LISTEN, *WILDCARD_LISTEN):
+        raise ConfigError(
+            f"listen = {listen!r}: use 127.0.0.1 (one host) or 0.0.0.0 / :: (SuperNodes on other hosts)",
+            where=where,
+        )
+    advertise = advertise or listen
+    if advertise in WILDCARD_LISTEN:
+        raise ConfigError(
+            "listening on all interfaces needs an advertised host name or address for SuperNodes to dial",
+            where=where,
+        )
+    return listen, advertise
 
 
 def is_allowed(path: str, client_host: str | None) -> bool:

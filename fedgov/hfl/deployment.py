@@ -65,6 +65,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fedgov.crypto import pki
 from fedgov.errors import ConfigError, JobFailed, TransportError
 from fedgov.hfl import secure_agg
+from fedgov.hfl._superlink import listen_addresses
 
 __all__ = [
     "EXIT_SUPERNODE_CONNECTION",
@@ -165,7 +166,7 @@ _RUN_CONFIG_DEFAULTS: dict[str, Any] = {
 }
 
 
-def _hostport(host: str, port: int) -> str:
+def hostport(host: str, port: int) -> str:
     """``host:port`` with IPv6 literals in brackets."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -251,16 +252,7 @@ class Deployment:
         SuperLink's TLS certificate); defaults to ``listen`` unless that is a
         wildcard, which needs an explicit name.
         """
-        if listen not in ("127.0.0.1", "::1", "localhost", "0.0.0.0", "::"):
-            raise ConfigError(f"listen address {listen!r}: use 127.0.0.1 (one host) or 0.0.0.0 / :: "
-                              "(SuperNodes on other hosts)", where="hfl")
-        if advertise is None:
-            if listen in ("0.0.0.0", "::"):
-                raise ConfigError("listening on all interfaces needs an advertised host name or "
-                                  "address for SuperNodes to dial", where="hfl")
-            advertise = listen
-        self.listen = listen
-        self.advertise = advertise
+        self.listen, self.advertise = listen_addresses(listen, advertise)
         self.workdir = Path(workdir).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.marker = uuid.uuid4().hex
@@ -345,7 +337,7 @@ class Deployment:
         self.flwr_home.mkdir(parents=True, exist_ok=True)
         (self.flwr_home / "config.toml").write_text(  # the flwr CLI: always over loopback
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-            f'address = "{_hostport(local, self.port)}"\nroot-certificates = "{self.ca_cert}"\n')
+            f'address = "{hostport(local, self.port)}"\nroot-certificates = "{self.ca_cert}"\n')
         p = _Proc("superlink", cmd, self.workdir / "logs" / "superlink.log")
         self.procs["superlink"] = p
         self._spawn(p, self.env())
@@ -423,7 +415,7 @@ class Deployment:
         if not (ndir / "auth_key").exists():
             generate_supernode_keys(ndir)
         conf = " ".join(f"{k}={_toml_value(v)}" for k, v in node_config.items())
-        cmd = [str(_BIN / "flower-supernode"), "--superlink", _hostport(self.advertise, self.port),
+        cmd = [str(_BIN / "flower-supernode"), "--superlink", hostport(self.advertise, self.port),
                "--root-certificates", str(self.ca_cert),
                "--auth-supernode-private-key", str(ndir / "auth_key"),
                "--host", "127.0.0.1", "--port", str(_free_port()),
@@ -502,7 +494,7 @@ class Deployment:
         kit = self.issue_node_kit(name)
         cmd = [sys.executable, "-m", "fedgov.hfl.secure_agg", "--kit", str(kit),
                "--secret-context", str(km.secret_context),
-               "--broker", _hostport(self.advertise, broker_port),
+               "--broker", hostport(self.advertise, broker_port),
                "--min-contributors", str(min_contributors),
                "--audit-log", str(kdir / "decryptions.jsonl")]
         p = _Proc(f"keyholder:{name}", cmd, self.workdir / "logs" / f"keyholder-{name}.log")

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedgov.errors import ConfigError
+from fedgov.hfl._superlink import listen_addresses
 from fedgov.policy import Policy, load_policy
 from fedgov.schema import DatasetSchema, load_schema
 from fedgov.tomlutil import check_keys, get_str, get_table, load_toml
@@ -50,9 +51,9 @@ class NodeConfig:
     policy: Policy
     datasets: dict[str, DatasetConfig]
     path: Path
-    #: where an aggregator's Flower SuperLink binds / the name SuperNodes dial ("" = listen)
+    #: where an aggregator's Flower SuperLink binds / the name SuperNodes dial
     hfl_listen: str = "127.0.0.1"
-    hfl_advertise: str = ""
+    hfl_advertise: str = "127.0.0.1"
 
     @classmethod
     def load(cls, path: Path) -> NodeConfig:
@@ -62,18 +63,11 @@ class NodeConfig:
         check_keys(doc, ("node", "datasets", "hfl"), where, required=("node",))
         hfl = get_table(doc, "hfl", where)
         check_keys(hfl, ("listen", "advertise"), f"{where}: hfl")
-        hfl_listen = get_str(hfl, "listen", f"{where}: hfl", default="127.0.0.1")
-        if hfl_listen not in ("127.0.0.1", "::1", "localhost", "0.0.0.0", "::"):
-            raise ConfigError(
-                f"listen = {hfl_listen!r}: use 127.0.0.1 (one host) or 0.0.0.0 / :: (other hosts)",
-                where=f"{where}: hfl",
-            )
-        hfl_advertise = get_str(hfl, "advertise", f"{where}: hfl", default=hfl_listen)
-        if hfl_advertise in ("0.0.0.0", "::"):
-            raise ConfigError(
-                "listening on all interfaces needs advertise = the name or address other hosts dial",
-                where=f"{where}: hfl",
-            )
+        hfl_listen, hfl_advertise = listen_addresses(
+            get_str(hfl, "listen", f"{where}: hfl", default="127.0.0.1"),
+            get_str(hfl, "advertise", f"{where}: hfl") if "advertise" in hfl else None,
+            where=f"{where}: hfl",
+        )
         node = get_table(doc, "node", where, required=True)
         w = f"{where}: node"
         check_keys(

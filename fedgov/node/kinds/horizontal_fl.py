@@ -71,8 +71,8 @@ from fedgov.hfl.deployment import (
     DEFAULT_PARAMS,
     Deployment,
     _free_port,
-    _hostport,
     generate_supernode_keys,
+    hostport,
 )
 from fedgov.hfl.logreg import LABEL
 from fedgov.node.context import TaskContext
@@ -290,7 +290,7 @@ def _aggregator(
 ) -> dict[str, Any]:
     work = _workdir(ctx)
     dep = Deployment(work / "deployment", listen=str(ctx.notes.get("hfl_listen", "127.0.0.1")),
-                     advertise=str(ctx.notes.get("hfl_advertise") or "") or None)
+                     advertise=ctx.notes.get("hfl_advertise"))
     ok, reason = False, "the aggregator failed"
     try:
         with _stop_on_abort(ctx, dep):
@@ -337,7 +337,7 @@ def _aggregator(
                     {
                         "cert": cert.read_text(),
                         "ca": dep.ca_cert.read_text(),
-                        "broker": _hostport(dep.advertise, broker_port),
+                        "broker": hostport(dep.advertise, broker_port),
                     },
                 )
                 run_cfg.update(
