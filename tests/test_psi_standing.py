@@ -94,6 +94,17 @@ def test_a_delta_that_does_not_continue_the_guest_cache_is_refused() -> None:
     assert header["from"] == 0 and len(values) == 120 * 32
 
 
+def test_handles_do_not_follow_register_order() -> None:
+    """New register entries get handles in a random order: a matched handle tells the guest
+    nothing about where the person sits in the department's register."""
+    ep = st.GuestEpoch.new()
+    register = _ids(0, 1000)
+    h, _, _ = st.host_delta(None, ep.epoch, "", 0, register, workers=W)
+    pos = [register.index(x) for x in h.ids]  # register position of each handle
+    assert sorted(pos) == list(range(1000)) and pos != sorted(pos)
+    assert abs(float(np.corrcoef(pos, range(1000))[0, 1])) < 0.2  # no trend either
+
+
 def test_state_round_trips() -> None:
     ep = st.GuestEpoch.new()
     g, h, _, _ = _run(ep, None, None, _ids(0, 50), _ids(0, 5))

@@ -177,14 +177,18 @@ class _Party:
         mode: Mode = "align",
         workers: int | None = None,
         chunk_elems: int = CHUNK_ELEMS,
+        key: bytes | None = None,
+        hash_tag: bytes | None = None,
     ) -> None:
+        """``key``/``hash_tag``: a given scalar and domain tag instead of a fresh
+        per-job scalar and the job's tag (standing alignment reuses them)."""
         if mode not in _MODE_CODE:
             raise FedgovError(f"unknown PSI mode {mode!r}", where="psi")
         self.job_id = job_id
         self.mode: Mode = mode
-        self._prefix = _tag(job_id, b"hash-to-u")
+        self._prefix = hash_tag if hash_tag is not None else _tag(job_id, b"hash-to-u")
         self._order_tag = _tag(job_id, b"order")
-        self._key = X25519PrivateKey.generate()
+        self._key = X25519PrivateKey.from_private_bytes(key) if key is not None else X25519PrivateKey.generate()
         self._workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
         self._chunk = max(1, chunk_elems)
         self._pool: ProcessPoolExecutor | None = None

@@ -94,9 +94,7 @@ class _Keyed(_Party):
     role = "guest"
 
     def __init__(self, key: bytes, tag: bytes, ids: Sequence[str], workers: int | None) -> None:
-        super().__init__("standing", ids, workers=workers)
-        self._key = X25519PrivateKey.from_private_bytes(key)
-        self._prefix = tag
+        super().__init__("standing", ids, workers=workers, key=key, hash_tag=tag)
 
     def masked_in_order(self) -> bytes:
         """``k·H_t(id)`` for the distinct IDs, in first-occurrence order (32 bytes each)."""
