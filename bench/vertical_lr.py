@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fedgov.protocols import vertical_lr as vlr  # noqa: E402
 
-FATE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fate"
+FATE = Path(__file__).resolve().parents[1] / "examples" / "fate" / "data"
 
 
 def log(msg: str) -> None:

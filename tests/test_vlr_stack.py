@@ -18,14 +18,10 @@ from fedgov.runspec import federation_for, load_spec, manifest_for, run_spec
 
 pytestmark = pytest.mark.slow
 
-FATE = Path(__file__).resolve().parents[2] / "shared" / "data" / "fate"
-if not FATE.exists():
-    FATE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fate"
+FATE = Path(__file__).resolve().parents[1] / "examples" / "fate" / "data"
 
 
 def _spec(tmp: Path, *, epochs: int = 5, extra: str = "") -> Path:
-    if not (FATE / "breast_hetero_guest.csv").exists():
-        pytest.skip("FATE benchmark data not found")
     spec = tmp / "spec.toml"
     spec.write_text(
         f'[job]\nkind = "vertical-lr"\npurpose = "test"\nepochs = {epochs}\nlearning_rate = 0.1\nseed = 3\n{extra}'
