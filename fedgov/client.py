@@ -24,6 +24,7 @@ import grpc
 from fedgov.crypto.signing import sign_manifest
 from fedgov.errors import ConfigError, FedgovError, JobFailed
 from fedgov.manifest import parse_manifest
+from fedgov.params import check_parameters
 from fedgov.transport.rpc import describe, with_retry
 from fedgov.transport.tls import TlsMaterial, secure_channel
 from fedgov.v1 import jobs_pb2, jobs_pb2_grpc, registry_pb2, registry_pb2_grpc
@@ -129,7 +130,8 @@ class Client:
 
     def submit(self, manifest_toml: str, *, where: str = "manifest") -> JobStatus:
         """Validate locally, sign with this kit's key, submit."""
-        parse_manifest(manifest_toml, where)
+        m = parse_manifest(manifest_toml, where)
+        check_parameters(m.kind, m.parameters, f"{where}: parameters")
         sig = sign_manifest(self.material.key, manifest_toml)
         reply = self._call(
             self._jobs.Submit, jobs_pb2.SubmitJobRequest(manifest_toml=manifest_toml, signature=sig)

@@ -18,15 +18,24 @@ Format (``nodes/<dept>/policy.toml``)::
 A task is allowed when the requester is allowed and one rule covers its
 purpose, its kind and *every* field the task touches. The node evaluates this
 itself on every task; the coordinator's opinion is never consulted.
+
+**Disclosure settings** (``[defaults.disclosure]``, ``[datasets.NAME.disclosure]``)
+bound what any party can learn from a job on the dataset: masks, precision,
+DP, who receives which result. Every key is declared by a job kind in
+:mod:`fedgov.params` with a safe default that holds when the policy says
+nothing; a manifest may ask for stricter, never looser
+(:func:`fedgov.params.disclosure_refusals`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fedgov.errors import ConfigError
+from fedgov.params import default_disclosure, parse_disclosure
 from fedgov.tomlutil import check_keys, get_int, get_str, get_str_list, get_table, load_toml
 
 SETTING_KEYS = ("min_cohort", "approval", "approvers_required", "requesters", "approvers", "standing_alignment")
@@ -51,6 +60,10 @@ class DatasetPolicy:
     rules: tuple[Rule, ...]
     #: may keep a standing (cached) PSI alignment with a requester's guest (see psi_standing)
     standing_alignment: bool = False
+    #: effective disclosure settings (defaults < [defaults.disclosure] < [datasets.NAME.disclosure])
+    disclosure: Mapping[str, Any] = field(default_factory=default_disclosure)
+    #: where an operator changes them (named in refusals)
+    disclosure_source: str = ""
 
 
 @dataclass(frozen=True)
@@ -64,6 +77,8 @@ class Decision:
     approvers: tuple[str, ...] = ()
     min_cohort: int = DEFAULT_MIN_COHORT
     standing_alignment: bool = False
+    disclosure: Mapping[str, Any] = field(default_factory=default_disclosure)
+    disclosure_source: str = ""
 
 
 @dataclass(frozen=True)
@@ -133,6 +148,8 @@ class Policy:
             approvers=dp.approvers,
             min_cohort=dp.min_cohort,
             standing_alignment=dp.standing_alignment,
+            disclosure=dp.disclosure,
+            disclosure_source=dp.disclosure_source,
         )
 
 
@@ -162,7 +179,11 @@ def parse_policy(doc: dict[str, Any], where: str) -> Policy:
     """Validate a parsed policy document (strict: unknown keys are errors)."""
     check_keys(doc, ("defaults", "datasets", "arbiter"), where)
     defaults_t = get_table(doc, "defaults", where)
-    check_keys(defaults_t, SETTING_KEYS, f"{where}: defaults")
+    check_keys(defaults_t, (*SETTING_KEYS, "disclosure"), f"{where}: defaults")
+    base_disclosure = parse_disclosure(
+        get_table(defaults_t, "disclosure", f"{where}: defaults"), default_disclosure(),
+        f"{where}: defaults.disclosure",
+    )
     defaults = _settings(
         defaults_t,
         {
@@ -180,8 +201,12 @@ def parse_policy(doc: dict[str, Any], where: str) -> Policy:
         w = f"{where}: datasets.{name}"
         if not isinstance(table, dict):
             raise ConfigError("must be a table", where=w)
-        check_keys(table, (*SETTING_KEYS, "rules"), w)
+        check_keys(table, (*SETTING_KEYS, "rules", "disclosure"), w)
         settings = _settings(table, defaults, w)
+        settings["disclosure"] = parse_disclosure(
+            get_table(table, "disclosure", w), base_disclosure, f"{w}.disclosure"
+        )
+        settings["disclosure_source"] = f"{where}: datasets.{name}.disclosure"
         raw_rules = table.get("rules", [])
         if not isinstance(raw_rules, list):
             raise ConfigError("'rules' must be an array of tables [[datasets.NAME.rules]]", where=w)

@@ -26,6 +26,7 @@ from fedgov.ledger.entries import now_ms
 from fedgov.ledger.log import TransparencyLog, public_key_bytes
 from fedgov.manifest import parse_manifest
 from fedgov.node.witness import head_from_pb, head_to_pb
+from fedgov.params import check_parameters
 from fedgov.transport.chunks import relay_chunks
 from fedgov.transport.tls import caller_identity
 from fedgov.v1 import (
@@ -172,6 +173,7 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         cert_pem = context.auth_context()["x509_pem_cert"][0]
         try:
             manifest = parse_manifest(request.manifest_toml)
+            check_parameters(manifest.kind, manifest.parameters)
             signer = verify_manifest(cert_pem, self.ca_cert, request.manifest_toml, request.signature)
         except FedgovError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -316,8 +318,15 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
                 json.loads(request.result_json)
             except ValueError:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, "result_json is not JSON")
+        if request.public_json:
+            try:
+                facts = json.loads(request.public_json)
+            except ValueError:
+                facts = None
+            if not isinstance(facts, dict):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "public_json is not a JSON object")
         new = self.store.record_report(
-            request.job_id, ident.name, request.ok, request.result_json, request.error
+            request.job_id, ident.name, request.ok, request.result_json, request.error, request.public_json
         )
         if new:
             log.info("job %s -> %s", request.job_id, new)

@@ -70,6 +70,7 @@ CREATE TABLE IF NOT EXISTS participants (
     approvers_json TEXT NOT NULL DEFAULT '[]',
     task_state TEXT NOT NULL DEFAULT 'waiting',
     result_json TEXT NOT NULL DEFAULT '',
+    public_json TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (job_id, node)
 );
 CREATE TABLE IF NOT EXISTS relay (
@@ -126,7 +127,11 @@ def _number(value: object) -> bool:
 
 
 def result_metrics(merged: Mapping[str, Any]) -> dict[str, float]:
-    """The summary metrics of a job's released result ``{node: result}`` (:data:`LEDGER_METRICS`)."""
+    """The summary metrics of a job's public facts ``{node: facts}`` (:data:`LEDGER_METRICS`).
+
+    ``facts`` are what each node chose to publish (``TaskReport.public_json``),
+    never the result released to the requester.
+    """
     out: dict[str, float] = {}
     for node in sorted(merged):
         res = merged[node]
@@ -185,6 +190,9 @@ class CoordinatorStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
+        cols = {r[1] for r in self._db.execute("PRAGMA table_info(participants)")}
+        if "public_json" not in cols:  # databases from before public facts
+            self._db.execute("ALTER TABLE participants ADD COLUMN public_json TEXT NOT NULL DEFAULT ''")
         self._lock = threading.RLock()
         #: notified on every change, for long polls
         self.changed = threading.Condition(self._lock)
@@ -252,26 +260,26 @@ class CoordinatorStore:
 
     def _ledger_job_end(self, db: sqlite3.Connection, job_id: str, state: str) -> None:
         """Entries for a job reaching ``state``: contributions first (success), then job_completed."""
-        row = db.execute("SELECT kind, manifest, result_json FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+        row = db.execute("SELECT kind, manifest FROM jobs WHERE job_id=?", (job_id,)).fetchone()
         if row is None:
             return
-        kind, manifest_text, result_json = row
+        kind, manifest_text = row
         metrics: dict[str, float] = {}
         if state == "succeeded":
-            try:
-                merged = json.loads(result_json or "{}")
-            except ValueError:
-                merged = {}
-            metrics = result_metrics(merged)
+            public: dict[str, Any] = {}
+            for n, r in db.execute("SELECT node, public_json FROM participants WHERE job_id=?", (job_id,)):
+                try:
+                    facts = json.loads(r or "{}")
+                except ValueError:
+                    facts = {}
+                if isinstance(facts, dict) and facts:
+                    public[n] = facts
+            metrics = result_metrics(public)
             catalogs = {
                 n: {d["name"]: d for d in json.loads(c)}
                 for n, c in db.execute("SELECT name, catalog_json FROM nodes").fetchall()
             }
-            reported = {
-                n: r
-                for n, r in db.execute("SELECT node, result_json FROM participants WHERE job_id=?", (job_id,))
-            }
-            for build in _contribution_entries(job_id, kind, manifest_text, merged, catalogs, reported):
+            for build in _contribution_entries(job_id, kind, manifest_text, public, catalogs):
                 self._ledger(db, build)
         completed = le.job_completed(job_id, state, metrics)
         self._ledger(db, lambda: completed)
@@ -606,14 +614,18 @@ class CoordinatorStore:
                 return "running"
         return None
 
-    def record_report(self, job_id: str, node: str, ok: bool, result_json: str, error: str) -> str | None:
+    def record_report(
+        self, job_id: str, node: str, ok: bool, result_json: str, error: str, public_json: str = ""
+    ) -> str | None:
+        """Store a node's outcome; ``public_json`` holds the facts it lets the ledger record."""
         with self.tx() as db:
             cur = db.execute("SELECT state FROM jobs WHERE job_id=?", (job_id,)).fetchone()
             if cur is None or cur[0] != "running":
                 return None
             db.execute(
-                "UPDATE participants SET task_state=?, result_json=? WHERE job_id=? AND node=?",
-                ("succeeded" if ok else "failed", result_json if ok else error, job_id, node),
+                "UPDATE participants SET task_state=?, result_json=?, public_json=? WHERE job_id=? AND node=?",
+                ("succeeded" if ok else "failed", result_json if ok else error, public_json if ok else "",
+                 job_id, node),
             )
             if not ok:
                 self._set_state(db, job_id, "failed", f"{node}: {error}")
@@ -742,17 +754,17 @@ def _contribution_entries(
     job_id: str,
     kind: str,
     manifest_text: str,
-    merged: Mapping[str, Any],
+    public: Mapping[str, Any],
     catalogs: Mapping[str, Mapping[str, Any]],
-    reported: Mapping[str, str],
 ) -> list[Any]:
     """Builders of the contribution (and model contribution) entries of a job that succeeded.
 
-    ``records`` per participant: the ``records`` its own result reports if any;
+    ``public`` maps each node to the facts it published (``TaskReport.public_json``).
+    ``records`` per participant: the ``records`` its own facts report if any;
     for vertical models the aligned training rows (the guest's
     ``intersection_size``); otherwise the rows it published for the dataset.
-    A ``coalitions`` object (``{"a+b": metric}``, all ``2**n`` subsets) in a
-    result's ``eval`` becomes a ``model_contribution`` entry.
+    A ``coalitions`` object (``{"a+b": metric}``, all ``2**n`` subsets) in
+    published ``eval`` facts becomes a ``model_contribution`` entry.
     """
     try:
         m = parse_manifest(manifest_text)
@@ -761,17 +773,14 @@ def _contribution_entries(
     intersection = next(
         (
             r["intersection_size"]
-            for r in merged.values()
+            for r in public.values()
             if isinstance(r, dict) and _number(r.get("intersection_size"))
         ),
         None,
     )
     builds: list[Any] = []
     for p in m.data_participants:
-        try:
-            own = json.loads(reported.get(p.node) or "{}")
-        except ValueError:
-            own = {}
+        own = public.get(p.node) or {}
         rows = catalogs.get(p.node, {}).get(p.dataset, {}).get("rows", 0)
         if isinstance(own, dict) and _number(own.get("records")) and int(own["records"]) >= 0:
             records = int(own["records"])
@@ -783,7 +792,7 @@ def _contribution_entries(
             lambda p=p, records=records: le.contribution(job_id, p.node, p.dataset, records, p.fields)
         )
     validation = _validation(m)
-    for res in merged.values():
+    for res in public.values():
         ev = res.get("eval") if isinstance(res, dict) else None
         coalitions = ev.get("coalitions") if isinstance(ev, dict) else None
         if isinstance(coalitions, dict) and validation:

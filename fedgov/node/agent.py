@@ -37,10 +37,12 @@ from fedgov.errors import FedgovError
 from fedgov.manifest import Manifest, manifest_digest, parse_manifest
 from fedgov.node.channel import JobChannel, PeerDirectory
 from fedgov.node.config import NodeConfig
+from fedgov.node.context import default_public_facts
 from fedgov.node.handlers import HANDLERS, TaskContext
 from fedgov.node.quality_publish import quality_json, quality_scores
 from fedgov.node.store import NodeStore
 from fedgov.node.witness import NodeWitness, WitnessError
+from fedgov.params import check_parameters, disclosure_refusals
 from fedgov.policy import Decision
 from fedgov.transport.rpc import describe, with_retry
 from fedgov.transport.tls import TlsMaterial, secure_channel
@@ -180,6 +182,7 @@ class NodeAgent:
         if signer.role not in ("analyst", "admin"):
             raise FedgovError(f"requester '{signer.name}' has role '{signer.role}', not analyst")
         manifest = parse_manifest(task.manifest_toml)
+        check_parameters(manifest.kind, manifest.parameters)
         if manifest.requester is not None and manifest.requester != signer.name:
             raise FedgovError(
                 f"manifest names requester '{manifest.requester}' but was signed by '{signer.name}'"
@@ -222,6 +225,10 @@ class NodeAgent:
             )
             if not second.allowed:
                 return manifest, second
+        if decision.allowed:
+            refusals = disclosure_refusals(manifest, me, decision.disclosure, decision.disclosure_source)
+            if refusals:
+                return manifest, Decision(False, tuple(str(r) for r in refusals))
         return manifest, decision
 
     def _decide(self, job_id: str, approve: bool, reason: str, approvers: list[str], digest: str) -> None:
@@ -335,12 +342,18 @@ class NodeAgent:
             target=self._run_job, args=(task, abort), name=f"job-{task.job_id}", daemon=True
         ).start()
 
-    def _report(self, job_id: str, ok: bool, result: dict | None, error: str) -> None:
+    def _report(
+        self, job_id: str, ok: bool, result: dict | None, error: str, public: dict | None = None
+    ) -> None:
         result_json = json.dumps(result, sort_keys=True) if result is not None else ""
-        self.store.audit(job_id, "report", ok=ok, result=result, error=error)
+        public_json = json.dumps(public, sort_keys=True) if public else ""
+        self.store.audit(job_id, "report", ok=ok, result=result, error=error, public=public or {})
         with_retry(
             lambda: self.jobs.Report(
-                jobs_pb2.TaskReport(job_id=job_id, ok=ok, result_json=result_json, error=error), timeout=30
+                jobs_pb2.TaskReport(
+                    job_id=job_id, ok=ok, result_json=result_json, error=error, public_json=public_json
+                ),
+                timeout=30,
             )
         )
 
@@ -405,7 +418,7 @@ class NodeAgent:
             started = time.monotonic()
             result = HANDLERS[manifest.kind](ctx)
             log.info("job %s: my part done in %.2f s", job_id, time.monotonic() - started)
-            self._report(job_id, True, result, "")
+            self._report(job_id, True, result, "", ctx.public or default_public_facts(result))
         except FedgovError as exc:
             log.warning("job %s failed here: %s", job_id, exc)
             if not abort.is_set():

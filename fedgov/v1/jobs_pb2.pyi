@@ -118,13 +118,15 @@ class TaskDecision(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., approve: _Optional[bool] = ..., reason: _Optional[str] = ..., approvers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TaskReport(_message.Message):
-    __slots__ = ("job_id", "ok", "result_json", "error")
+    __slots__ = ("job_id", "ok", "result_json", "error", "public_json")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     OK_FIELD_NUMBER: _ClassVar[int]
     RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_JSON_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     ok: bool
     result_json: str
     error: str
-    def __init__(self, job_id: _Optional[str] = ..., ok: _Optional[bool] = ..., result_json: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+    public_json: str
+    def __init__(self, job_id: _Optional[str] = ..., ok: _Optional[bool] = ..., result_json: _Optional[str] = ..., error: _Optional[str] = ..., public_json: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,24 @@
+"""Parameters of the ``he-stats`` job kind (docs/protocols/he-stats.md)."""
+
+from __future__ import annotations
+
+from fedgov.params.psi import WORKERS
+from fedgov.params.schema import KindSchema, Param
+
+SCHEMA = KindSchema(
+    kind="he-stats",
+    params=(
+        Param("field", "str", doc="the data owner's value field"),
+        Param("group_by", "str", doc="the cohort holder's categorical field"),
+        Param("groups", "list[str]", doc="group labels (required for horizontal queries)"),
+        Param("stats", "list[str]", doc="count sum mean variance histogram"),
+        Param("clip", "list[float]", doc="[lo, hi]: values are clipped by the owner"),
+        Param("bins", "list[float]", doc="histogram edges"),
+        Param("include_total", "bool", doc="release the margin over all groups too"),
+        Param("dp", "table", doc="{mechanism, epsilon, delta}: owner-side noise"),
+        Param("mask_bits", "int", doc="statistical mask size over each decrypted slot"),
+        Param("key_holder", "str", doc="horizontal: the data-less node that decrypts totals"),
+        Param("combiner", "str", doc="horizontal: the data-less node that adds the regions' parts"),
+        WORKERS,
+    ),
+)
