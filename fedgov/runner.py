@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from fedgov.client import Client
-from fedgov.crypto.pki import create_ca, issue_kit
+from fedgov.crypto.kits import issue_kit
+from fedgov.crypto.pki import create_ca
 from fedgov.errors import FedgovError
 
 

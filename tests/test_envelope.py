@@ -12,7 +12,7 @@ import pytest
 from cryptography import x509
 
 from fedgov.crypto import envelope as env
-from fedgov.crypto import pki
+from fedgov.crypto import kits, pki
 from fedgov.crypto.envelope import (
     Header,
     MalformedEnvelope,
@@ -50,8 +50,8 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Fed:
     pki.create_ca(root / "ca")
     pki.create_ca(root / "evil_ca")
     for name in ("tax", "civ", "hrss"):
-        pki.issue_kit(root / "ca", root / name, name, "node")
-    pki.issue_kit(root / "evil_ca", root / "evil_civ", "civ", "node")
+        kits.issue_kit(root / "ca", root / name, name, "node")
+    kits.issue_kit(root / "evil_ca", root / "evil_civ", "civ", "node")
     ca = pki.load_ca_cert(root / "ca" / "ca.crt")
     nodes = {n: NodeKeys.load(root / n) for n in ("tax", "civ", "hrss", "evil_civ")}
     # peers learn each other's keys only through verify_bundle

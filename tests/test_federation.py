@@ -13,7 +13,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from fedgov.crypto.pki import create_ca, issue_kit
+from fedgov.crypto.kits import issue_kit
+from fedgov.crypto.pki import create_ca
 from fedgov.errors import FedgovError
 from fedgov.runner import DatasetSpec, LocalFederation, NodeSpec
 from fedgov.transport.tls import TlsMaterial, secure_channel

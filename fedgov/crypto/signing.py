@@ -22,7 +22,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from fedgov.crypto.pki import Identity, verify_certificate
+from fedgov.crypto.pki import Identity, RevocationCheck, verify_certificate
 from fedgov.errors import CryptoError
 
 MANIFEST_DOMAIN = b"fedgov/v1 manifest\x00"
@@ -45,12 +45,19 @@ def _sign(key_pem: bytes, data: bytes) -> bytes:
     raise BadSignature(f"unsupported signing key type {type(key).__name__}")
 
 
-def _verify(cert_pem: bytes, ca_cert: x509.Certificate, data: bytes, signature: bytes, what: str) -> Identity:
+def _verify(
+    cert_pem: bytes,
+    ca_cert: x509.Certificate,
+    data: bytes,
+    signature: bytes,
+    what: str,
+    revocations: RevocationCheck | None = None,
+) -> Identity:
     try:
         cert = x509.load_pem_x509_certificate(cert_pem)
     except ValueError:
         raise BadSignature(f"{what}: signer certificate is not valid PEM") from None
-    identity = verify_certificate(cert, ca_cert)
+    identity = verify_certificate(cert, ca_cert, revocations=revocations)
     pub = cert.public_key()
     try:
         if isinstance(pub, ec.EllipticCurvePublicKey):
@@ -71,9 +78,22 @@ def sign_manifest(key_pem: bytes, text: str) -> bytes:
     return _sign(key_pem, MANIFEST_DOMAIN + text.encode("utf-8"))
 
 
-def verify_manifest(cert_pem: bytes, ca_cert: x509.Certificate, text: str, signature: bytes) -> Identity:
-    """Signer identity if the certificate chains to the CA and the signature holds."""
-    return _verify(cert_pem, ca_cert, MANIFEST_DOMAIN + text.encode("utf-8"), signature, "manifest")
+def verify_manifest(
+    cert_pem: bytes,
+    ca_cert: x509.Certificate,
+    text: str,
+    signature: bytes,
+    *,
+    revocations: RevocationCheck | None = None,
+) -> Identity:
+    """Signer identity if the certificate chains to the CA (and is not revoked) and the signature holds.
+
+    Raises BadSignature (altered text, another signer's signature) or a
+    CertificateError (foreign CA, expired, revoked).
+    """
+    return _verify(
+        cert_pem, ca_cert, MANIFEST_DOMAIN + text.encode("utf-8"), signature, "manifest", revocations
+    )
 
 
 def _approval_bytes(job_id: str, manifest_digest: str, approve: bool, reason: str) -> bytes:
@@ -98,8 +118,19 @@ def verify_approval(
     approve: bool,
     reason: str,
     signature: bytes,
+    *,
+    revocations: RevocationCheck | None = None,
 ) -> Identity:
-    """Approver identity if the signed decision covers exactly this job and manifest."""
+    """Approver identity if the signed decision covers exactly this job, manifest, decision and reason.
+
+    Raises BadSignature when any of them differs from what was signed, or a
+    CertificateError for a foreign, expired or revoked approver certificate.
+    """
     return _verify(
-        cert_pem, ca_cert, _approval_bytes(job_id, manifest_digest, approve, reason), signature, "approval"
+        cert_pem,
+        ca_cert,
+        _approval_bytes(job_id, manifest_digest, approve, reason),
+        signature,
+        "approval",
+        revocations,
     )
