@@ -67,6 +67,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedgov.errors import ConfigError, CryptoError
+from fedgov.privatefs import private_dir
 
 __all__ = [
     "ROLES",
@@ -295,20 +296,6 @@ def write_secret_file(path: Path, data: bytes) -> None:
     finally:
         if fd != -1:
             os.close(fd)
-
-
-def private_dir(path: Path) -> Path:
-    """Create ``path`` (and parents) if needed and make it mode 0700; refuse a symlink.
-
-    Guarantees on return: ``path`` is a real directory (not a symlink) that
-    only its owner can list or enter, whatever the umask or an earlier mode.
-    """
-    path = Path(path)
-    if path.is_symlink():
-        raise ConfigError("refusing a symlink where a private directory belongs", where=str(path))
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(path, 0o700)
-    return path
 
 
 def append_private_line(path: Path, line: str) -> None:

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -31,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from fedgov.crypto.envelope import Header, check_sequence
-from fedgov.crypto.pki import private_dir, write_secret_file
 from fedgov.errors import CryptoError
+from fedgov.privatefs import open_private_db
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
@@ -91,23 +89,6 @@ CREATE TABLE IF NOT EXISTS peer_bundles (
 
 class SupersededBundle(CryptoError):
     """A peer's key bundle is older than one this node has already seen (or conflicts with it)."""
-
-
-def open_private_db(path: Path) -> sqlite3.Connection:
-    """Open (creating it 0600 if needed) an SQLite database in a 0700 directory.
-
-    Guarantees: the directory is 0700 and the database file 0600 before
-    SQLite writes a byte, so its WAL and shared-memory files get 0600 too;
-    a file left with a wider mode by an older version is narrowed.
-    """
-    private_dir(path.parent)
-    if not path.exists():
-        write_secret_file(path, b"")
-    os.chmod(path, 0o600)
-    for extra in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-        if extra.exists():
-            os.chmod(extra, 0o600)
-    return sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
 
 
 GENESIS = "0" * 64
