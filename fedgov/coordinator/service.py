@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from fedgov import __version__
 from fedgov.coordinator.store import TERMINAL, CoordinatorStore, JobRow
 from fedgov.crypto.envelope import peek_header
-from fedgov.crypto.keys import bundle_serial
+from fedgov.crypto.keys import bundle_serial, result_key_id
 from fedgov.crypto.pki import Identity
 from fedgov.crypto.revocation import Revocations
 from fedgov.crypto.signing import verify_manifest
@@ -334,7 +334,15 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         if ident.role != "admin" and ident.name != job.requester:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, "only the requester may read the result")
         # results are sealed to the requester's per-job key: relayed, never read here
-        sealed = [jobs_pb2.SealedResult(node=n, envelope=b) for n, b in self.store.sealed_results(job.job_id)]
+        try:
+            key = parse_manifest(job.manifest).result_key
+        except FedgovError:
+            key = None
+        key_id = result_key_id(key) if key is not None else ""
+        sealed = [
+            jobs_pb2.SealedResult(node=n, envelope=b, key_id=key_id)
+            for n, b in self.store.sealed_results(job.job_id)
+        ]
         return jobs_pb2.JobResult(status=job_status(job), result_json=job.result_json, sealed=sealed)
 
     # -- nodes -----------------------------------------------------------

@@ -722,12 +722,13 @@ class CoordinatorStore:
         return [(n, bytes(b)) for n, b in rows]
 
     def put_job_key(self, job_id: str, node: str, statement: bytes) -> bool:
-        """Store a node's per-job key statement; False if it already published one for this job."""
+        """Store a node's per-job key statement; False if it already published a different one."""
         with self.tx() as db:
-            cur = db.execute(
+            db.execute(
                 "INSERT OR IGNORE INTO job_keys(job_id, node, statement) VALUES (?,?,?)", (job_id, node, statement)
             )
-            return cur.rowcount == 1
+            row = db.execute("SELECT statement FROM job_keys WHERE job_id=? AND node=?", (job_id, node)).fetchone()
+            return bytes(row[0]) == statement
 
     def job_key(self, job_id: str, node: str) -> bytes | None:
         with self._lock:

@@ -80,12 +80,14 @@ class JobResult(_message.Message):
     def __init__(self, status: _Optional[_Union[JobStatus, _Mapping]] = ..., result_json: _Optional[str] = ..., sealed: _Optional[_Iterable[_Union[SealedResult, _Mapping]]] = ...) -> None: ...
 
 class SealedResult(_message.Message):
-    __slots__ = ("node", "envelope")
+    __slots__ = ("node", "envelope", "key_id")
     NODE_FIELD_NUMBER: _ClassVar[int]
     ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
     node: str
     envelope: bytes
-    def __init__(self, node: _Optional[str] = ..., envelope: _Optional[bytes] = ...) -> None: ...
+    key_id: str
+    def __init__(self, node: _Optional[str] = ..., envelope: _Optional[bytes] = ..., key_id: _Optional[str] = ...) -> None: ...
 
 class PollTasksRequest(_message.Message):
     __slots__ = ("wait_seconds",)
