@@ -740,6 +740,35 @@ def describe_csr(csr_path: Path) -> tuple[Identity, list[str]]:
     return ident, hosts
 
 
+def review_csr(ca_dir: Path, csr_path: Path) -> dict[str, Any]:
+    """What signing ``csr_path`` would certify, for the admin to confirm (nothing is signed).
+
+    Keys: ``name``, ``role``, ``department``, ``hosts``, ``purpose`` (tls or
+    signing), ``key_sha256``, ``days`` (the role's default lifetime) and
+    ``earlier`` (serials this CA already issued for the same key, with their
+    state). Raises like :func:`sign_csr` for a CSR that could never be signed.
+    """
+    csr = _load_csr(csr_path)
+    ident, hosts = describe_csr(csr_path)
+    _parse_hosts(hosts, ident.role, ident.name)
+    fp = key_fingerprint(csr.public_key())
+    earlier = [
+        {"serial": f"{c.serial:x}", "revoked": c.revoked_at is not None, "not_after": c.not_after.isoformat()}
+        for c in issuance_record(ca_dir) if c.key_sha256 == fp
+    ]
+    return {
+        "csr": str(csr_path),
+        "name": ident.name,
+        "role": ident.role,
+        "department": ident.department,
+        "hosts": hosts,
+        "purpose": "signing" if isinstance(csr.public_key(), ed25519.Ed25519PublicKey) else "tls",
+        "key_sha256": fp,
+        "days": default_days(ident.role),
+        "earlier": earlier,
+    }
+
+
 def csr_purpose(csr_path: Path) -> str:
     """``signing`` for an Ed25519 CSR (envelope-signing certificate), else ``tls``."""
     key = _load_csr(csr_path).public_key()
