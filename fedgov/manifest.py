@@ -281,7 +281,7 @@ def _toml_datetime(value: datetime) -> str:
     return value.astimezone(_dt.UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-_JOB_HEADER = re.compile(r"^[ \t]*\[[ \t]*job[ \t]*\][ \t]*(#.*)?$", re.MULTILINE)
+_JOB_HEADER = re.compile(r"^[ \t]*\[[ \t]*job[ \t]*\][ \t]*(#[^\r\n]*)?(?=\r?\n|\Z)", re.MULTILINE)
 
 
 def stamp_manifest(

@@ -45,6 +45,7 @@ class FakeNode:
         #: per job: the task it was asked to evaluate (manifest, requester) and its own job key
         self.tasks: dict[str, jobs_pb2.Task] = {}
         self.job_keys: dict[str, JobKey] = {}
+        self._lock = threading.RLock()
 
     def close(self) -> None:
         self._beat.set()
@@ -66,18 +67,27 @@ class FakeNode:
         def loop() -> None:
             while not self._beat.wait(every):
                 with contextlib.suppress(grpc.RpcError):
-                    self.jobs.PollTasks(jobs_pb2.PollTasksRequest(wait_seconds=0), timeout=5)
+                    self._take(self.jobs.PollTasks(jobs_pb2.PollTasksRequest(wait_seconds=0), timeout=5))
 
         threading.Thread(target=loop, daemon=True).start()
 
     def stop_heartbeat(self) -> None:
         self._beat.set()
 
-    def approve_all(self, only: set[str] | None = None) -> list[str]:
-        reply = self.jobs.PollTasks(jobs_pb2.PollTasksRequest(wait_seconds=5), timeout=15)
-        ids = []
+    def _take(self, reply: jobs_pb2.PollTasksReply) -> list[jobs_pb2.Task]:
+        """Remember every task; on "run", publish a job key as a real node does when its part starts."""
         for t in reply.tasks:
-            self.tasks.setdefault(t.job_id, t)
+            with self._lock:
+                self.tasks.setdefault(t.job_id, t)
+            if t.action == "run":
+                with contextlib.suppress(grpc.RpcError):
+                    self.publish_job_key(t.job_id)
+        return list(reply.tasks)
+
+    def approve_all(self, only: set[str] | None = None) -> list[str]:
+        tasks = self._take(self.jobs.PollTasks(jobs_pb2.PollTasksRequest(wait_seconds=5), timeout=15))
+        ids = []
+        for t in tasks:
             if t.action == "evaluate" and (only is None or t.job_id in only):
                 self.jobs.Decide(jobs_pb2.TaskDecision(job_id=t.job_id, approve=True), timeout=10)
                 ids.append(t.job_id)
@@ -89,13 +99,15 @@ class FakeNode:
 
     def publish_job_key(self, job_id: str) -> JobKey:
         """Publish this node's sealing key for ``job_id`` (as a real node does when the job starts)."""
-        if job_id not in self.job_keys:
-            key = JobKey(self.name, job_id)
-            self.registry.PublishJobKey(
-                registry_pb2.JobKey(job_id=job_id, node=self.name, statement=key.statement(self.keys)), timeout=10
-            )
-            self.job_keys[job_id] = key
-        return self.job_keys[job_id]
+        with self._lock:
+            if job_id not in self.job_keys:
+                key = JobKey(self.name, job_id)
+                self.registry.PublishJobKey(
+                    registry_pb2.JobKey(job_id=job_id, node=self.name, statement=key.statement(self.keys)),
+                    timeout=10,
+                )
+                self.job_keys[job_id] = key
+            return self.job_keys[job_id]
 
     def peer_job_key(self, job_id: str, name: str, wait: float = 20.0) -> PeerKeys:
         """``name``'s verified sealing key for ``job_id`` (waits until it is published)."""
