@@ -74,7 +74,7 @@ log = logging.getLogger("fedgov.node")
 
 #: How long a node keeps retrying a registration refused because another process
 #: holds its identity (covers a restart right after a crash) before it exits.
-DUPLICATE_PATIENCE = 15.0
+DUPLICATE_PATIENCE = 10.0
 
 
 class DuplicateIdentity(FedgovError):
