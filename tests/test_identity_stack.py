@@ -176,6 +176,19 @@ def test_a_replayed_signed_manifest_is_refused_by_every_node(fed: LocalFederatio
         assert job_id in st.reason  # names the job that already used it
 
 
+def test_a_job_runs_once_at_each_node(fed: LocalFederation) -> None:
+    """A coordinator that puts a finished job back to 'running' gets no second run (no fresh result)."""
+    job_id, _ = _run(fed, count_manifest("alpha", "beta"))
+    db = _db(fed)
+    with db:
+        db.execute("UPDATE jobs SET state='running', reason='' WHERE job_id=?", (job_id,))
+        db.execute("UPDATE participants SET task_state='waiting' WHERE job_id=?", (job_id,))
+    db.close()
+    st = _wait_terminal(fed, job_id)
+    assert st.state == "failed"
+    assert f"job {job_id} already ran here: refusing to run it twice" in st.reason
+
+
 def test_a_manifest_whose_analyst_signature_fails_is_refused_by_every_node(fed: LocalFederation) -> None:
     job_id, _ = _run(fed, count_manifest("alpha", "beta"))
     manifest, signature, cert = _job_row(fed, job_id)

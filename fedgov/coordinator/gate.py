@@ -10,12 +10,17 @@ this order:
 2. the caller's certificate is not on the federation CA's current revocation
    list (:class:`fedgov.crypto.revocation.Revocations`), else
    ``UNAUTHENTICATED`` naming the serial, date and reason;
-3. for callers with role ``node``: one live process per node identity. Each
-   node process sends a random session id (``fedgov-session`` metadata). A
-   second session of the same node — ``Register`` or any other call — is
+3. for callers with role ``node``, on the calls that make a process *be* the
+   node (:data:`SESSION_METHODS`: registering, publishing the catalogue,
+   taking tasks, deciding, reporting, relaying, per-job keys): one live
+   process per node identity. Each node process sends a random session id
+   (``fedgov-session`` metadata). A second session of the same node is
    refused with ``ALREADY_EXISTS`` while the registered session is live (a
    call in progress, or one ended less than :data:`GRACE_SECONDS` ago); once
-   it is silent, a new process may register and takes over.
+   it is silent, a new process may register and takes over. Reads open to
+   every role (catalogue, key bundles, revocation list, ledger) and ledger
+   cosignatures (whose authority is the node's signature, not its
+   connection) are not tied to a session.
 
 What it does not do: the TLS handshake itself still completes for a revoked
 certificate (no RPC runs on it); a process that omits the session metadata
@@ -45,6 +50,18 @@ log = logging.getLogger("fedgov.coordinator")
 #: A node session with no call in progress counts as live this long after its last call.
 GRACE_SECONDS = 5.0
 REGISTER_METHOD = "/fedgov.v1.Registry/Register"
+#: The calls through which a process acts as the node: bound to its one live session.
+SESSION_METHODS = frozenset({
+    REGISTER_METHOD,
+    "/fedgov.v1.Registry/PublishCatalog",
+    "/fedgov.v1.Registry/PublishJobKey",
+    "/fedgov.v1.Registry/GetJobKey",
+    "/fedgov.v1.Jobs/PollTasks",
+    "/fedgov.v1.Jobs/Decide",
+    "/fedgov.v1.Jobs/Report",
+    "/fedgov.v1.Relay/Send",
+    "/fedgov.v1.Relay/Receive",
+})
 _UNGATED = ("/grpc.health.v1.Health/",)
 
 
@@ -148,7 +165,7 @@ class PeerGate(grpc.ServerInterceptor):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, exc.message)
         except (CertificateError, ValueError) as exc:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, f"unusable client certificate: {exc}")
-        if ident.role != "node":
+        if ident.role != "node" or method not in SESSION_METHODS:
             return None
         try:
             self.sessions.enter(ident.name, session, registering=method == REGISTER_METHOD)
