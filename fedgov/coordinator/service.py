@@ -218,7 +218,9 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
 
     def GetJobKey(self, request, context):  # noqa: N802
         ident = _require(context, "node")
-        self._job_participant(request.job_id, ident, context)
+        job = self._job_participant(request.job_id, ident, context)
+        if job.state in TERMINAL:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"job {job.job_id} is {job.state}")
         deadline = time.monotonic() + max(0.0, min(request.wait_seconds, MAX_WAIT))
         while True:
             with self.store.changed:
