@@ -255,9 +255,9 @@ def test_results_are_sealed_to_the_requester_and_the_coordinator_learns_sizes_on
 # --------------------------------------------------------------------------- relay by outsiders
 
 
-def _job_with(fed: LocalFederation, fake: FakeNode, *nodes: str) -> str:
+def _job_with(fed: LocalFederation, fake: FakeNode, *nodes: str, manifest: str | None = None) -> str:
     with fed.client() as c:
-        job = c.submit(count_manifest(*nodes))
+        job = c.submit(manifest or count_manifest(*nodes))
     deadline = time.monotonic() + 30
     while job.job_id not in fake.approve_all({job.job_id}):
         assert time.monotonic() < deadline
@@ -344,13 +344,25 @@ def test_recorded_job_traffic_stays_closed_to_the_long_term_keys(fed: LocalFeder
 
 
 def test_a_revoked_node_is_refused_at_the_coordinator_and_its_envelopes_by_nodes(fed: LocalFederation) -> None:
+    """eve (a leaked kit) takes part in a PSI job as host; alpha has already verified and cached
+    eve's keys (it sealed its set to eve) when the admin revokes eve mid-job."""
     eve = FakeNode(fed.kits / "eve", fed.address)
     try:
-        eve.register(["x"])
+        eve.register(["id"])
         eve.heartbeat()
-        job_id = _job_with(fed, eve, "alpha", "eve")
+        job_id = _job_with(fed, eve, manifest=psi_manifest().replace('"beta"', '"eve"').replace(
+            '[results]\nrecipients = ["requester", "alpha", "eve"]\n', ""))
         target = eve.peer_job_key(job_id, "alpha")  # eve holds alpha's key for the job
-        eve.publish_job_key(job_id)
+        deadline = time.monotonic() + 60
+        while True:  # alpha has sealed its masked set to eve: eve's keys are in alpha's job cache
+            db = _db(fed)
+            sent = db.execute("SELECT COUNT(*) FROM relay WHERE job_id=? AND sender='alpha' AND recipient='eve'",
+                              (job_id,)).fetchone()[0]
+            db.close()
+            if sent:
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
         r = _cli("provision", "revoke", "--ca", str(fed.workdir / "ca"), "--name", "eve",
                  "--reason", "keyCompromise", "--yes")
         assert r.returncode == 0 and "revoked 2 certificate(s)" in r.stdout, r.stderr
@@ -365,13 +377,13 @@ def test_a_revoked_node_is_refused_at_the_coordinator_and_its_envelopes_by_nodes
             assert "of 'eve'" in exc.value.details() and "revoked" in exc.value.details()
         # within one refresh interval alpha holds the new list ...
         _wait_log(fed, "alpha", f"revocation list #{number} applied")
-        # ... so an envelope eve signed, relayed by a coordinator that does not check, is refused
-        h = Header(job_id=job_id, step=STEP, sender="eve", recipient="alpha", seq=0)
-        blob = seal(h, b'{"count": 99}', eve.keys, target)
+        # ... so eve's answer, relayed by a coordinator that does not check, is refused
+        h = Header(job_id=job_id, step="psi/host-set", sender="eve", recipient="alpha", seq=0)
+        blob = seal(h, b"\x01" + bytes(32), eve.keys, target)
         db = _db(fed)
         with db:
             db.execute("INSERT INTO relay(job_id, step, sender, recipient, seq, data, created_at) "
-                       "VALUES (?,?,?,?,?,?,?)", (job_id, STEP, "eve", "alpha", 0, blob, time.time()))
+                       "VALUES (?,?,?,?,?,?,?)", (job_id, h.step, "eve", "alpha", 0, blob, time.time()))
         db.close()
         st = _wait_terminal(fed, job_id)
         assert st.state == "failed" and st.reason.startswith("alpha: ")

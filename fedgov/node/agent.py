@@ -590,7 +590,8 @@ class NodeAgent:
             started = time.monotonic()
             result = HANDLERS[manifest.kind](ctx)
             log.info("job %s: my part done in %.2f s", job_id, time.monotonic() - started)
-            job_key.erase()  # recorded envelopes of this job can no longer be opened by anyone
+            if job_key is not None:
+                job_key.erase()  # recorded envelopes of this job can no longer be opened by anyone
             sealed = self._seal_result(job_id, manifest, requester, result)
             self._report(job_id, True, result, "", ctx.public or default_public_facts(result), sealed)
         except FedgovError as exc:
