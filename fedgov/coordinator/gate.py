@@ -159,12 +159,9 @@ class PeerGate(grpc.ServerInterceptor):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "client certificate required")
         try:
             cert, ident = self._peer(pem[0])
-            self.revocations.check(cert)
-        except RevokedCertificate as exc:
-            log.warning("refused a call to %s: %s", method, exc.message)
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, exc.message)
         except (CertificateError, ValueError) as exc:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, f"unusable client certificate: {exc}")
+        self._refuse_revoked(context, cert, method)
         if ident.role != "node" or method not in SESSION_METHODS:
             return None
         try:
@@ -173,6 +170,14 @@ class PeerGate(grpc.ServerInterceptor):
             log.warning("refused %s: %s", method, exc)
             context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
         return ident.name, session
+
+    def _refuse_revoked(self, context: grpc.ServicerContext, cert: x509.Certificate, method: str) -> None:
+        """Abort the call (UNAUTHENTICATED, naming serial, date and reason) if ``cert`` is revoked."""
+        try:
+            self.revocations.check(cert)
+        except RevokedCertificate as exc:
+            log.warning("refused a call to %s: %s", method, exc.message)
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, exc.message)
 
     def _release(self, token: tuple[str, str] | None) -> None:
         if token is not None:

@@ -189,6 +189,14 @@ def issue_crl(ca_dir: Path, *, days: int = CRL_DAYS, now: datetime | None = None
 # --------------------------------------------------------------------------- verification
 
 
+def _signed_by(crl: x509.CertificateRevocationList, ca_cert: x509.Certificate) -> bool:
+    """Whether ``crl``'s signature verifies under the CA's public key."""
+    try:
+        return bool(crl.is_signature_valid(ca_cert.public_key()))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+
+
 def load_crl(data: bytes, ca_cert: x509.Certificate, *, where: str = "revocation list") -> RevocationList:
     """Verify a CRL (PEM or DER) against the pinned federation CA and return it.
 
@@ -203,11 +211,7 @@ def load_crl(data: bytes, ca_cert: x509.Certificate, *, where: str = "revocation
         raise InvalidRevocationList(f"not a CRL ({exc})", where=where) from None
     if crl.issuer != ca_cert.subject:
         raise InvalidRevocationList("issued by another CA (issuer name differs)", where=where)
-    try:
-        ok = crl.is_signature_valid(ca_cert.public_key())  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
+    if not _signed_by(crl, ca_cert):
         raise InvalidRevocationList("signature does not verify against the federation CA",
                                     where=where)
     try:

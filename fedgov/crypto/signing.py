@@ -58,7 +58,13 @@ def _verify(
     except ValueError:
         raise BadSignature(f"{what}: signer certificate is not valid PEM") from None
     identity = verify_certificate(cert, ca_cert, revocations=revocations)
-    pub = cert.public_key()
+    if not _signature_holds(cert.public_key(), signature, data, what):
+        raise BadSignature(f"{what}: signature by '{identity.name}' does not verify (altered after signing?)")
+    return identity
+
+
+def _signature_holds(pub: object, signature: bytes, data: bytes, what: str) -> bool:
+    """Whether ``signature`` is ``pub``'s ECDSA-SHA256 or Ed25519 signature over ``data``."""
     try:
         if isinstance(pub, ec.EllipticCurvePublicKey):
             pub.verify(signature, data, ec.ECDSA(hashes.SHA256()))
@@ -67,10 +73,8 @@ def _verify(
         else:
             raise BadSignature(f"{what}: unsupported key type {type(pub).__name__}")
     except InvalidSignature:
-        raise BadSignature(
-            f"{what}: signature by '{identity.name}' does not verify (altered after signing?)"
-        ) from None
-    return identity
+        return False
+    return True
 
 
 def sign_manifest(key_pem: bytes, text: str) -> bytes:
