@@ -33,35 +33,134 @@ def _client(ns: argparse.Namespace):
 
 
 # -- provision -----------------------------------------------------------------
+def _confirm(question: str, yes: bool) -> None:
+    """Ask before a CA operation; --yes skips the question; without a terminal, refuse."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise FedgovError(f"{question}: no terminal to ask; pass --yes to confirm without asking")
+    answer = input(f"{question} [y/N] ").strip().lower()
+    if answer not in ("y", "yes"):
+        raise FedgovError("not confirmed; nothing was changed")
+
+
+def _show_csr(info: dict[str, Any]) -> str:
+    dept = f" of department {info['department']}" if info["department"] else ""
+    hosts = ", ".join(info["hosts"]) if info["hosts"] else "(none)"
+    lines = [
+        f"{info['csr']}: {info['purpose']} certificate for {info['role']} '{info['name']}'{dept}",
+        f"  hosts: {hosts}",
+        f"  key sha256: {info['key_sha256']}",
+        f"  valid for: {info['days']} days",
+    ]
+    for e in info["earlier"]:
+        state = "revoked" if e["revoked"] else f"valid until {e['not_after']}"
+        lines.append(f"  ALREADY ISSUED for this key: serial {e['serial']} ({state})")
+    return "\n".join(lines)
+
+
 def cmd_provision(ns: argparse.Namespace) -> None:
-    from fedgov.crypto import pki
+    from fedgov.crypto import kits, pki, revocation
 
     if ns.action == "ca":
-        pki.create_ca(ns.out, ns.federation)
+        pki.create_ca(ns.out, ns.federation, days=ns.days or pki.CA_DAYS)
         print(f"federation CA written to {ns.out} (keep ca.key offline)")
     elif ns.action == "kit":
-        out = pki.issue_kit(ns.ca, ns.out, ns.name, ns.role, hosts=ns.host or (), department=ns.department)
+        out = kits.issue_kit(
+            ns.ca, ns.out, ns.name, ns.role, hosts=ns.host or (), department=ns.department, days=ns.days
+        )
         print(f"startup kit for {ns.role} '{ns.name}' written to {out}")
     elif ns.action == "csr":
-        paths = pki.make_csr(ns.out, ns.name, ns.role, hosts=ns.host or (), department=ns.department)
+        paths = kits.make_csr(ns.out, ns.name, ns.role, hosts=ns.host or (), department=ns.department)
         print("private keys stay in", ns.out, "; send these to the federation admin:")
         for p in paths:
             print(" ", p)
     elif ns.action == "sign":
+        reviews = [pki.review_csr(ns.ca, csr) for csr in ns.csr]
+        for info in reviews:
+            print(_show_csr(info))
+        _confirm(f"sign {len(reviews)} certificate(s) with the CA in {ns.ca}?", ns.yes)
+        outs = []
         for csr in ns.csr:
-            ident, hosts = pki.describe_csr(csr)
-            out = pki.sign_csr(ns.ca, csr)
-            print(
-                f"signed {csr} for {ident.role} '{ident.name}'"
-                + (f" hosts={hosts}" if hosts else "")
-                + f" -> {out}"
-            )
+            outs.append(pki.sign_csr(ns.ca, csr, days=ns.days, again=ns.again))
+            print(f"signed {csr} -> {outs[-1]}")
+        back = sorted({str(o) for o in outs} | {str(o.with_name("ca.crt")) for o in outs})
+        print("send back to the site (then it runs `fedgov provision finish`):", " ".join(back))
     elif ns.action == "finish":
-        pki.finish_kit(ns.kit_dir)
-        print(f"kit {ns.kit_dir} is complete and verified")
+        ident = kits.finish_kit(ns.kit_dir)
+        ca = pki.load_ca_cert(ns.kit_dir / "ca.crt")
+        fp = pki.key_fingerprint(ca.public_key())
+        print(f"kit {ns.kit_dir} is complete and verified: {ident.role} '{ident.name}'")
+        print(f"federation CA key sha256 {fp} (compare it with the admin's, out of band)")
+    elif ns.action == "check":
+        status = kits.check_kit(ns.kit_dir)
+        if ns.json:
+            _print_json({"ok": True, "name": status.identity.name, "role": status.identity.role,
+                         "not_after": status.not_after, "warnings": list(status.warnings)})
+        else:
+            print(f"kit {ns.kit_dir}: {status.identity.role} '{status.identity.name}', "
+                  f"valid until {status.not_after.isoformat() if status.not_after else '?'}")
+            for w in status.warnings:
+                print(f"WARNING: {w}")
+    elif ns.action == "status":
+        rows = [c.to_dict() for c in pki.issuance_record(ns.ca)]
+        import datetime as _dt
+
+        now = _dt.datetime.now(_dt.UTC)
+        for r in rows:
+            end = _dt.datetime.fromisoformat(r["not_after"])
+            r["state"] = "revoked" if r["revoked_at"] else ("expired" if end < now else "live")
+            r["expires_soon"] = r["state"] == "live" and end - now <= pki.EXPIRY_WARNING
+        if ns.json:
+            _print_json(rows)
+            return
+        for r in rows:
+            flag = "  EXPIRES SOON: renew (fedgov provision renew)" if r["expires_soon"] else ""
+            print(f"{r['serial'][:16]}  {r['purpose']:<7} {r['role']:<11} {r['name']:<20} "
+                  f"{r['state']:<7} until {r['not_after'][:10]}{flag}")
+    elif ns.action == "revoke":
+        serials = tuple(int(x, 16) for x in ns.serial or ())
+        record = {c.serial: c for c in pki.issuance_record(ns.ca)}
+        targets = [record[s] for s in serials if s in record]
+        if ns.name:
+            targets += [c for c in record.values() if c.name == ns.name and c.revoked_at is None]
+        for c in targets:
+            print(f"revoke {c.purpose} certificate of {c.role} '{c.name}' serial {c.serial:x} ({ns.reason})")
+        _confirm(f"revoke {len(targets)} certificate(s)?", ns.yes)
+        done, crl = revocation.revoke(ns.ca, serials=serials, name=ns.name, reason=ns.reason)
+        print(f"revoked {len(done)} certificate(s); revocation list written to {crl}")
+        print("publish it: fedgov provision publish-crl --kit ADMIN_KIT --coordinator HOST:PORT --crl", crl)
+    elif ns.action == "crl":
+        crl = revocation.issue_crl(ns.ca)
+        print(f"revocation list re-issued: {crl}")
+    elif ns.action == "publish-crl":
+        path = ns.crl or (ns.ca / "crl.pem" if ns.ca else None)
+        if path is None:
+            raise FedgovError("give --crl FILE (or --ca CA to publish CA/crl.pem)")
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise FedgovError(f"cannot read the revocation list: {exc.strerror}", where=str(path)) from None
+        with _client(ns) as c:
+            c.publish_revocations(data)
+            number = c.revocation_number()
+        print(f"the coordinator now serves revocation list #{number}")
+    elif ns.action == "renew":
+        if ns.kit_dir:
+            certs = [ns.kit_dir / f for f in ("tls.crt", "signing.crt") if (ns.kit_dir / f).exists()]
+        else:
+            certs = list(ns.cert or ())
+        if not certs:
+            raise FedgovError("give certificate files to renew, or --kit KIT")
+        for cert in certs:
+            out = pki.renew_certificate(ns.ca, cert, days=ns.days)
+            print(f"renewed {out}")
+        if ns.kit_dir:
+            kits.finish_kit(ns.kit_dir)
+            print(f"kit {ns.kit_dir} rebuilt (new key bundle serial)")
     elif ns.action == "federation":
         pki.create_ca(ns.out / "ca", ns.federation)
-        pki.issue_kit(
+        kits.issue_kit(
             ns.out / "ca",
             ns.out / "kits" / "coordinator",
             "coordinator",
@@ -69,11 +168,11 @@ def cmd_provision(ns: argparse.Namespace) -> None:
             hosts=ns.host or ["127.0.0.1", "localhost"],
         )
         for n in ns.node:
-            pki.issue_kit(ns.out / "ca", ns.out / "kits" / n, n, "node")
+            kits.issue_kit(ns.out / "ca", ns.out / "kits" / n, n, "node")
         for spec in ns.person:
             name, _, role = spec.partition(":")
             role, _, dept = role.partition("@")
-            pki.issue_kit(
+            kits.issue_kit(
                 ns.out / "ca", ns.out / "kits" / name, name, role or "analyst", department=dept or None
             )
         print(
@@ -217,11 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--coordinator", help="host:port (or FEDGOV_COORDINATOR)")
         p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = sub.add_parser("provision", help="federation CA, certificates and keys")
+    p = sub.add_parser("provision", help="federation CA, certificates, keys and revocation")
     psub = p.add_subparsers(dest="action", required=True)
     q = psub.add_parser("ca", help="create the federation CA")
     q.add_argument("--out", type=Path, required=True)
     q.add_argument("--federation", default="fedgov federation")
+    q.add_argument("--days", type=int, help="CA lifetime (default 1826 = 5 years)")
     for action, helptext in (
         ("kit", "issue a complete startup kit (central path)"),
         ("csr", "generate keys at the site and a CSR (distributed path)"),
@@ -229,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
         q = psub.add_parser(action, help=helptext)
         if action == "kit":
             q.add_argument("--ca", type=Path, required=True)
+            q.add_argument("--days", type=int, help="lifetime (default: 365 services, 90 people)")
         q.add_argument("--name", required=True)
         q.add_argument(
             "--role",
@@ -238,11 +339,39 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--host", action="append", help="coordinator host name or IP (repeatable)")
         q.add_argument("--department", help="department node name (approvers)")
         q.add_argument("--out", type=Path, required=True)
-    q = psub.add_parser("sign", help="admin: sign CSRs from sites")
+    q = psub.add_parser("sign", help="admin: show CSRs from sites and sign them (asks first)")
     q.add_argument("--ca", type=Path, required=True)
+    q.add_argument("--yes", action="store_true", help="sign without asking (no terminal needed)")
+    q.add_argument("--again", action="store_true", help="certify a key this CA already certified")
+    q.add_argument("--days", type=int, help="lifetime (default: 365 services, 90 people)")
     q.add_argument("csr", type=Path, nargs="+")
     q = psub.add_parser("finish", help="site: verify signed certificates and complete the kit")
     q.add_argument("kit_dir", type=Path)
+    q = psub.add_parser("check", help="check a kit: validity, keys, CA; warns 30 days before expiry")
+    q.add_argument("kit_dir", type=Path)
+    q.add_argument("--json", action="store_true")
+    q = psub.add_parser("status", help="admin: what the CA issued and revoked, what expires soon")
+    q.add_argument("--ca", type=Path, required=True)
+    q.add_argument("--json", action="store_true")
+    q = psub.add_parser("revoke", help="admin: revoke certificates and write a new revocation list")
+    q.add_argument("--ca", type=Path, required=True)
+    q.add_argument("--serial", action="append", help="serial (hex) to revoke (repeatable)")
+    q.add_argument("--name", help="revoke every live certificate issued to this name")
+    q.add_argument("--reason", default="unspecified",
+                   choices=["unspecified", "keyCompromise", "affiliationChanged", "superseded",
+                            "cessationOfOperation"])
+    q.add_argument("--yes", action="store_true", help="revoke without asking")
+    q = psub.add_parser("crl", help="admin: re-issue the revocation list (before its next update)")
+    q.add_argument("--ca", type=Path, required=True)
+    q = psub.add_parser("publish-crl", help="admin: hand the revocation list to the coordinator")
+    q.add_argument("--crl", type=Path, help="the list (default: CA/crl.pem with --ca)")
+    q.add_argument("--ca", type=Path)
+    client_opts(q)
+    q = psub.add_parser("renew", help="admin: re-certify keys before they expire")
+    q.add_argument("--ca", type=Path, required=True)
+    q.add_argument("--kit", dest="kit_dir", type=Path, help="renew a central kit in place (and its bundle)")
+    q.add_argument("--days", type=int)
+    q.add_argument("cert", type=Path, nargs="*")
     q = psub.add_parser("federation", help="CA plus kits for a coordinator, nodes and people in one go")
     q.add_argument("--out", type=Path, required=True)
     q.add_argument("--federation", default="fedgov federation")

@@ -9,6 +9,12 @@
 Every call authenticates with the kit's certificate (mutual TLS); manifests
 are signed with the kit's key so nodes can verify who asked. Errors are
 :class:`~fedgov.errors.FedgovError` with one-line messages.
+
+Before signing, :meth:`Client.submit` makes the manifest single-use (a fresh
+nonce and a validity window, unless the text gives them) and adds a fresh
+per-job result public key; the private half is saved 0600 under
+``<kit>/results/`` (or ``state_dir``). Every node seals its result to that
+key, so :meth:`Client.result` opens results the coordinator only relayed.
 """
 
 from __future__ import annotations
@@ -16,14 +22,19 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import grpc
+from cryptography import x509
 
+from fedgov.crypto.envelope import MemorySequenceTracker, open_envelope
+from fedgov.crypto.keys import PeerKeys, ResultKey, verify_bundle
+from fedgov.crypto.revocation import Revocations
 from fedgov.crypto.signing import sign_manifest
-from fedgov.errors import ConfigError, FedgovError, JobFailed
-from fedgov.manifest import parse_manifest
+from fedgov.errors import ConfigError, CryptoError, FedgovError, JobFailed
+from fedgov.manifest import DEFAULT_VALIDITY, parse_manifest, stamp_manifest
 from fedgov.params import check_parameters
 from fedgov.transport.rpc import describe, with_retry
 from fedgov.transport.tls import TlsMaterial, secure_channel
@@ -85,9 +96,11 @@ class JobStatus:
 class Client:
     """A connection to the coordinator as the person whose kit is given."""
 
-    def __init__(self, kit: str | Path, coordinator: str) -> None:
+    def __init__(self, kit: str | Path, coordinator: str, *, state_dir: str | Path | None = None) -> None:
         self.material = TlsMaterial.from_kit(Path(kit))
         self.identity = self.material.identity
+        #: where the private result keys of submitted jobs are kept (0700 directory, 0600 files)
+        self.results_dir = Path(state_dir) if state_dir is not None else Path(kit) / "results"
         self._channel = secure_channel(self.material, coordinator)
         self._jobs = jobs_pb2_grpc.JobsStub(self._channel)
         self._registry = registry_pb2_grpc.RegistryStub(self._channel)
@@ -128,14 +141,23 @@ class Client:
             for n in reply.nodes
         ]
 
-    def submit(self, manifest_toml: str, *, where: str = "manifest") -> JobStatus:
-        """Validate locally, sign with this kit's key, submit."""
+    def submit(
+        self, manifest_toml: str, *, where: str = "manifest", valid_for: timedelta = DEFAULT_VALIDITY
+    ) -> JobStatus:
+        """Validate locally, make single-use, add a result key, sign with this kit's key, submit.
+
+        The text that is signed and sent is ``manifest_toml`` with a nonce, a
+        validity window of ``valid_for`` (both unless already given) and a
+        fresh result public key added under ``[job]``; the result key's private
+        half is saved under :attr:`results_dir` before anything is sent.
+        """
         m = parse_manifest(manifest_toml, where)
         check_parameters(m.kind, m.parameters, f"{where}: parameters")
-        sig = sign_manifest(self.material.key, manifest_toml)
-        reply = self._call(
-            self._jobs.Submit, jobs_pb2.SubmitJobRequest(manifest_toml=manifest_toml, signature=sig)
-        )
+        key = ResultKey(self.identity.name)
+        text = stamp_manifest(manifest_toml, result_key=key.public_bytes, valid_for=valid_for, where=where)
+        key.save(self.results_dir)
+        sig = sign_manifest(self.material.key, text)
+        reply = self._call(self._jobs.Submit, jobs_pb2.SubmitJobRequest(manifest_toml=text, signature=sig))
         return JobStatus.from_pb(reply)
 
     def submit_file(self, path: str | Path) -> JobStatus:
@@ -157,14 +179,70 @@ class Client:
         return JobStatus.from_pb(self._call(self._jobs.Cancel, jobs_pb2.JobRef(job_id=job_id)))
 
     def result(self, job_id: str) -> dict[str, Any]:
-        """The released result of a succeeded job; JobFailed otherwise."""
+        """The released result of a succeeded job, ``{node: result}``; JobFailed otherwise.
+
+        Each node's result arrives sealed to this requester's per-job key and
+        signed by the node: it is opened here, after checking the node's key
+        bundle against this kit's CA and the CA's revocation list. A result
+        that does not open, or a participant without one, raises CryptoError /
+        JobFailed. Nodes with an empty result are left out.
+        """
         reply = self._call(self._jobs.Result, jobs_pb2.JobRef(job_id=job_id))
         if reply.status.state != "succeeded":
             raise JobFailed(
                 f"job is {reply.status.state}" + (f": {reply.status.reason}" if reply.status.reason else ""),
                 where=job_id,
             )
-        return json.loads(reply.result_json or "{}")
+        if reply.result_json and reply.result_json != "{}":
+            raise CryptoError("the coordinator returned an unsealed result; refusing it", where=job_id)
+        sealed = {s.node: s.envelope for s in reply.sealed}
+        missing = [p.node for p in reply.status.participants if p.node not in sealed]
+        if missing:
+            raise JobFailed(f"no sealed result from {', '.join(missing)}", where=job_id)
+        if not sealed:
+            return {}
+        ca = x509.load_pem_x509_certificate(self.material.ca)
+        revocations = Revocations(ca)
+        crl = self._call(self._registry.GetRevocations, registry_pb2.GetRevocationsRequest())
+        if crl.crl_der:
+            revocations.update(crl.crl_der, where="revocation list from the coordinator")
+        key_ids = {s.key_id for s in reply.sealed}
+        if len(key_ids) != 1:
+            raise CryptoError("sealed results name more than one result key", where=job_id)
+        me = ResultKey.load(self.results_dir, self.identity.name, key_ids.pop())
+        out: dict[str, Any] = {}
+        for node, blob in sealed.items():
+            peer = self._node_keys(node, ca, revocations)
+            header, plain = open_envelope(
+                blob, me, lambda name, peer=peer: peer, MemorySequenceTracker()
+            )
+            if (header.job_id, header.step, header.sender) != (job_id, "result", node):
+                raise CryptoError(f"sealed result of {node} is for {header.job_id}/{header.step}", where=job_id)
+            value = json.loads(plain)
+            if value not in ({}, None):
+                out[node] = value
+        return out
+
+    def _node_keys(self, node: str, ca: x509.Certificate, revocations: Revocations) -> PeerKeys:
+        reply = self._call(self._registry.GetKeyBundle, registry_pb2.GetKeyBundleRequest(node=node))
+        return verify_bundle(reply.bundle, ca, node, revocations=revocations)
+
+    def publish_revocations(self, crl: bytes) -> None:
+        """Admin: hand the coordinator a revocation list (PEM or DER), after checking it locally."""
+        ca = x509.load_pem_x509_certificate(self.material.ca)
+        lst = Revocations(ca)
+        lst.update(crl, where="revocation list")
+        assert lst.current is not None
+        self._call(self._registry.PublishRevocations, registry_pb2.RevocationList(crl_der=lst.current.der))
+
+    def revocation_number(self) -> int:
+        """CRL number of the revocation list the coordinator serves (0: none), verified against the CA."""
+        ca = x509.load_pem_x509_certificate(self.material.ca)
+        lst = Revocations(ca)
+        reply = self._call(self._registry.GetRevocations, registry_pb2.GetRevocationsRequest())
+        if reply.crl_der:
+            lst.update(reply.crl_der, where="revocation list from the coordinator")
+        return lst.number
 
     def wait(self, job_id: str, *, timeout: float = 600.0, poll: float = 0.3) -> JobStatus:
         """Block until the job is terminal (or raise FedgovError on timeout)."""

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from fedgov.client import Client
-from fedgov.crypto.pki import create_ca, issue_kit
+from fedgov.crypto.kits import issue_kit
+from fedgov.crypto.pki import create_ca
 from fedgov.errors import FedgovError
 
 
@@ -65,6 +66,7 @@ class LocalFederation:
         extra_kits: list[tuple[str, str]] | None = None,
         node_timeout: int = 20,
         max_payload_mb: int = 512,
+        crl_refresh_seconds: float | None = None,
     ) -> None:
         self.workdir = workdir.resolve()
         self.nodes = nodes
@@ -73,6 +75,8 @@ class LocalFederation:
         self.extra_kits = extra_kits or []
         self.node_timeout = node_timeout
         self.max_payload_mb = max_payload_mb
+        #: nodes' revocation-list refresh interval (None: the node default)
+        self.crl_refresh_seconds = crl_refresh_seconds
         self.procs: dict[str, Proc] = {}
         self.address = ""
         self.kits = self.workdir / "kits"
@@ -116,6 +120,8 @@ class LocalFederation:
             f"state_dir = {_toml_str(str(self.workdir / 'state' / spec.name))}",
             f"policy = {_toml_str(str(spec.policy.resolve()))}",
         ]
+        if self.crl_refresh_seconds is not None:
+            lines.append(f"crl_refresh_seconds = {float(self.crl_refresh_seconds)}")
         for d in spec.datasets:
             lines += [
                 "",

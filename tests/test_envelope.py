@@ -12,7 +12,7 @@ import pytest
 from cryptography import x509
 
 from fedgov.crypto import envelope as env
-from fedgov.crypto import pki
+from fedgov.crypto import kits, pki
 from fedgov.crypto.envelope import (
     Header,
     MalformedEnvelope,
@@ -50,8 +50,8 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Fed:
     pki.create_ca(root / "ca")
     pki.create_ca(root / "evil_ca")
     for name in ("tax", "civ", "hrss"):
-        pki.issue_kit(root / "ca", root / name, name, "node")
-    pki.issue_kit(root / "evil_ca", root / "evil_civ", "civ", "node")
+        kits.issue_kit(root / "ca", root / name, name, "node")
+    kits.issue_kit(root / "evil_ca", root / "evil_civ", "civ", "node")
     ca = pki.load_ca_cert(root / "ca" / "ca.crt")
     nodes = {n: NodeKeys.load(root / n) for n in ("tax", "civ", "hrss", "evil_civ")}
     # peers learn each other's keys only through verify_bundle
@@ -319,3 +319,64 @@ def test_node_keys_load_detects_foreign_bundle(fed: Fed, tmp_path: Path) -> None
     shutil.copy(fed.root / "hrss" / "sealing.bundle", kit / "sealing.bundle")
     with pytest.raises(CryptoError):
         NodeKeys.load(kit)
+
+
+# --------------------------------------------------------------------------- per-job keys
+
+
+def test_job_key_envelopes_open_with_the_job_key_only(fed: Fed) -> None:
+    """Forward secrecy: what is sealed to a job key does not open with the long-term keys."""
+    from fedgov.crypto.keys import JobKey, verify_job_key
+
+    jk = JobKey("civ", "j1")
+    target = verify_job_key(jk.statement(fed.civ), fed.peers["civ"], "j1")
+    blob = seal(H(), b"per-job secret", fed.tax, target)
+    with pytest.raises(TamperedEnvelope, match="decryption failed"):
+        _open(fed, blob)  # civ's long-term NodeKeys
+    h, payload = _open(fed, blob, me=jk)  # type: ignore[arg-type]
+    assert payload == b"per-job secret" and h.job_id == "j1"
+    jk.erase()
+    with pytest.raises(CryptoError, match="erased"):
+        _open(fed, blob, me=jk)  # type: ignore[arg-type]
+
+
+def test_job_key_is_bound_to_its_job_and_node(fed: Fed) -> None:
+    from fedgov.crypto.keys import JobKey, verify_job_key
+
+    jk = JobKey("civ", "j1")
+    st = jk.statement(fed.civ)
+    with pytest.raises(InvalidBundle, match="statement is for 'civ' in job 'j1'"):
+        verify_job_key(st, fed.peers["civ"], "j2")  # replayed into another job
+    with pytest.raises(InvalidBundle, match="statement is for 'civ'"):
+        verify_job_key(st, fed.peers["hrss"], "j1")  # presented as another node's
+    with pytest.raises(CryptoError):
+        JobKey("civ", "j1").statement(fed.hrss)  # a node signs only its own job keys
+    for i in (9, len(st) // 2, len(st) - 70):  # any byte of the statement
+        bad = bytearray(st)
+        bad[i] ^= 0x01
+        with pytest.raises(InvalidBundle):
+            verify_job_key(bytes(bad), fed.peers["civ"], "j1")
+    # a job key opens envelopes of its own job only
+    target = verify_job_key(st, fed.peers["civ"], "j1")
+    with pytest.raises(MisaddressedEnvelope, match="for job j1"):
+        seal(H(job="j2"), b"x", fed.tax, target)
+    other = JobKey("civ", "j2")
+    blob = seal(H(job="j2"), b"x", fed.tax, verify_job_key(other.statement(fed.civ), fed.peers["civ"], "j2"))
+    with pytest.raises(MisaddressedEnvelope, match="belongs to job j2, not to job j1"):
+        _open(fed, blob, me=jk)  # type: ignore[arg-type]
+
+
+def test_bundle_serial_grows_when_the_bundle_is_rebuilt(fed: Fed, tmp_path: Path) -> None:
+    from fedgov.crypto.keys import write_bundle
+
+    kit = tmp_path / "tax"
+    shutil.copytree(fed.root / "tax", kit)
+    first = verify_bundle((kit / "sealing.bundle").read_bytes(), fed.ca, "tax").bundle_serial
+    write_bundle(kit)
+    second = verify_bundle((kit / "sealing.bundle").read_bytes(), fed.ca, "tax").bundle_serial
+    assert second > first > 0
+    # the serial is signed: changing it breaks the signature
+    b = bytearray((kit / "sealing.bundle").read_bytes())
+    b[12] ^= 0x01
+    with pytest.raises(InvalidBundle, match="signature does not verify"):
+        verify_bundle(bytes(b), fed.ca, "tax")

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fedgov.crypto import pki
+from fedgov.crypto import kits, pki
 from fedgov.crypto.keys import NodeKeys, verify_bundle
 from fedgov.errors import ConfigError, CryptoError
 
@@ -23,10 +23,10 @@ from fedgov.errors import ConfigError, CryptoError
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("fed")
     pki.create_ca(root / "ca")
-    pki.issue_kit(root / "ca", root / "coord", "coordinator", "coordinator",
+    kits.issue_kit(root / "ca", root / "coord", "coordinator", "coordinator",
                   hosts=["localhost", "127.0.0.1", "coord.example.gov"])
-    pki.issue_kit(root / "ca", root / "tax", "tax", "node")
-    pki.issue_kit(root / "ca", root / "alice", "alice", "approver", department="tax")
+    kits.issue_kit(root / "ca", root / "tax", "tax", "node")
+    kits.issue_kit(root / "ca", root / "alice", "alice", "approver", department="tax")
     pki.create_ca(root / "other_ca")  # same default federation name, different key
     return root
 
@@ -63,7 +63,7 @@ def test_create_ca_refuses_overwrite(fed: Path) -> None:
 def test_issue_kit_refuses_to_overwrite_keys(fed: Path) -> None:
     before = (fed / "tax" / "tls.key").read_bytes()
     with pytest.raises(ConfigError, match="refusing to overwrite"):
-        pki.issue_kit(fed / "ca", fed / "tax", "tax", "node")
+        kits.issue_kit(fed / "ca", fed / "tax", "tax", "node")
     assert (fed / "tax" / "tls.key").read_bytes() == before
 
 
@@ -163,23 +163,23 @@ def test_identity_role_and_department_round_trip(fed: Path) -> None:
                                   "t\u00e4x", ".hidden"])
 def test_bad_names_refused(fed: Path, tmp_path: Path, name: str) -> None:
     with pytest.raises(ConfigError):
-        pki.issue_kit(fed / "ca", tmp_path / "kit", name, "node")
+        kits.issue_kit(fed / "ca", tmp_path / "kit", name, "node")
     with pytest.raises(ConfigError):
-        pki.make_csr(tmp_path / "site", name, "node")
+        kits.make_csr(tmp_path / "site", name, "node")
     assert not (tmp_path / "kit" / "tls.key").exists()
 
 
 def test_bad_role_department_hosts_refused(fed: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="role"):
-        pki.issue_kit(fed / "ca", tmp_path / "k1", "bob", "superuser")
+        kits.issue_kit(fed / "ca", tmp_path / "k1", "bob", "superuser")
     with pytest.raises(ConfigError, match="department"):
-        pki.issue_kit(fed / "ca", tmp_path / "k2", "bob", "approver")
+        kits.issue_kit(fed / "ca", tmp_path / "k2", "bob", "approver")
     with pytest.raises(ConfigError, match="department"):
-        pki.issue_kit(fed / "ca", tmp_path / "k3", "bob", "approver", department="Bad Dept")
+        kits.issue_kit(fed / "ca", tmp_path / "k3", "bob", "approver", department="Bad Dept")
     with pytest.raises(ConfigError, match="hosts"):
-        pki.issue_kit(fed / "ca", tmp_path / "k4", "tax2", "node", hosts=["localhost"])
+        kits.issue_kit(fed / "ca", tmp_path / "k4", "tax2", "node", hosts=["localhost"])
     with pytest.raises(ConfigError, match="host"):
-        pki.issue_kit(fed / "ca", tmp_path / "k5", "coordinator", "coordinator",
+        kits.issue_kit(fed / "ca", tmp_path / "k5", "coordinator", "coordinator",
                       hosts=["bad host!"])
 
 
@@ -199,7 +199,7 @@ def _private_materials(site: Path) -> list[bytes]:
 
 def test_csr_path_keys_stay_at_site(fed: Path, tmp_path: Path) -> None:
     site, admin = tmp_path / "site", tmp_path / "admin"
-    csrs = pki.make_csr(site, "hrss", "node", department="hrss")
+    csrs = kits.make_csr(site, "hrss", "node", department="hrss")
     assert [p.name for p in csrs] == ["tls.csr", "signing.csr"]
     assert all(p.parent == site for p in csrs)
     for name in ("tls.key", "signing.key", "sealing.key"):
@@ -218,7 +218,9 @@ def test_csr_path_keys_stay_at_site(fed: Path, tmp_path: Path) -> None:
     tls_crt = pki.sign_csr(fed / "ca", admin / "tls.csr")
     sig_crt = pki.sign_csr(fed / "ca", admin / "signing.csr")
     assert (tls_crt, sig_crt) == (admin / "tls.crt", admin / "signing.crt")
-    assert sorted(os.listdir(admin)) == ["signing.crt", "signing.csr", "tls.crt", "tls.csr"]
+    # sign returns the CA certificate with the certificates, so the site needs no manual copy
+    assert sorted(os.listdir(admin)) == ["ca.crt", "signing.crt", "signing.csr", "tls.crt", "tls.csr"]
+    assert (admin / "ca.crt").read_bytes() == (fed / "ca" / "ca.crt").read_bytes()
     # the issued cert certifies exactly the key the site generated
     for crt, key in ((tls_crt, "tls.key"), (sig_crt, "signing.key")):
         spki = _cert(crt).public_key().public_bytes(
@@ -227,11 +229,11 @@ def test_csr_path_keys_stay_at_site(fed: Path, tmp_path: Path) -> None:
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         assert spki == local
 
-    # site finishes the kit; the bundle is then valid for peers
+    # site finishes the kit with what came back (no file from anywhere else); the bundle is valid for peers
     assert not (site / "sealing.bundle").exists()
-    for p in (tls_crt, sig_crt, fed / "ca" / "ca.crt"):
+    for p in (tls_crt, sig_crt, admin / "ca.crt"):
         shutil.copy(p, site / p.name)
-    pki.finish_kit(site)
+    kits.finish_kit(site)
     keys = NodeKeys.load(site)
     ca = pki.load_ca_cert(fed / "ca" / "ca.crt")
     peer = verify_bundle(keys.bundle(), ca, "hrss")
@@ -240,23 +242,25 @@ def test_csr_path_keys_stay_at_site(fed: Path, tmp_path: Path) -> None:
 
 def test_finish_kit_rejects_cert_for_another_key(fed: Path, tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
-    pki.make_csr(a, "site-a", "analyst")
-    pki.make_csr(b, "site-a", "analyst")
+    kits.make_csr(a, "site-a", "analyst")
+    kits.make_csr(b, "site-a", "analyst")
     crt = pki.sign_csr(fed / "ca", b / "tls.csr")
     shutil.copy(crt, a / "tls.crt")
     shutil.copy(fed / "ca" / "ca.crt", a / "ca.crt")
     with pytest.raises(CryptoError, match="does not match"):
-        pki.finish_kit(a)
+        kits.finish_kit(a)
     # a cert from another CA is refused too
-    shutil.copy(pki.sign_csr(fed / "other_ca", a / "tls.csr", tmp_path / "x.crt"), a / "tls.crt")
+    (tmp_path / "x").mkdir()
+    shutil.copy(pki.sign_csr(fed / "other_ca", a / "tls.csr", tmp_path / "x" / "tls.crt"), a / "tls.crt")
     with pytest.raises(pki.UntrustedCertificate):
-        pki.finish_kit(a)
-    shutil.copy(pki.sign_csr(fed / "ca", a / "tls.csr", tmp_path / "y.crt"), a / "tls.crt")
-    pki.finish_kit(a)
+        kits.finish_kit(a)
+    (tmp_path / "y").mkdir()
+    shutil.copy(pki.sign_csr(fed / "ca", a / "tls.csr", tmp_path / "y" / "tls.crt"), a / "tls.crt")
+    kits.finish_kit(a)
 
 
 def test_sign_csr_checks_self_signature(fed: Path, tmp_path: Path) -> None:
-    pki.make_csr(tmp_path, "tax9", "analyst")
+    kits.make_csr(tmp_path, "tax9", "analyst")
     pem = (tmp_path / "tls.csr").read_bytes()
     der = bytearray(x509.load_pem_x509_csr(pem).public_bytes(serialization.Encoding.DER))
     i = der.find(b"tax9")
@@ -301,10 +305,9 @@ def test_sign_csr_ignores_requested_powers(fed: Path, tmp_path: Path) -> None:
 
 
 def test_coordinator_csr_gets_server_cert(fed: Path, tmp_path: Path) -> None:
-    (csr,) = pki.make_csr(tmp_path, "coordinator", "coordinator", hosts=["10.0.0.5", "coord"])
+    (csr,) = kits.make_csr(tmp_path, "coordinator", "coordinator", hosts=["10.0.0.5", "coord"])
     assert pki.describe_csr(csr)[1] == ["coord", "10.0.0.5"]
     cert = _cert(pki.sign_csr(fed / "ca", csr))
     eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert ExtendedKeyUsageOID.SERVER_AUTH in eku
-    shutil.copy(fed / "ca" / "ca.crt", tmp_path / "ca.crt")
-    pki.finish_kit(tmp_path)
+    kits.finish_kit(tmp_path)  # sign wrote ca.crt into the kit beside tls.crt

@@ -99,7 +99,7 @@ def test_host_never_receives_guest_ids_in_the_clear(tmp_path: Path) -> None:
             while blob is None:
                 assert time.monotonic() < deadline + 60
                 blob = m.fetch(job.job_id, "psi/guest-set", "civil", seq, wait=5)
-            _, payload = open_envelope(blob, m.keys, m.peer, tracker)
+            _, payload = open_envelope(blob, m.publish_job_key(job.job_id), m.peer, tracker)
             received += payload[1:]
             if payload[0] == 1:
                 break

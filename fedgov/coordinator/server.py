@@ -33,6 +33,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from fedgov.coordinator.gate import PeerGate
 from fedgov.coordinator.service import (
     JobsService,
     LedgerService,
@@ -41,10 +42,13 @@ from fedgov.coordinator.service import (
     key_statement,
 )
 from fedgov.coordinator.store import CoordinatorStore
+from fedgov.crypto.kits import KitError, check_kit
 from fedgov.crypto.pki import load_private_key, write_private_key
+from fedgov.crypto.revocation import Revocations
 from fedgov.errors import ConfigError
 from fedgov.ledger.log import TransparencyLog, public_key_bytes
 from fedgov.node.witness import endorse_log_key
+from fedgov.privatefs import private_umask
 from fedgov.tomlutil import check_keys, get_int, get_str, get_table, load_toml
 from fedgov.transport.tls import SERVER_OPTIONS, TlsMaterial, server_credentials
 from fedgov.v1 import jobs_pb2_grpc, ledger_pb2_grpc, registry_pb2_grpc, relay_pb2_grpc
@@ -105,6 +109,7 @@ def ledger_key(kit: Path, state_dir: Path) -> Ed25519PrivateKey:
     pub = state_dir / "ledger.pub"
     tmp = pub.with_name("ledger.pub.tmp")
     tmp.write_text(public_key_bytes(key.public_key()).hex() + "\n")
+    tmp.chmod(0o644)  # public on purpose (auditors pin it)
     tmp.replace(pub)
     return key
 
@@ -114,6 +119,7 @@ class Coordinator:
 
     def __init__(self, config: CoordinatorConfig) -> None:
         self.config = config
+        private_umask()  # every state file this process creates is 0600, every directory 0700
         self.material = TlsMaterial.from_kit(config.kit)
         if self.material.identity.role != "coordinator":
             raise ConfigError(
@@ -121,6 +127,16 @@ class Coordinator:
                 where=str(config.kit),
             )
         ca_cert = x509.load_pem_x509_certificate(self.material.ca)
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        # the federation CA's revocation list: from the kit, else the last one published to us
+        self.revocations = Revocations(
+            ca_cert, store=config.state_dir / "crl.der", sources=(config.kit / "crl.pem",)
+        )
+        try:
+            for warning in check_kit(config.kit, role="coordinator", revocations=self.revocations).warnings:
+                log.warning("kit: %s", warning)
+        except KitError as exc:
+            raise ConfigError(f"cannot start: {exc}") from None
         self.store = CoordinatorStore(config.state_dir / "coordinator.db")
         self.store.reset_liveness()
         key = ledger_key(config.kit, config.state_dir)
@@ -129,8 +145,13 @@ class Coordinator:
         statement = key_statement(
             self.ledger, self.material.cert, endorse_log_key(self.material.key, self.ledger.public_key)
         )
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=64), options=SERVER_OPTIONS)
-        registry_pb2_grpc.add_RegistryServicer_to_server(RegistryService(self.store, ca_cert), self.server)
+        self.gate = PeerGate(self.revocations)
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=64), options=SERVER_OPTIONS, interceptors=[self.gate]
+        )
+        registry_pb2_grpc.add_RegistryServicer_to_server(
+            RegistryService(self.store, ca_cert, self.revocations), self.server
+        )
         jobs_pb2_grpc.add_JobsServicer_to_server(JobsService(self.store, ca_cert), self.server)
         relay_pb2_grpc.add_RelayServicer_to_server(RelayService(self.store, config.max_payload), self.server)
         ledger_pb2_grpc.add_LedgerServicer_to_server(

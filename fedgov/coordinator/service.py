@@ -19,12 +19,15 @@ from cryptography.hazmat.primitives import serialization
 
 from fedgov import __version__
 from fedgov.coordinator.store import TERMINAL, CoordinatorStore, JobRow
+from fedgov.crypto.envelope import peek_header
+from fedgov.crypto.keys import bundle_serial, result_key_id
 from fedgov.crypto.pki import Identity
+from fedgov.crypto.revocation import Revocations
 from fedgov.crypto.signing import verify_manifest
 from fedgov.errors import CryptoError, FedgovError
 from fedgov.ledger.entries import now_ms
 from fedgov.ledger.log import TransparencyLog, public_key_bytes
-from fedgov.manifest import parse_manifest
+from fedgov.manifest import check_fresh, parse_manifest
 from fedgov.node.witness import head_from_pb, head_to_pb
 from fedgov.params import check_parameters
 from fedgov.transport.chunks import relay_chunks
@@ -80,21 +83,32 @@ def job_status(job: JobRow) -> jobs_pb2.JobStatus:
 
 
 class RegistryService(registry_pb2_grpc.RegistryServicer):
-    def __init__(self, store: CoordinatorStore, ca_cert: x509.Certificate) -> None:
+    def __init__(
+        self, store: CoordinatorStore, ca_cert: x509.Certificate, revocations: Revocations | None = None
+    ) -> None:
         self.store = store
         self.ca_cert = ca_cert
+        self.revocations = revocations if revocations is not None else Revocations(ca_cert)
 
     def Register(self, request, context):  # noqa: N802
         ident = _require(context, "node")
         if not request.key_bundle:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "key_bundle is required")
-        # The coordinator checks the bundle too (nodes re-check; they never trust us).
+        # The coordinator checks the bundle too (nodes re-check; they never trust us):
+        # certified for this node, not revoked, not older than the bundle it replaces.
         from fedgov.crypto.keys import verify_bundle
 
         try:
-            verify_bundle(request.key_bundle, self.ca_cert, ident.name)
+            verify_bundle(request.key_bundle, self.ca_cert, ident.name, revocations=self.revocations)
         except FedgovError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"key bundle rejected: {exc}")
+        old = self.store.node_bundle(ident.name)
+        if old is not None and bundle_serial(request.key_bundle) < bundle_serial(old):
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"key bundle rejected: serial {bundle_serial(request.key_bundle)} is older than the "
+                f"registered serial {bundle_serial(old)} (a superseded kit?)",
+            )
         cert_pem = context.auth_context()["x509_pem_cert"][0]
         der = x509.load_pem_x509_certificate(cert_pem).public_bytes(serialization.Encoding.DER)
         broken = self.store.register_node(ident.name, request.key_bundle, hashlib.sha256(der).hexdigest())
@@ -161,6 +175,63 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
             context.abort(grpc.StatusCode.NOT_FOUND, f"node '{request.node}' is not registered")
         return registry_pb2.KeyBundle(node=request.node, bundle=bundle)
 
+    # -- revocation lists and per-job keys (h13b) -----------------------------
+    def PublishRevocations(self, request, context):  # noqa: N802
+        ident = _require(context, "admin")
+        try:
+            newer = self.revocations.update(request.crl_der, where="published revocation list")
+        except FedgovError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        cur = self.revocations.current
+        assert cur is not None
+        if not newer:
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"the coordinator already holds revocation list #{cur.number}; publish a newer one",
+            )
+        log.info("revocation list #%d from %s: %d certificate(s) revoked", cur.number, ident.name, len(cur.revoked))
+        return common_pb2.Ack()
+
+    def GetRevocations(self, request, context):  # noqa: N802
+        caller_identity(context)
+        cur = self.revocations.current
+        return registry_pb2.RevocationList(crl_der=cur.der if cur is not None else b"")
+
+    def _job_participant(self, job_id: str, ident: Identity, context) -> JobRow:
+        job = self.store.job(job_id)
+        if job is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no job '{job_id}'")
+        if ident.name not in {p.node for p in job.participants}:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"'{ident.name}' is not a participant of {job_id}")
+        return job
+
+    def PublishJobKey(self, request, context):  # noqa: N802
+        ident = _require(context, "node")
+        job = self._job_participant(request.job_id, ident, context)
+        if job.state != "running":
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"job {job.job_id} is {job.state}")
+        if request.node and request.node != ident.name:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "a node publishes only its own job key")
+        if not self.store.put_job_key(request.job_id, ident.name, request.statement):
+            context.abort(grpc.StatusCode.ALREADY_EXISTS, f"{ident.name} already published its key for {job.job_id}")
+        return common_pb2.Ack()
+
+    def GetJobKey(self, request, context):  # noqa: N802
+        ident = _require(context, "node")
+        job = self._job_participant(request.job_id, ident, context)
+        if job.state in TERMINAL:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"job {job.job_id} is {job.state}")
+        deadline = time.monotonic() + max(0.0, min(request.wait_seconds, MAX_WAIT))
+        while True:
+            with self.store.changed:
+                statement = self.store.job_key(request.job_id, request.node)
+                if statement is not None or time.monotonic() >= deadline or not context.is_active():
+                    break
+                self.store.changed.wait(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+        if statement is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no job key of '{request.node}' for {request.job_id} yet")
+        return registry_pb2.JobKey(job_id=request.job_id, node=request.node, statement=statement)
+
 
 class JobsService(jobs_pb2_grpc.JobsServicer):
     def __init__(self, store: CoordinatorStore, ca_cert: x509.Certificate) -> None:
@@ -175,6 +246,7 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
             manifest = parse_manifest(request.manifest_toml)
             check_parameters(manifest.kind, manifest.parameters)
             signer = verify_manifest(cert_pem, self.ca_cert, request.manifest_toml, request.signature)
+            check_fresh(manifest)  # every node checks again; this only gives an early, clear error
         except FedgovError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if signer.name != ident.name:
@@ -263,7 +335,17 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         job = self._job(request.job_id, context)
         if ident.role != "admin" and ident.name != job.requester:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, "only the requester may read the result")
-        return jobs_pb2.JobResult(status=job_status(job), result_json=job.result_json)
+        # results are sealed to the requester's per-job key: relayed, never read here
+        try:
+            key = parse_manifest(job.manifest).result_key
+        except FedgovError:
+            key = None
+        key_id = result_key_id(key) if key is not None else ""
+        sealed = [
+            jobs_pb2.SealedResult(node=n, envelope=b, key_id=key_id)
+            for n, b in self.store.sealed_results(job.job_id)
+        ]
+        return jobs_pb2.JobResult(status=job_status(job), result_json=job.result_json, sealed=sealed)
 
     # -- nodes -----------------------------------------------------------
     def PollTasks(self, request, context):  # noqa: N802
@@ -312,12 +394,24 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
 
     def Report(self, request, context):  # noqa: N802
         ident = _require(context, "node")
-        self._participant(request.job_id, ident, context)
-        if request.ok and request.result_json:
+        job = self._participant(request.job_id, ident, context)
+        if request.result_json:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "results travel sealed to the requester (TaskReport.sealed_result); "
+                "the coordinator accepts no plaintext result",
+            )
+        if request.sealed_result:
             try:
-                json.loads(request.result_json)
-            except ValueError:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "result_json is not JSON")
+                h = peek_header(request.sealed_result)
+            except FedgovError as exc:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"sealed_result: {exc}")
+            if (h.job_id, h.step, h.sender, h.recipient) != (job.job_id, "result", ident.name, job.requester):
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"sealed_result is addressed {h.sender}->{h.recipient} for {h.job_id}/{h.step}, "
+                    f"not {ident.name}->{job.requester} for {job.job_id}/result",
+                )
         if request.public_json:
             try:
                 facts = json.loads(request.public_json)
@@ -326,7 +420,13 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
             if not isinstance(facts, dict):
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, "public_json is not a JSON object")
         new = self.store.record_report(
-            request.job_id, ident.name, request.ok, request.result_json, request.error, request.public_json
+            request.job_id,
+            ident.name,
+            request.ok,
+            request.result_json,
+            request.error,
+            request.public_json,
+            sealed_result=request.sealed_result,
         )
         if new:
             log.info("job %s -> %s", request.job_id, new)

@@ -36,6 +36,7 @@ from fedgov.ledger import entries as le
 from fedgov.ledger.log import TransparencyLog
 from fedgov.ledger.points import PointsRules, award_entry, rules_entry
 from fedgov.manifest import parse_manifest
+from fedgov.privatefs import open_private_db
 
 log = logging.getLogger("fedgov.coordinator")
 
@@ -91,6 +92,12 @@ CREATE TABLE IF NOT EXISTS ledger_outbox (
 CREATE TABLE IF NOT EXISTS ledger_state (
     key TEXT PRIMARY KEY,            -- what was last logged per node / dataset / rule set
     value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS job_keys (
+    job_id TEXT NOT NULL,
+    node TEXT NOT NULL,
+    statement BLOB NOT NULL,           -- per-job sealing key, signed by the node (public)
+    PRIMARY KEY (job_id, node)
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -184,8 +191,7 @@ class CoordinatorStore:
     """Thread-safe access to the coordinator database; one writer at a time."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db = open_private_db(path, timeout=5.0)  # 0700 directory, 0600 database (+ WAL)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
@@ -193,6 +199,8 @@ class CoordinatorStore:
         cols = {r[1] for r in self._db.execute("PRAGMA table_info(participants)")}
         if "public_json" not in cols:  # databases from before public facts
             self._db.execute("ALTER TABLE participants ADD COLUMN public_json TEXT NOT NULL DEFAULT ''")
+        if "sealed_result" not in cols:  # databases from before results sealed to the requester
+            self._db.execute("ALTER TABLE participants ADD COLUMN sealed_result BLOB NOT NULL DEFAULT x''")
         self._lock = threading.RLock()
         #: notified on every change, for long polls
         self.changed = threading.Condition(self._lock)
@@ -565,6 +573,7 @@ class CoordinatorStore:
         )
         if state in TERMINAL:
             db.execute("DELETE FROM relay WHERE job_id=?", (job_id,))
+            db.execute("DELETE FROM job_keys WHERE job_id=?", (job_id,))
         self._event(db, job_id, f"job-{state}", reason)
         if state == "running":
             self._ledger(db, lambda: le.job_started(job_id))
@@ -615,17 +624,30 @@ class CoordinatorStore:
         return None
 
     def record_report(
-        self, job_id: str, node: str, ok: bool, result_json: str, error: str, public_json: str = ""
+        self,
+        job_id: str,
+        node: str,
+        ok: bool,
+        result_json: str,
+        error: str,
+        public_json: str = "",
+        *,
+        sealed_result: bytes = b"",
     ) -> str | None:
-        """Store a node's outcome; ``public_json`` holds the facts it lets the ledger record."""
+        """Store a node's outcome; ``public_json`` holds the facts it lets the ledger record.
+
+        ``sealed_result`` is the node's result sealed to the requester: stored
+        and relayed as opaque bytes.
+        """
         with self.tx() as db:
             cur = db.execute("SELECT state FROM jobs WHERE job_id=?", (job_id,)).fetchone()
             if cur is None or cur[0] != "running":
                 return None
             db.execute(
-                "UPDATE participants SET task_state=?, result_json=?, public_json=? WHERE job_id=? AND node=?",
+                "UPDATE participants SET task_state=?, result_json=?, public_json=?, sealed_result=? "
+                "WHERE job_id=? AND node=?",
                 ("succeeded" if ok else "failed", result_json if ok else error, public_json if ok else "",
-                 job_id, node),
+                 sealed_result if ok else b"", job_id, node),
             )
             if not ok:
                 self._set_state(db, job_id, "failed", f"{node}: {error}")
@@ -687,6 +709,33 @@ class CoordinatorStore:
             ).fetchall()
         now = time.time()
         return [(j, n, now - s) for j, n, s in rows]
+
+    # -- sealed results and per-job keys (opaque to the coordinator) -------
+    def sealed_results(self, job_id: str) -> list[tuple[str, bytes]]:
+        """(node, sealed result) of every participant that reported one, in manifest order."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT node, sealed_result FROM participants WHERE job_id=? AND length(sealed_result) > 0 "
+                "ORDER BY position",
+                (job_id,),
+            ).fetchall()
+        return [(n, bytes(b)) for n, b in rows]
+
+    def put_job_key(self, job_id: str, node: str, statement: bytes) -> bool:
+        """Store a node's per-job key statement; False if it already published a different one."""
+        with self.tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO job_keys(job_id, node, statement) VALUES (?,?,?)", (job_id, node, statement)
+            )
+            row = db.execute("SELECT statement FROM job_keys WHERE job_id=? AND node=?", (job_id, node)).fetchone()
+            return bytes(row[0]) == statement
+
+    def job_key(self, job_id: str, node: str) -> bytes | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT statement FROM job_keys WHERE job_id=? AND node=?", (job_id, node)
+            ).fetchone()
+        return bytes(row[0]) if row else None
 
     # -- relay -----------------------------------------------------------
     def put_message(self, job_id: str, step: str, sender: str, recipient: str, seq: int, data: bytes) -> None:

@@ -41,6 +41,18 @@ from fedgov.crypto import pki
 from fedgov.crypto.keys import SEALING_SUITE, NodeKeys, PeerKeys
 from fedgov.errors import CryptoError, FedgovError
 
+
+class Recipient(Protocol):
+    """Who can open an envelope: a node's long-term keys, its per-job key or a result key.
+
+    ``job_id`` is set for per-job keys (:class:`fedgov.crypto.keys.JobKey`): such
+    a key opens envelopes of that job only.
+    """
+
+    name: str
+
+    def _hpke_decrypt(self, ciphertext: bytes | memoryview, info: bytes) -> bytes: ...
+
 __all__ = [
     "MAGIC",
     "VERSION",
@@ -53,6 +65,7 @@ __all__ = [
     "OutOfOrderEnvelope",
     "UnknownSender",
     "MalformedEnvelope",
+    "Recipient",
     "seal",
     "peek_header",
     "open_envelope",
@@ -206,8 +219,9 @@ def seal(header: Header, plaintext: bytes, sender: NodeKeys, recipient: PeerKeys
     any change to header, ciphertext or signature is detected by
     :func:`open_envelope`. Leaks the header, the payload length and the time
     of sealing to whoever relays it. ``header.sender`` must be ``sender.name``
-    and ``header.recipient`` must be ``recipient.name``. The caller chooses
-    ``seq`` (0, 1, 2, ... per (job, step) stream to this recipient).
+    and ``header.recipient`` must be ``recipient.name``; a per-job key
+    (``recipient.job_id`` set) seals envelopes of that job only. The caller
+    chooses ``seq`` (0, 1, 2, ... per (job, step) stream to this recipient).
     """
     if header.sender != sender.name:
         raise EnvelopeError(f"header sender is {header.sender!r} but sealing as {sender.name!r}",
@@ -215,6 +229,10 @@ def seal(header: Header, plaintext: bytes, sender: NodeKeys, recipient: PeerKeys
     if header.recipient != recipient.name:
         raise MisaddressedEnvelope(
             f"header recipient is {header.recipient!r} but the key is {recipient.name!r}'s",
+            where=header.where())
+    if recipient.job_id is not None and recipient.job_id != header.job_id:
+        raise MisaddressedEnvelope(
+            f"{recipient.name}'s key is for job {recipient.job_id}, not {header.job_id}",
             where=header.where())
     hb = header.canonical()
     ct = SEALING_SUITE.encrypt(plaintext, recipient.sealing_key, info=_INFO_TAG + hb)
@@ -283,14 +301,18 @@ class MemorySequenceTracker:
 
 def open_envelope(
     blob: bytes,
-    me: NodeKeys,
+    me: NodeKeys | Recipient,
     sender_keys: Callable[[str], PeerKeys],
     tracker: SequenceTracker,
 ) -> tuple[Header, bytes]:
     """Verify and decrypt an envelope addressed to ``me``; return (header, plaintext).
 
+    ``me`` is the recipient's key: its long-term :class:`NodeKeys`, a per-job
+    :class:`~fedgov.crypto.keys.JobKey` (then the envelope must belong to that
+    job) or a requester's :class:`~fedgov.crypto.keys.ResultKey`.
     Checks in order, raising at the first failure: well-formed
-    (MalformedEnvelope); ``header.recipient == me.name`` (MisaddressedEnvelope);
+    (MalformedEnvelope); ``header.recipient == me.name`` and, for a per-job
+    key, ``header.job_id == me.job_id`` (MisaddressedEnvelope);
     ``sender_keys(header.sender)`` yields that sender's verified keys
     (UnknownSender if it returns None, a PeerKeys for another name, or raises
     LookupError/FedgovError); sender's Ed25519 signature (TamperedEnvelope);
@@ -304,6 +326,10 @@ def open_envelope(
     if h.recipient != me.name:
         raise MisaddressedEnvelope(f"addressed to {h.recipient}, not to this node ({me.name})",
                                    where=h.where())
+    key_job = getattr(me, "job_id", None)
+    if key_job is not None and h.job_id != key_job:
+        raise MisaddressedEnvelope(f"belongs to job {h.job_id}, not to job {key_job} whose key "
+                                   "opens it (replayed from another job?)", where=h.where())
     try:
         peer = sender_keys(h.sender)
     except (LookupError, FedgovError) as exc:

@@ -22,10 +22,25 @@ Two kinds of leaf exist:
 
 Two provisioning paths produce the same files:
 
-* central: :func:`issue_kit` generates keys and certificates in one place;
-* distributed: the site runs :func:`make_csr` (private keys stay in the site
-  directory), the admin runs :func:`sign_csr` on the CSR files only, and the
-  site runs :func:`finish_kit` once the signed certificates are back.
+* central: :func:`fedgov.crypto.kits.issue_kit` generates keys and
+  certificates in one place;
+* distributed: the site runs :func:`fedgov.crypto.kits.make_csr` (private keys
+  stay in the site directory), the admin runs :func:`sign_csr` on the CSR
+  files only, and the site runs :func:`fedgov.crypto.kits.finish_kit`.
+
+This module holds the certificate layer only (it imports no other fedgov
+crypto module); kit assembly lives in :mod:`fedgov.crypto.kits`, revocation
+lists in :mod:`fedgov.crypto.revocation`.
+
+Lifetimes (defaults, shorter than before): the CA lasts :data:`CA_DAYS` (5
+years); coordinator and node certificates :data:`SERVICE_DAYS` (1 year);
+people's certificates (analyst, auditor, admin, approver) :data:`PERSON_DAYS`
+(90 days). ``fedgov provision renew`` re-certifies a key before it expires.
+
+Issuance record: every certificate the CA issues, and every revocation, is
+appended as one JSON line to ``<ca>/issuance.jsonl`` (what, to whom, until
+when, for which key), so the admin can see what is live and re-signing the
+same key is refused unless asked for explicitly.
 
 Nothing here talks to the network; every function is deterministic apart from
 key generation and serial numbers.
@@ -34,13 +49,16 @@ key generation and serial numbers.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import ipaddress
+import json
 import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any, Protocol
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -49,6 +67,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedgov.errors import ConfigError, CryptoError
+from fedgov.privatefs import private_dir
 
 __all__ = [
     "ROLES",
@@ -58,13 +77,21 @@ __all__ = [
     "UntrustedCertificate",
     "MalformedCertificate",
     "ExpiredCertificate",
+    "RevokedCertificate",
+    "CA_DAYS",
+    "SERVICE_DAYS",
+    "PERSON_DAYS",
+    "EXPIRY_WARNING",
+    "default_days",
     "create_ca",
-    "issue_kit",
     "issue_certificate",
-    "make_csr",
     "describe_csr",
     "sign_csr",
-    "finish_kit",
+    "renew_certificate",
+    "IssuedCertificate",
+    "issuance_record",
+    "expiry_warning",
+    "private_dir",
     "load_ca_cert",
     "load_certificate",
     "load_private_key",
@@ -87,6 +114,22 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 #: Certificates start this long before "now" to tolerate clock skew between hosts.
 _BACKDATE = timedelta(minutes=5)
 
+#: Default lifetime of the federation CA.
+CA_DAYS = 1826
+#: Default lifetime of coordinator and node certificates (services renew yearly).
+SERVICE_DAYS = 365
+#: Default lifetime of people's certificates (analyst, auditor, admin, approver).
+PERSON_DAYS = 90
+#: Certificates closer than this to their end are reported by kit checks and ``provision status``.
+EXPIRY_WARNING = timedelta(days=30)
+#: The CA's append-only record of what it issued and revoked.
+ISSUANCE_RECORD = "issuance.jsonl"
+
+
+def default_days(role: str) -> int:
+    """Default certificate lifetime for ``role``: services a year, people 90 days."""
+    return SERVICE_DAYS if role in ("coordinator", "node") else PERSON_DAYS
+
 CertPrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
 
@@ -107,6 +150,18 @@ class MalformedCertificate(UntrustedCertificate):
 
 class ExpiredCertificate(CertificateError):
     """The certificate is outside its validity period (expired or not yet valid)."""
+
+
+class RevokedCertificate(UntrustedCertificate):
+    """The certificate is listed on the federation CA's revocation list."""
+
+
+class RevocationCheck(Protocol):
+    """What :func:`verify_certificate` needs from a revocation list (see :mod:`fedgov.crypto.revocation`)."""
+
+    def check(self, cert: x509.Certificate) -> None:
+        """Raise RevokedCertificate if ``cert`` is revoked."""
+        ...
 
 
 # --------------------------------------------------------------------------- identity
@@ -243,10 +298,32 @@ def write_secret_file(path: Path, data: bytes) -> None:
             os.close(fd)
 
 
+def append_private_line(path: Path, line: str) -> None:
+    """Append one line to a private (0600) file, creating it; never through a symlink.
+
+    ``O_NOFOLLOW`` is the guard here: the file is opened for appending (not
+    created exclusively), so without it a symlink planted at ``path`` would
+    redirect the write to wherever it points.
+    """
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+    try:
+        fd = os.open(Path(path), flags, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"cannot append ({exc.strerror}; a symlink?)", where=str(path)) from None
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, (line.rstrip("\n") + "\n").encode("utf-8"))
+    finally:
+        os.close(fd)
+
+
 def _write_public(path: Path, data: bytes) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
@@ -313,19 +390,19 @@ def _public_der(key: object) -> bytes:
 # --------------------------------------------------------------------------- CA
 
 
-def create_ca(ca_dir: Path, federation: str = "fedgov federation", *, days: int = 3650) -> None:
+def create_ca(ca_dir: Path, federation: str = "fedgov federation", *, days: int = CA_DAYS) -> None:
     """Create ``ca_dir/ca.crt`` and ``ca_dir/ca.key`` (0600) for a new federation.
 
     Refuses (ConfigError) if either file already exists, so an existing CA is
     never silently replaced. The CA is ECDSA P-256 with ``pathlen=0``: it can
-    issue leaves only.
+    issue leaves only. ``ca_dir`` is made 0700. Default lifetime 5 years.
     """
     ca_dir = Path(ca_dir)
     if not federation or not federation.isprintable():
         raise ConfigError("federation name must be non-empty printable text")
     if (ca_dir / "ca.crt").exists() or (ca_dir / "ca.key").exists():
         raise ConfigError("a CA already exists here; refusing to overwrite it", where=str(ca_dir))
-    ca_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(ca_dir)
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.now(_dt.UTC)
     name = x509.Name([
@@ -354,6 +431,11 @@ def create_ca(ca_dir: Path, federation: str = "fedgov federation", *, days: int 
     _write_public(ca_dir / "ca.crt", _cert_pem(cert))
 
 
+def load_ca(ca_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """The CA certificate and its key from ``ca_dir`` (checked to match); for CA-side modules."""
+    return _load_ca(ca_dir)
+
+
 def _load_ca(ca_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     ca_dir = Path(ca_dir)
     cert = load_ca_cert(ca_dir / "ca.crt")
@@ -375,24 +457,49 @@ def issue_certificate(
     *,
     hosts: Sequence[str] = (),
     department: str | None = None,
-    days: int = 825,
+    days: int | None = None,
     not_before: datetime | None = None,
 ) -> x509.Certificate:
-    """Issue a leaf certificate for ``public_key`` and return it (nothing is written).
+    """Issue a leaf certificate for ``public_key`` and return it (only the issuance record is written).
 
     The key type decides the purpose: ECDSA P-256 → TLS certificate (EKU
     clientAuth, plus serverAuth for the coordinator); Ed25519 → envelope-signing
     certificate (role ``node`` only, EKU :data:`ENVELOPE_SIGNING_EKU`).
-    Validity starts at ``not_before`` (default: now minus 5 minutes of skew
-    allowance) and never extends past the CA's own expiry. ``not_before`` exists
-    for tests and for re-issuing with a fixed start.
+    Lifetime ``days`` defaults to :func:`default_days` of the role. Validity
+    starts at ``not_before`` (default: now minus 5 minutes of skew allowance)
+    and never extends past the CA's own expiry. ``not_before`` exists for tests
+    and for re-issuing with a fixed start. The certificate is appended to the
+    CA's issuance record.
     """
     _validate_identity(name, role, department)
+    days = default_days(role) if days is None else days
     if days < 1:
         raise ConfigError("days must be >= 1", where=name)
     ca_cert, ca_key = _load_ca(ca_dir)
-    return _build_leaf(ca_cert, ca_key, public_key, name, role,
-                       _parse_hosts(hosts, role, name), department, days, not_before)
+    return issue_leaf(ca_dir, ca_cert, ca_key, public_key, name, role,
+                      _parse_hosts(hosts, role, name), department, days, not_before, source="issue")
+
+
+def issue_leaf(
+    ca_dir: Path,
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    public_key: object,
+    name: str,
+    role: str,
+    host_sans: list[x509.GeneralName],
+    department: str | None,
+    days: int,
+    not_before: datetime | None,
+    *,
+    source: str,
+    csr_sha256: str | None = None,
+) -> x509.Certificate:
+    """Build a leaf (see :func:`issue_certificate`) and append it to the issuance record."""
+    cert = _build_leaf(ca_cert, ca_key, public_key, name, role, host_sans, department, days,
+                       not_before)
+    _record(ca_dir, _issued_row(cert, source=source, csr_sha256=csr_sha256))
+    return cert
 
 
 def _build_leaf(
@@ -453,108 +560,153 @@ def _build_leaf(
     return builder.sign(ca_key, hashes.SHA256())
 
 
-def issue_kit(
-    ca_dir: Path,
-    out_dir: Path,
-    name: str,
-    role: str,
-    *,
-    hosts: Sequence[str] = (),
-    department: str | None = None,
-    days: int = 825,
-) -> Path:
-    """Central provisioning: generate keys and certificates into a startup kit.
-
-    Writes ``ca.crt``, ``tls.crt``, ``tls.key`` and, for role ``node``, also
-    ``signing.crt``, ``signing.key``, ``sealing.key`` and ``sealing.bundle``.
-    Private key files are 0600 and never overwritten (ConfigError). The kit
-    directory is created 0700. Whoever runs this sees every private key: use
-    :func:`make_csr` when the site should be the only holder.
-    """
-    from fedgov.crypto import keys as _keys  # local import: keys imports pki
-
-    _validate_identity(name, role, department)
-    host_sans = _parse_hosts(hosts, role, name)
-    ca_cert, ca_key = _load_ca(ca_dir)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for fname in _kit_private_files(role):
-        if (out_dir / fname).exists():
-            raise ConfigError("kit already contains private keys; refusing to overwrite",
-                              where=str(out_dir / fname))
-
-    tls_key = ec.generate_private_key(ec.SECP256R1())
-    tls_cert = _build_leaf(ca_cert, ca_key, tls_key.public_key(), name, role, host_sans,
-                           department, days, None)
-    write_private_key(out_dir / "tls.key", tls_key)
-    _write_public(out_dir / "tls.crt", _cert_pem(tls_cert))
-    _write_public(out_dir / "ca.crt", _cert_pem(ca_cert))
-    if role == "node":
-        sig_key = ed25519.Ed25519PrivateKey.generate()
-        sig_cert = _build_leaf(ca_cert, ca_key, sig_key.public_key(), name, role, [],
-                               department, days, None)
-        write_private_key(out_dir / "signing.key", sig_key)
-        _write_public(out_dir / "signing.crt", _cert_pem(sig_cert))
-        _keys.generate_sealing_key(out_dir / "sealing.key")
-        _keys.write_bundle(out_dir)
-    return out_dir
+# --------------------------------------------------------------------------- issuance record
 
 
-def _kit_private_files(role: str) -> tuple[str, ...]:
-    return ("tls.key", "signing.key", "sealing.key") if role == "node" else ("tls.key",)
+@dataclass(frozen=True)
+class IssuedCertificate:
+    """One certificate in the CA's issuance record, with its revocation if any."""
+
+    serial: int
+    name: str
+    role: str
+    department: str | None
+    hosts: tuple[str, ...]
+    purpose: str  # "tls" or "signing"
+    not_before: datetime
+    not_after: datetime
+    key_sha256: str
+    cert_sha256: str
+    source: str  # issue | kit | csr | renew
+    issued_at: datetime
+    revoked_at: datetime | None = None
+    revocation_reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (serial in hex, times in ISO 8601)."""
+        return {
+            "serial": f"{self.serial:x}",
+            "name": self.name,
+            "role": self.role,
+            "department": self.department,
+            "hosts": list(self.hosts),
+            "purpose": self.purpose,
+            "not_before": self.not_before.isoformat(),
+            "not_after": self.not_after.isoformat(),
+            "key_sha256": self.key_sha256,
+            "cert_sha256": self.cert_sha256,
+            "source": self.source,
+            "issued_at": self.issued_at.isoformat(),
+            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+            "revocation_reason": self.revocation_reason,
+        }
+
+
+def key_fingerprint(public_key: object) -> str:
+    """SHA-256 hex of a public key's SubjectPublicKeyInfo DER (what identifies a key pair)."""
+    return hashlib.sha256(_public_der(public_key)).hexdigest()
+
+
+def cert_purpose(cert: x509.Certificate) -> str:
+    """``signing`` for envelope-signing certificates, else ``tls``."""
+    return "signing" if ENVELOPE_SIGNING_EKU in _ekus(cert) else "tls"
+
+
+def cert_hosts(cert: x509.Certificate) -> list[str]:
+    """DNS and IP SANs of a certificate, as strings."""
+    san = _san(cert)
+    return [*san.get_values_for_type(x509.DNSName),
+            *(str(ip) for ip in san.get_values_for_type(x509.IPAddress))]
+
+
+def _issued_row(cert: x509.Certificate, *, source: str, csr_sha256: str | None) -> dict[str, Any]:
+    ident = identity_from_cert(cert)
+    return {
+        "event": "issued",
+        "serial": f"{cert.serial_number:x}",
+        "name": ident.name,
+        "role": ident.role,
+        "department": ident.department,
+        "hosts": cert_hosts(cert),
+        "purpose": cert_purpose(cert),
+        "not_before": cert.not_valid_before_utc.isoformat(),
+        "not_after": cert.not_valid_after_utc.isoformat(),
+        "key_sha256": key_fingerprint(cert.public_key()),
+        "cert_sha256": hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest(),
+        "source": source,
+        "csr_sha256": csr_sha256,
+        "at": datetime.now(_dt.UTC).isoformat(),
+    }
+
+
+def _record(ca_dir: Path, row: dict[str, Any]) -> None:
+    append_private_line(Path(ca_dir) / ISSUANCE_RECORD, json.dumps(row, sort_keys=True))
+
+
+def record_event(ca_dir: Path, row: dict[str, Any]) -> None:
+    """Append an event (``revoked``, ``crl``) to the issuance record; for :mod:`fedgov.crypto.revocation`."""
+    _record(ca_dir, {**row, "at": row.get("at") or datetime.now(_dt.UTC).isoformat()})
+
+
+def record_events(ca_dir: Path) -> list[dict[str, Any]]:
+    """Every line of the issuance record, in order; ConfigError naming the line if one is damaged."""
+    path = Path(ca_dir) / ISSUANCE_RECORD
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    out = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            raise ConfigError("issuance record line is not JSON", where=f"{path}:{i}") from None
+        if not isinstance(row, dict) or "event" not in row:
+            raise ConfigError("issuance record line has no event", where=f"{path}:{i}")
+        out.append(row)
+    return out
+
+
+def issuance_record(ca_dir: Path) -> list[IssuedCertificate]:
+    """What this CA issued (oldest first), each with its revocation if it was revoked."""
+    events = record_events(ca_dir)
+    revoked = {e["serial"]: e for e in events if e["event"] == "revoked"}
+    out = []
+    for e in events:
+        if e["event"] != "issued":
+            continue
+        r = revoked.get(e["serial"])
+        out.append(IssuedCertificate(
+            serial=int(e["serial"], 16), name=e["name"], role=e["role"],
+            department=e.get("department"), hosts=tuple(e.get("hosts") or ()),
+            purpose=e["purpose"], not_before=datetime.fromisoformat(e["not_before"]),
+            not_after=datetime.fromisoformat(e["not_after"]), key_sha256=e["key_sha256"],
+            cert_sha256=e["cert_sha256"], source=e["source"],
+            issued_at=datetime.fromisoformat(e["at"]),
+            revoked_at=datetime.fromisoformat(r["at"]) if r else None,
+            revocation_reason=r.get("reason") if r else None,
+        ))
+    return out
+
+
+def expiry_warning(cert: x509.Certificate, *, now: datetime | None = None,
+                   within: timedelta = EXPIRY_WARNING) -> str | None:
+    """A one-line warning if ``cert`` ends within ``within`` (default 30 days) of ``now``; else None."""
+    now = now if now is not None else datetime.now(_dt.UTC)
+    left = cert.not_valid_after_utc - now
+    if left > within:
+        return None
+    ident = identity_from_cert(cert)
+    if left.total_seconds() <= 0:
+        return (f"{cert_purpose(cert)} certificate of {ident.name} expired on "
+                f"{cert.not_valid_after_utc.isoformat()}")
+    return (f"{cert_purpose(cert)} certificate of {ident.name} expires in {left.days} day(s) "
+            f"({cert.not_valid_after_utc.isoformat()}): renew it (fedgov provision renew)")
 
 
 # --------------------------------------------------------------------------- CSR path
-
-
-def make_csr(
-    out_dir: Path,
-    name: str,
-    role: str,
-    *,
-    hosts: Sequence[str] = (),
-    department: str | None = None,
-) -> list[Path]:
-    """Site side of distributed provisioning: create private keys locally and CSRs.
-
-    Writes ``tls.key`` + ``tls.csr`` and, for nodes, ``signing.key`` +
-    ``signing.csr`` + ``sealing.key`` into ``out_dir`` (keys 0600, never
-    overwritten). Returns the CSR paths, which are the only files to send to
-    the admin; they contain public keys, the requested identity and a
-    self-signature, nothing secret.
-    """
-    from fedgov.crypto import keys as _keys
-
-    _validate_identity(name, role, department)
-    host_sans = _parse_hosts(hosts, role, name)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for fname in _kit_private_files(role):
-        if (out_dir / fname).exists():
-            raise ConfigError("private key already exists; refusing to overwrite",
-                              where=str(out_dir / fname))
-    dept_san = ([x509.UniformResourceIdentifier(DEPT_URI_PREFIX + department)]
-                if department is not None else [])
-
-    def _csr(key: CertPrivateKey, sans: list[x509.GeneralName]) -> bytes:
-        b = x509.CertificateSigningRequestBuilder().subject_name(_subject(name, role))
-        if sans:
-            b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        algo = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
-        return b.sign(key, algo).public_bytes(serialization.Encoding.PEM)
-
-    paths: list[Path] = []
-    tls_key = ec.generate_private_key(ec.SECP256R1())
-    write_private_key(out_dir / "tls.key", tls_key)
-    _write_public(out_dir / "tls.csr", _csr(tls_key, host_sans + dept_san))
-    paths.append(out_dir / "tls.csr")
-    if role == "node":
-        sig_key = ed25519.Ed25519PrivateKey.generate()
-        write_private_key(out_dir / "signing.key", sig_key)
-        _write_public(out_dir / "signing.csr", _csr(sig_key, dept_san))
-        paths.append(out_dir / "signing.csr")
-        _keys.generate_sealing_key(out_dir / "sealing.key")
-    return paths
 
 
 def _load_csr(csr_path: Path) -> x509.CertificateSigningRequest:
@@ -588,8 +740,43 @@ def describe_csr(csr_path: Path) -> tuple[Identity, list[str]]:
     return ident, hosts
 
 
+def review_csr(ca_dir: Path, csr_path: Path) -> dict[str, Any]:
+    """What signing ``csr_path`` would certify, for the admin to confirm (nothing is signed).
+
+    Keys: ``name``, ``role``, ``department``, ``hosts``, ``purpose`` (tls or
+    signing), ``key_sha256``, ``days`` (the role's default lifetime) and
+    ``earlier`` (serials this CA already issued for the same key, with their
+    state). Raises like :func:`sign_csr` for a CSR that could never be signed.
+    """
+    csr = _load_csr(csr_path)
+    ident, hosts = describe_csr(csr_path)
+    _parse_hosts(hosts, ident.role, ident.name)
+    fp = key_fingerprint(csr.public_key())
+    earlier = [
+        {"serial": f"{c.serial:x}", "revoked": c.revoked_at is not None, "not_after": c.not_after.isoformat()}
+        for c in issuance_record(ca_dir) if c.key_sha256 == fp
+    ]
+    return {
+        "csr": str(csr_path),
+        "name": ident.name,
+        "role": ident.role,
+        "department": ident.department,
+        "hosts": hosts,
+        "purpose": "signing" if isinstance(csr.public_key(), ed25519.Ed25519PublicKey) else "tls",
+        "key_sha256": fp,
+        "days": default_days(ident.role),
+        "earlier": earlier,
+    }
+
+
+def csr_purpose(csr_path: Path) -> str:
+    """``signing`` for an Ed25519 CSR (envelope-signing certificate), else ``tls``."""
+    key = _load_csr(csr_path).public_key()
+    return "signing" if isinstance(key, ed25519.Ed25519PublicKey) else "tls"
+
+
 def sign_csr(ca_dir: Path, csr_path: Path, out_path: Path | None = None, *,
-             days: int = 825) -> Path:
+             days: int | None = None, again: bool = False) -> Path:
     """Admin side: issue a certificate for a CSR; write it to ``<csr stem>.crt`` (or ``out_path``).
 
     Checks the CSR's self-signature (proof the requester holds the key), that
@@ -597,57 +784,94 @@ def sign_csr(ca_dir: Path, csr_path: Path, out_path: Path | None = None, *,
     the coordinator. Only CN, OU, the department URI and host SANs are copied
     from the CSR; every other extension (CA flag, key usage, EKU) is set by the
     CA from the role and key type, so a CSR cannot ask for more.
+
+    Re-signing: a key the issuance record already certified is refused
+    (ConfigError naming the earlier serial) unless ``again=True``; a key whose
+    certificate was revoked is refused always (it must be replaced). The CA
+    certificate is written as ``ca.crt`` next to the new certificate (unless
+    the same file is already there; a different one is refused), so the site
+    gets it back with its certificates and ``finish`` needs no manual copy.
     """
     csr_path = Path(csr_path)
     csr = _load_csr(csr_path)
     ident, hosts = describe_csr(csr_path)
     ca_cert, ca_key = _load_ca(ca_dir)
+    fp = key_fingerprint(csr.public_key())
+    earlier = [c for c in issuance_record(ca_dir) if c.key_sha256 == fp]
+    for c in earlier:
+        if c.revoked_at is not None:
+            raise ConfigError(
+                f"this key's certificate (serial {c.serial:x}) was revoked on "
+                f"{c.revoked_at.date()}: the site must generate new keys (fedgov provision csr)",
+                where=f"{csr_path}: {ident.name}")
+    if earlier and not again:
+        c = earlier[-1]
+        raise ConfigError(
+            f"this key was already certified for {c.role} '{c.name}' (serial {c.serial:x}, "
+            f"issued {c.issued_at.date()}, valid until {c.not_after.date()}); "
+            "pass --again to issue another certificate for it, or renew that one",
+            where=f"{csr_path}: {ident.name}")
+    out = Path(out_path) if out_path is not None else csr_path.with_suffix(".crt")
+    ca_copy = out.with_name("ca.crt")
+    ca_pem = _cert_pem(ca_cert)
+    if ca_copy.exists() and ca_copy.read_bytes() != ca_pem:
+        raise ConfigError("a different ca.crt is already here; refusing to overwrite it",
+                          where=str(ca_copy))
     try:
         host_sans = _parse_hosts(hosts, ident.role, ident.name)
-        cert = _build_leaf(ca_cert, ca_key, csr.public_key(), ident.name, ident.role,
-                           host_sans, ident.department, days, None)
+        days = default_days(ident.role) if days is None else days
+        if days < 1:
+            raise ConfigError("days must be >= 1", where=ident.name)
+        cert = issue_leaf(
+            ca_dir, ca_cert, ca_key, csr.public_key(), ident.name, ident.role, host_sans,
+            ident.department, days, None, source="csr",
+            csr_sha256=hashlib.sha256(csr.public_bytes(serialization.Encoding.DER)).hexdigest())
     except ConfigError as exc:
         raise ConfigError(exc.message, where=f"{csr_path}: {ident.name}") from None
-    out = Path(out_path) if out_path is not None else csr_path.with_suffix(".crt")
+    _write_public(out, _cert_pem(cert))
+    if not ca_copy.exists():
+        _write_public(ca_copy, ca_pem)
+    return out
+
+
+def renew_certificate(ca_dir: Path, cert_path: Path, out_path: Path | None = None, *,
+                      days: int | None = None) -> Path:
+    """Re-certify the key of an existing certificate of this CA with a fresh validity period.
+
+    The old certificate may have expired, but must have been issued by this
+    CA and must not be revoked (a revoked key is never re-certified). Name,
+    role, department and hosts are copied; the new certificate replaces
+    ``cert_path`` (or goes to ``out_path``) and is recorded with source
+    ``renew``. The key does not change: to replace keys, issue new ones and
+    revoke the old certificates (rotation).
+    """
+    cert_path = Path(cert_path)
+    old = load_certificate(cert_path)
+    ca_cert, ca_key = _load_ca(ca_dir)
+    try:
+        old.verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        raise UntrustedCertificate("not issued by this CA; cannot renew it",
+                                   where=str(cert_path)) from None
+    ident = identity_from_cert(old)
+    for c in issuance_record(ca_dir):
+        if c.serial == old.serial_number and c.revoked_at is not None:
+            raise RevokedCertificate(f"serial {c.serial:x} was revoked; issue new keys instead",
+                                     where=str(cert_path))
+    days = default_days(ident.role) if days is None else days
+    if days < 1:
+        raise ConfigError("days must be >= 1", where=ident.name)
+    cert = issue_leaf(ca_dir, ca_cert, ca_key, old.public_key(), ident.name, ident.role,
+                      _parse_hosts(cert_hosts(old), ident.role, ident.name), ident.department,
+                      days, None, source="renew")
+    out = Path(out_path) if out_path is not None else cert_path
     _write_public(out, _cert_pem(cert))
     return out
 
 
-def finish_kit(kit_dir: Path) -> None:
-    """Site side, after the signed certificates and ``ca.crt`` are copied into ``kit_dir``.
-
-    Checks ``tls.crt`` (and for nodes ``signing.crt``) chain to ``ca.crt``,
-    are currently valid, match the local private keys and name the same
-    identity; for nodes then writes ``sealing.bundle``. Raises ConfigError or
-    CertificateError naming the offending file.
-    """
-    from fedgov.crypto import keys as _keys
-
-    kit_dir = Path(kit_dir)
-    ca_cert = load_ca_cert(kit_dir / "ca.crt")
-    tls_ident = _check_pair(kit_dir, "tls", ca_cert)
-    if tls_ident.role == "node":
-        sig_ident = _check_pair(kit_dir, "signing", ca_cert)
-        if sig_ident != tls_ident:
-            raise CertificateError(f"signing.crt names {sig_ident}, tls.crt names {tls_ident}",
-                                   where=str(kit_dir))
-        if (kit_dir / "sealing.bundle").exists():
-            (kit_dir / "sealing.bundle").unlink()
-        _keys.write_bundle(kit_dir)
-
-
-def _check_pair(kit_dir: Path, stem: str, ca_cert: x509.Certificate) -> Identity:
-    cert = load_certificate(kit_dir / f"{stem}.crt")
-    key = load_private_key(kit_dir / f"{stem}.key")
-    if _public_der(cert.public_key()) != _public_der(key):
-        raise CertificateError(f"{stem}.crt does not match the local {stem}.key",
-                               where=str(kit_dir))
-    ident = verify_certificate(cert, ca_cert)
-    want = ENVELOPE_SIGNING_EKU if stem == "signing" else ExtendedKeyUsageOID.CLIENT_AUTH
-    if want not in _ekus(cert):
-        raise CertificateError(f"{stem}.crt lacks the expected extended key usage",
-                               where=str(kit_dir))
-    return ident
+def ekus(cert: x509.Certificate) -> list[x509.ObjectIdentifier]:
+    """The certificate's extended key usages (empty if it has none)."""
+    return _ekus(cert)
 
 
 def _ekus(cert: x509.Certificate) -> list[x509.ObjectIdentifier]:
@@ -657,19 +881,27 @@ def _ekus(cert: x509.Certificate) -> list[x509.ObjectIdentifier]:
         return []
 
 
+def public_der(key: object) -> bytes:
+    """SubjectPublicKeyInfo DER of a public key, or of a private key's public half."""
+    return _public_der(key)
+
+
 # --------------------------------------------------------------------------- verification
 
 
 def verify_certificate(cert: x509.Certificate, ca_cert: x509.Certificate, *,
-                       now: datetime | None = None) -> Identity:
+                       now: datetime | None = None,
+                       revocations: RevocationCheck | None = None) -> Identity:
     """Verify a leaf against the federation CA and return its identity.
 
     Guarantees on return: ``cert`` was signed by ``ca_cert``'s key with a
     matching issuer name, it is not a CA, both it and the CA are valid at
-    ``now`` (default: current UTC time) and it carries a well-formed identity.
-    Does not check revocation (there is no CRL; rotate the CA to revoke) or
-    key usage; callers that need a specific purpose check the EKU.
-    Raises UntrustedCertificate / MalformedCertificate / ExpiredCertificate.
+    ``now`` (default: current UTC time), it carries a well-formed identity and,
+    when ``revocations`` is given (a verified CRL of this CA, see
+    :mod:`fedgov.crypto.revocation`), it is not revoked. Does not check key
+    usage; callers that need a specific purpose check the EKU.
+    Raises UntrustedCertificate / MalformedCertificate / ExpiredCertificate /
+    RevokedCertificate.
     """
     now = now if now is not None else datetime.now(_dt.UTC)
     if now.tzinfo is None:
@@ -691,4 +923,6 @@ def verify_certificate(cert: x509.Certificate, ca_cert: x509.Certificate, *,
                 f"{what} is not valid until {c.not_valid_before_utc.isoformat()}")
         if now > c.not_valid_after_utc:
             raise ExpiredCertificate(f"{what} expired on {c.not_valid_after_utc.isoformat()}")
+    if revocations is not None:
+        revocations.check(cert)
     return ident

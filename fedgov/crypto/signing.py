@@ -22,7 +22,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from fedgov.crypto.pki import Identity, verify_certificate
+from fedgov.crypto.pki import Identity, RevocationCheck, verify_certificate
 from fedgov.errors import CryptoError
 
 MANIFEST_DOMAIN = b"fedgov/v1 manifest\x00"
@@ -45,13 +45,26 @@ def _sign(key_pem: bytes, data: bytes) -> bytes:
     raise BadSignature(f"unsupported signing key type {type(key).__name__}")
 
 
-def _verify(cert_pem: bytes, ca_cert: x509.Certificate, data: bytes, signature: bytes, what: str) -> Identity:
+def _verify(
+    cert_pem: bytes,
+    ca_cert: x509.Certificate,
+    data: bytes,
+    signature: bytes,
+    what: str,
+    revocations: RevocationCheck | None = None,
+) -> Identity:
     try:
         cert = x509.load_pem_x509_certificate(cert_pem)
     except ValueError:
         raise BadSignature(f"{what}: signer certificate is not valid PEM") from None
-    identity = verify_certificate(cert, ca_cert)
-    pub = cert.public_key()
+    identity = verify_certificate(cert, ca_cert, revocations=revocations)
+    if not _signature_holds(cert.public_key(), signature, data, what):
+        raise BadSignature(f"{what}: signature by '{identity.name}' does not verify (altered after signing?)")
+    return identity
+
+
+def _signature_holds(pub: object, signature: bytes, data: bytes, what: str) -> bool:
+    """Whether ``signature`` is ``pub``'s ECDSA-SHA256 or Ed25519 signature over ``data``."""
     try:
         if isinstance(pub, ec.EllipticCurvePublicKey):
             pub.verify(signature, data, ec.ECDSA(hashes.SHA256()))
@@ -60,10 +73,8 @@ def _verify(cert_pem: bytes, ca_cert: x509.Certificate, data: bytes, signature: 
         else:
             raise BadSignature(f"{what}: unsupported key type {type(pub).__name__}")
     except InvalidSignature:
-        raise BadSignature(
-            f"{what}: signature by '{identity.name}' does not verify (altered after signing?)"
-        ) from None
-    return identity
+        return False
+    return True
 
 
 def sign_manifest(key_pem: bytes, text: str) -> bytes:
@@ -71,9 +82,22 @@ def sign_manifest(key_pem: bytes, text: str) -> bytes:
     return _sign(key_pem, MANIFEST_DOMAIN + text.encode("utf-8"))
 
 
-def verify_manifest(cert_pem: bytes, ca_cert: x509.Certificate, text: str, signature: bytes) -> Identity:
-    """Signer identity if the certificate chains to the CA and the signature holds."""
-    return _verify(cert_pem, ca_cert, MANIFEST_DOMAIN + text.encode("utf-8"), signature, "manifest")
+def verify_manifest(
+    cert_pem: bytes,
+    ca_cert: x509.Certificate,
+    text: str,
+    signature: bytes,
+    *,
+    revocations: RevocationCheck | None = None,
+) -> Identity:
+    """Signer identity if the certificate chains to the CA (and is not revoked) and the signature holds.
+
+    Raises BadSignature (altered text, another signer's signature) or a
+    CertificateError (foreign CA, expired, revoked).
+    """
+    return _verify(
+        cert_pem, ca_cert, MANIFEST_DOMAIN + text.encode("utf-8"), signature, "manifest", revocations
+    )
 
 
 def _approval_bytes(job_id: str, manifest_digest: str, approve: bool, reason: str) -> bytes:
@@ -98,8 +122,19 @@ def verify_approval(
     approve: bool,
     reason: str,
     signature: bytes,
+    *,
+    revocations: RevocationCheck | None = None,
 ) -> Identity:
-    """Approver identity if the signed decision covers exactly this job and manifest."""
+    """Approver identity if the signed decision covers exactly this job, manifest, decision and reason.
+
+    Raises BadSignature when any of them differs from what was signed, or a
+    CertificateError for a foreign, expired or revoked approver certificate.
+    """
     return _verify(
-        cert_pem, ca_cert, _approval_bytes(job_id, manifest_digest, approve, reason), signature, "approval"
+        cert_pem,
+        ca_cert,
+        _approval_bytes(job_id, manifest_digest, approve, reason),
+        signature,
+        "approval",
+        revocations,
     )

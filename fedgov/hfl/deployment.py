@@ -62,7 +62,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from fedgov.crypto import pki
+from fedgov.crypto import kits, pki
 from fedgov.errors import ConfigError, JobFailed, TransportError
 from fedgov.hfl import secure_agg
 from fedgov.hfl._superlink import listen_addresses
@@ -279,7 +279,7 @@ class Deployment:
             pki.create_ca(ca, "fedgov hfl job")
         if not (self.pki_dir / "superlink" / "tls.crt").exists():
             hosts = tuple(dict.fromkeys(("localhost", "127.0.0.1", self.advertise)))
-            pki.issue_kit(ca, self.pki_dir / "superlink", "superlink", "coordinator", hosts=hosts)
+            kits.issue_kit(ca, self.pki_dir / "superlink", "superlink", "coordinator", hosts=hosts)
 
     @property
     def ca_cert(self) -> Path:
@@ -291,7 +291,7 @@ class Deployment:
         """Issue (once) a node TLS kit for ``name`` under ``pki/<name>``; return its directory."""
         kit = self.pki_dir / name
         if not (kit / "tls.crt").exists():
-            pki.issue_kit(self.pki_dir / "ca", kit, name, "node", department=name)
+            kits.issue_kit(self.pki_dir / "ca", kit, name, "node", department=name)
         return kit
 
     # ---- environment

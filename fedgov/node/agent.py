@@ -8,6 +8,13 @@ Guarantees:
   one that was approved (same digest);
 - manual approval counts distinct approvers of *this* department whose signed
   decisions verify;
+- identity lifecycle (h13b): the node checks its own kit before it dials
+  (expired, not yet valid, key mismatch, foreign CA, revoked: it exits with the
+  reason); a manifest runs here at most once, inside its validity window
+  (replay-proof); signers, approvers and peers are checked against the CA's
+  revocation list, refreshed every ``crl_refresh_seconds``; each job gets a
+  fresh sealing key, erased when the job ends; results are sealed to the
+  requester's per-job key, so the coordinator relays only their sizes;
 - every payload that leaves the node (relay envelope digests and sizes,
   result JSON, decisions) is appended to the local hash-chained audit log;
 - when the coordinator goes away the node reconnects with jittered backoff.
@@ -16,9 +23,11 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import random
+import secrets
 import threading
 import time
 from collections.abc import Sequence
@@ -30,11 +39,15 @@ import pyarrow.csv as pacsv
 from cryptography import x509
 
 from fedgov import __version__
-from fedgov.crypto.keys import NodeKeys
+from fedgov.crypto.envelope import Header, seal
+from fedgov.crypto.keys import JobKey, NodeKeys, result_recipient
+from fedgov.crypto.kits import KitError, check_kit
+from fedgov.crypto.pki import RevokedCertificate, identity_from_cert
+from fedgov.crypto.revocation import Revocations
 from fedgov.crypto.signing import verify_approval, verify_manifest
 from fedgov.datasources import read_dataset
 from fedgov.errors import FedgovError
-from fedgov.manifest import Manifest, manifest_digest, parse_manifest
+from fedgov.manifest import Manifest, check_fresh, manifest_digest, parse_manifest
 from fedgov.node.channel import JobChannel, PeerDirectory
 from fedgov.node.config import NodeConfig
 from fedgov.node.context import default_public_facts
@@ -44,6 +57,7 @@ from fedgov.node.store import NodeStore
 from fedgov.node.witness import NodeWitness, WitnessError
 from fedgov.params import check_parameters, disclosure_refusals
 from fedgov.policy import Decision
+from fedgov.privatefs import private_dir, private_umask
 from fedgov.transport.rpc import describe, with_retry
 from fedgov.transport.tls import TlsMaterial, secure_channel
 from fedgov.v1 import (
@@ -58,10 +72,19 @@ from fedgov.v1 import (
 
 log = logging.getLogger("fedgov.node")
 
+#: How long a node keeps retrying a registration refused because another process
+#: holds its identity (covers a restart right after a crash) before it exits.
+DUPLICATE_PATIENCE = 10.0
+
+
+class DuplicateIdentity(FedgovError):
+    """Another live process holds this node's identity at the coordinator."""
+
 
 class NodeAgent:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
+        private_umask()  # node.db, outputs/*, caches: 0600 files in 0700 directories
         self.material = TlsMaterial.from_kit(config.kit)
         ident = self.material.identity
         if ident.role != "node" or ident.name != config.name:
@@ -69,16 +92,33 @@ class NodeAgent:
                 f"kit certificate is '{ident.name}' ({ident.role}), expected node '{config.name}'",
                 where=str(config.kit),
             )
-        self.keys = NodeKeys.load(config.kit)
         self.ca_cert = x509.load_pem_x509_certificate(self.material.ca)
+        private_dir(config.state_dir)
+        self.revocations = Revocations(
+            self.ca_cert, store=config.state_dir / "crl.der", sources=(config.kit / "crl.pem",)
+        )
+        self._check_own_kit()
+        self.keys = NodeKeys.load(config.kit)
+        #: random per process: the coordinator refuses a second live process with this identity
+        self.session = secrets.token_hex(16)
+        self._crl_due = 0.0
         self.store = NodeStore(config.state_dir)
         self.stop = threading.Event()
         self._running: dict[str, threading.Event] = {}
         self._evaluated: set[str] = set()
 
+    def _check_own_kit(self) -> None:
+        """Exit (FedgovError) before dialling if this node's own kit cannot work; log expiry warnings."""
+        try:
+            status = check_kit(self.config.kit, name=self.config.name, role="node", revocations=self.revocations)
+        except KitError as exc:
+            raise FedgovError(f"cannot start: {exc}") from None
+        for warning in status.warnings:
+            log.warning("kit: %s", warning)
+
     # -- connection ----------------------------------------------------------
     def _connect(self) -> grpc.Channel:
-        channel = secure_channel(self.material, self.config.coordinator)
+        channel = secure_channel(self.material, self.config.coordinator, session=self.session)
         self.registry = registry_pb2_grpc.RegistryStub(channel)
         self.jobs = jobs_pb2_grpc.JobsStub(channel)
         self.relay = relay_pb2_grpc.RelayStub(channel)
@@ -92,11 +132,74 @@ class NodeAgent:
         )
         return channel
 
-    def _register(self) -> None:
-        self.registry.Register(
-            registry_pb2.RegisterRequest(software_version=__version__, key_bundle=self.keys.bundle()),
-            timeout=10,
+    def _register_identity(self) -> None:
+        """Register this process; give up (DuplicateIdentity / FedgovError) when the coordinator refuses it.
+
+        Refused because another live process holds the identity: retried for
+        :data:`DUPLICATE_PATIENCE` seconds (the other may be this node's
+        previous process, just killed), then fatal. Refused because the
+        certificate is revoked or unacceptable: fatal at once.
+        """
+        deadline: float | None = None
+        while True:
+            try:
+                self.registry.Register(
+                    registry_pb2.RegisterRequest(software_version=__version__, key_bundle=self.keys.bundle()),
+                    timeout=10,
+                )
+                return
+            except grpc.RpcError as exc:
+                code = exc.code()
+                if code == grpc.StatusCode.UNAUTHENTICATED:
+                    raise FedgovError(f"the coordinator refuses this node: {exc.details()}") from None
+                if code not in (grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.FAILED_PRECONDITION):
+                    raise
+                if code == grpc.StatusCode.FAILED_PRECONDITION:
+                    raise FedgovError(f"registration refused: {exc.details()}") from None
+                if deadline is None:
+                    deadline = time.monotonic() + DUPLICATE_PATIENCE
+                    log.warning("registration refused: %s (retrying for %.0f s)", exc.details(), DUPLICATE_PATIENCE)
+                if time.monotonic() >= deadline or self.stop.is_set():
+                    raise DuplicateIdentity(f"registration refused: {exc.details()}") from None
+                self.stop.wait(1.0)
+
+    def _refresh_revocations(self) -> None:
+        """Fetch the CA's revocation list from the coordinator every ``crl_refresh_seconds``.
+
+        A list adopted here takes effect at once for every later signer,
+        approver, bundle and envelope check. An invalid list raises an alarm
+        in the log; an older or the same list is ignored. When the list revokes
+        this node's own certificate, the node stops.
+        """
+        now = time.monotonic()
+        if now < self._crl_due:
+            return
+        self._crl_due = now + self.config.crl_refresh_seconds
+        reply = self.registry.GetRevocations(
+            registry_pb2.GetRevocationsRequest(have_number=self.revocations.number), timeout=10
         )
+        if reply.crl_der:
+            try:
+                if self.revocations.update(reply.crl_der, where="revocation list from the coordinator"):
+                    cur = self.revocations.current
+                    assert cur is not None
+                    log.info("revocation list #%d applied: %d certificate(s) revoked", cur.number, len(cur.revoked))
+                    self.store.audit("-", "revocation-list", number=cur.number, revoked=len(cur.revoked))
+            except FedgovError as exc:
+                log.error("ALARM: the coordinator served an invalid revocation list: %s", exc)
+        cur = self.revocations.current
+        if cur is not None and cur.stale():
+            log.warning("revocation list #%d is past its next update (%s): ask the admin for a new one",
+                        cur.number, cur.next_update)
+        try:
+            self.revocations.check(x509.load_pem_x509_certificate(self.material.cert))
+            self.revocations.check(self.keys.signing_cert)
+        except RevokedCertificate as exc:
+            log.error("ALARM: this node's own %s; stopping", exc.message)
+            self.stop.set()
+
+    def _register(self) -> None:
+        self._register_identity()
         tables = {ds.name: self._read(ds.name, None) for ds in self.config.datasets.values()}
         scores = quality_scores(self.config, tables=tables)
         datasets = []
@@ -155,6 +258,7 @@ class NodeAgent:
                 log.error("ALARM: %s; this node refuses all tasks until an operator investigates", exc)
                 self.stop.wait(5.0)
                 continue
+            self._refresh_revocations()
             wait = 1.0 if self.store.pending() else 5.0
             reply = self.jobs.PollTasks(jobs_pb2.PollTasksRequest(wait_seconds=wait), timeout=wait + 10)
             for task in reply.tasks:
@@ -177,11 +281,16 @@ class NodeAgent:
     def _check_task(self, task: jobs_pb2.Task) -> tuple[Manifest, Decision]:
         """Verify the analyst's signature and evaluate this node's policy."""
         signer = verify_manifest(
-            task.requester_cert_pem, self.ca_cert, task.manifest_toml, task.manifest_signature
+            task.requester_cert_pem,
+            self.ca_cert,
+            task.manifest_toml,
+            task.manifest_signature,
+            revocations=self.revocations,
         )
         if signer.role not in ("analyst", "admin"):
             raise FedgovError(f"requester '{signer.name}' has role '{signer.role}', not analyst")
         manifest = parse_manifest(task.manifest_toml)
+        self._check_replay(task.job_id, manifest)
         check_parameters(manifest.kind, manifest.parameters)
         if manifest.requester is not None and manifest.requester != signer.name:
             raise FedgovError(
@@ -231,6 +340,17 @@ class NodeAgent:
                 return manifest, Decision(False, tuple(str(r) for r in refusals))
         return manifest, decision
 
+    def _check_replay(self, job_id: str, manifest: Manifest) -> None:
+        """A signed manifest runs here once, for one job, inside its validity window (else FedgovError)."""
+        check_fresh(manifest)
+        assert manifest.nonce is not None and manifest.not_after is not None
+        owner = self.store.claim_manifest(manifest.digest, job_id, manifest.nonce, manifest.not_after.timestamp())
+        if owner != job_id:
+            raise FedgovError(
+                f"manifest {manifest.digest[:12]} was already taken by job {owner} here: "
+                "refusing a replayed signed manifest"
+            )
+
     def _decide(self, job_id: str, approve: bool, reason: str, approvers: list[str], digest: str) -> None:
         if approve:
             self.store.mark_approved(job_id, digest)
@@ -279,7 +399,14 @@ class NodeAgent:
             for name, approve, reason, cert_pem, sig in self.store.approvals(pending.job_id):
                 try:
                     ident = verify_approval(
-                        cert_pem, self.ca_cert, pending.job_id, manifest.digest, approve, reason, sig
+                        cert_pem,
+                        self.ca_cert,
+                        pending.job_id,
+                        manifest.digest,
+                        approve,
+                        reason,
+                        sig,
+                        revocations=self.revocations,
                     )
                 except FedgovError as exc:
                     log.warning("ignoring approval of %s by %s: %s", pending.job_id, name, exc)
@@ -342,29 +469,73 @@ class NodeAgent:
             target=self._run_job, args=(task, abort), name=f"job-{task.job_id}", daemon=True
         ).start()
 
+    def _seal_result(self, job_id: str, manifest: Manifest, requester: str, result: dict | None) -> bytes:
+        """``result`` as JSON sealed to the requester's per-job key (manifest ``result_key``), signed by this node.
+
+        A fedgov envelope (job, step ``result``, this node -> requester, seq 0):
+        only the requester's private key opens it; whoever relays it learns its
+        size. Raises FedgovError if the manifest names no result key.
+        """
+        if manifest.result_key is None:
+            raise FedgovError("manifest has no result_key to seal the result to")
+        header = Header(job_id=job_id, step="result", sender=self.config.name, recipient=requester, seq=0)
+        plain = json.dumps(result if result is not None else {}, sort_keys=True).encode("utf-8")
+        return seal(header, plain, self.keys, result_recipient(requester, manifest.result_key))
+
     def _report(
-        self, job_id: str, ok: bool, result: dict | None, error: str, public: dict | None = None
+        self,
+        job_id: str,
+        ok: bool,
+        result: dict | None,
+        error: str,
+        public: dict | None = None,
+        sealed: bytes = b"",
     ) -> None:
-        result_json = json.dumps(result, sort_keys=True) if result is not None else ""
         public_json = json.dumps(public, sort_keys=True) if public else ""
-        self.store.audit(job_id, "report", ok=ok, result=result, error=error, public=public or {})
+        self.store.audit(
+            job_id,
+            "report",
+            ok=ok,
+            result=result,
+            error=error,
+            public=public or {},
+            sealed_bytes=len(sealed),
+            sealed_sha256=hashlib.sha256(sealed).hexdigest() if sealed else "",
+        )
         with_retry(
             lambda: self.jobs.Report(
                 jobs_pb2.TaskReport(
-                    job_id=job_id, ok=ok, result_json=result_json, error=error, public_json=public_json
+                    job_id=job_id, ok=ok, error=error, public_json=public_json, sealed_result=sealed
                 ),
                 timeout=30,
             )
         )
 
+    def _start_job_key(self, job_id: str) -> JobKey:
+        """A fresh sealing key for this job, published (signed) through the coordinator."""
+        job_key = JobKey(self.config.name, job_id)
+        statement = job_key.statement(self.keys)
+        with_retry(
+            lambda: self.registry.PublishJobKey(
+                registry_pb2.JobKey(job_id=job_id, node=self.config.name, statement=statement), timeout=10
+            )
+        )
+        self.store.audit(job_id, "job-key", sha256=hashlib.sha256(job_key.public_bytes).hexdigest())
+        return job_key
+
     def _run_job(self, task: jobs_pb2.Task, abort: threading.Event) -> None:
         job_id = task.job_id
+        job_key: JobKey | None = None
         try:
             manifest, decision = self._check_task(task)
             if not decision.allowed:
                 raise FedgovError("; ".join(decision.reasons))
             if self.store.approved_digest(job_id) != manifest.digest:
                 raise FedgovError("the manifest to run is not the one this node approved")
+            if not self.store.claim_run(job_id):
+                raise FedgovError(f"job {job_id} already ran here: refusing to run it twice")
+            requester = identity_from_cert(x509.load_pem_x509_certificate(task.requester_cert_pem)).name
+            job_key = self._start_job_key(job_id)
             me = manifest.participant(self.config.name)
             fields = list(me.fields)
 
@@ -393,9 +564,10 @@ class NodeAgent:
             def save_output(name: str, table: pa.Table) -> str:
                 return str(self.save_output(job_id, name, table))
 
-            channel = JobChannel(
-                job_id, self.keys, self.relay, PeerDirectory(self.registry, self.ca_cert), self.store, abort
+            peers = PeerDirectory(
+                self.registry, self.ca_cert, self.revocations, self.store, job_id=job_id, abort=abort
             )
+            channel = JobChannel(job_id, self.keys, self.relay, peers, self.store, abort, job_key=job_key)
             ctx = TaskContext(
                 job_id=job_id,
                 me=self.config.name,
@@ -418,7 +590,10 @@ class NodeAgent:
             started = time.monotonic()
             result = HANDLERS[manifest.kind](ctx)
             log.info("job %s: my part done in %.2f s", job_id, time.monotonic() - started)
-            self._report(job_id, True, result, "", ctx.public or default_public_facts(result))
+            if job_key is not None:
+                job_key.erase()  # recorded envelopes of this job can no longer be opened by anyone
+            sealed = self._seal_result(job_id, manifest, requester, result)
+            self._report(job_id, True, result, "", ctx.public or default_public_facts(result), sealed)
         except FedgovError as exc:
             log.warning("job %s failed here: %s", job_id, exc)
             if not abort.is_set():
@@ -429,4 +604,6 @@ class NodeAgent:
             with contextlib.suppress(FedgovError):
                 self._report(job_id, False, None, f"internal error: {type(exc).__name__}: {exc}")
         finally:
+            if job_key is not None:
+                job_key.erase()
             self._running.pop(job_id, None)

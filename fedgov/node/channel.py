@@ -6,6 +6,14 @@ fetches the addressed envelope, checks it (signature, recipient, sequence)
 and returns the plaintext. Peers' keys come from the coordinator but are
 verified against the federation CA here, so the coordinator cannot slip in
 its own key.
+
+Identity lifecycle (h13b): payloads are sealed to the recipient's **per-job**
+key (:class:`fedgov.crypto.keys.JobKey`, signed by its long-term key, erased
+when the job ends), so recorded traffic stays closed to whoever later takes a
+node's long-term keys. :class:`PeerDirectory` refuses a peer whose bundle is
+revoked or older than one this node has seen, and re-checks revocation on
+every lookup, so a peer revoked mid-job is refused from the next refresh of
+the revocation list on.
 """
 
 from __future__ import annotations
@@ -26,7 +34,8 @@ from fedgov.crypto.envelope import (
     peek_header,
     seal,
 )
-from fedgov.crypto.keys import NodeKeys, PeerKeys, verify_bundle
+from fedgov.crypto.keys import JobKey, NodeKeys, PeerKeys, verify_bundle, verify_job_key
+from fedgov.crypto.pki import RevocationCheck
 from fedgov.errors import FedgovError, JobFailed
 from fedgov.node.store import NodeStore
 from fedgov.transport.chunks import relay_chunks
@@ -35,20 +44,74 @@ from fedgov.v1 import registry_pb2, registry_pb2_grpc, relay_pb2, relay_pb2_grpc
 
 
 class PeerDirectory:
-    """Verified peer key bundles, fetched once per job."""
+    """Verified peer keys: long-term bundles and (with ``job_id``) per-job keys, fetched once per job.
 
-    def __init__(self, registry: registry_pb2_grpc.RegistryStub, ca_cert: x509.Certificate) -> None:
+    Guarantees for every key returned: the bundle verified against the
+    federation CA for that name; it is not revoked by ``revocations`` *now*
+    (checked on every lookup, not only the first); its serial is not below the
+    highest serial ``store`` has seen for that peer; a per-job key is signed by
+    that bundle's key for this job.
+    """
+
+    def __init__(
+        self,
+        registry: registry_pb2_grpc.RegistryStub,
+        ca_cert: x509.Certificate,
+        revocations: RevocationCheck | None = None,
+        store: NodeStore | None = None,
+        *,
+        job_id: str | None = None,
+        abort: threading.Event | None = None,
+    ) -> None:
         self._registry = registry
         self._ca = ca_cert
+        self._revocations = revocations
+        self._store = store
+        self._job_id = job_id
+        self._abort = abort
         self._cache: dict[str, PeerKeys] = {}
+        self._job_keys: dict[str, PeerKeys] = {}
 
     def __call__(self, name: str) -> PeerKeys:
         if name not in self._cache:
             reply = with_retry(
                 lambda: self._registry.GetKeyBundle(registry_pb2.GetKeyBundleRequest(node=name))
             )
-            self._cache[name] = verify_bundle(reply.bundle, self._ca, name)
-        return self._cache[name]
+            peer = verify_bundle(reply.bundle, self._ca, name, revocations=self._revocations)
+            if self._store is not None:
+                self._store.note_bundle(name, peer.bundle_serial, hashlib.sha256(reply.bundle).hexdigest())
+            self._cache[name] = peer
+        peer = self._cache[name]
+        if self._revocations is not None and peer.signing_cert is not None:
+            self._revocations.check(peer.signing_cert)
+        return peer
+
+    def job_key(self, name: str, *, timeout: float = 600.0) -> PeerKeys:
+        """``name``'s sealing key for this job (waits until the peer has published it)."""
+        if self._job_id is None:
+            raise FedgovError("this peer directory serves no job")
+        peer = self(name)  # long-term keys: verified, fresh, not revoked
+        if name not in self._job_keys:
+            deadline = time.monotonic() + timeout
+            while True:
+                if self._abort is not None and self._abort.is_set():
+                    raise JobFailed("job aborted by the coordinator", where=self._job_id)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise JobFailed(f"'{name}' published no key for this job within {timeout:.0f} s",
+                                    where=self._job_id)
+                req = registry_pb2.GetJobKeyRequest(job_id=self._job_id, node=name,
+                                                    wait_seconds=min(10.0, remaining))
+                try:
+                    reply = with_retry(lambda r=req: self._registry.GetJobKey(r, timeout=30),
+                                       stop=self._abort.is_set if self._abort else None)
+                except FedgovError as exc:
+                    if "no job key" in str(exc):
+                        continue
+                    raise
+                break
+            self._job_keys[name] = verify_job_key(reply.statement, peer, self._job_id)
+        return self._job_keys[name]
 
 
 class JobChannel:
@@ -62,9 +125,12 @@ class JobChannel:
         peers: PeerDirectory,
         store: NodeStore,
         abort: threading.Event,
+        job_key: JobKey | None = None,
     ) -> None:
         self.job_id = job_id
         self.keys = keys
+        #: this node's key for this job (envelopes to it are sealed to it); None: long-term key
+        self.job_key = job_key
         self.relay = relay
         self.peers = peers
         self.store = store
@@ -83,7 +149,8 @@ class JobChannel:
         self._check_abort()
         seq = self._next_seq[(to, step)]
         header = Header(job_id=self.job_id, step=step, sender=self.keys.name, recipient=to, seq=seq)
-        blob = seal(header, payload, self.keys, self.peers(to))
+        target = self.peers.job_key(to) if self.job_key is not None else self.peers(to)
+        blob = seal(header, payload, self.keys, target)
         with_retry(
             lambda: self.relay.Send(relay_chunks(blob, job_id=self.job_id, step=step, recipient=to, seq=seq)),
             stop=self.abort.is_set,
@@ -156,7 +223,8 @@ class JobChannel:
                 f"envelope from '{header.sender}' belongs to job {header.job_id}, not this job (replayed?)",
                 where=self.job_id,
             )
-        header, payload = open_envelope(blob, self.keys, self.peers, self.store)
+        me = self.job_key if self.job_key is not None else self.keys
+        header, payload = open_envelope(blob, me, self.peers, self.store)
         if header.step != step or header.sender != frm or header.seq != seq:
             raise MalformedEnvelope(
                 f"envelope header ({header.where()}) does not match the relay address "

@@ -8,6 +8,7 @@
     kit = "../../federation/kits/tax"
     state_dir = "../../federation/state/tax"
     policy = "policy.toml"
+    crl_refresh_seconds = 60                  # optional: how often to fetch the revocation list
 
     [[datasets]]
     name = "income"
@@ -54,6 +55,8 @@ class NodeConfig:
     #: where an aggregator's Flower SuperLink binds / the name SuperNodes dial
     hfl_listen: str = "127.0.0.1"
     hfl_advertise: str = "127.0.0.1"
+    #: how often the node fetches the CA's revocation list from the coordinator
+    crl_refresh_seconds: float = 60.0
 
     @classmethod
     def load(cls, path: Path) -> NodeConfig:
@@ -72,10 +75,15 @@ class NodeConfig:
         w = f"{where}: node"
         check_keys(
             node,
-            ("name", "coordinator", "kit", "state_dir", "policy"),
+            ("name", "coordinator", "kit", "state_dir", "policy", "crl_refresh_seconds"),
             w,
             required=("name", "coordinator", "kit", "state_dir", "policy"),
         )
+        crl_refresh = node.get("crl_refresh_seconds", 60)
+        if isinstance(crl_refresh, bool) or not isinstance(crl_refresh, int | float) or not 0.5 <= crl_refresh <= 86400:
+            raise ConfigError(
+                f"'crl_refresh_seconds' must be a number of seconds in [0.5, 86400], got {crl_refresh!r}", where=w
+            )
         base = path.parent.resolve()
         raw_ds = doc.get("datasets", [])
         if not isinstance(raw_ds, list):
@@ -112,4 +120,5 @@ class NodeConfig:
             path=path.resolve(),
             hfl_listen=hfl_listen,
             hfl_advertise=hfl_advertise,
+            crl_refresh_seconds=float(crl_refresh),
         )

@@ -6,13 +6,22 @@ that row. It records every payload the node released (envelope digest and
 size per relay message, the full JSON of every result report) and every
 decision. Replay counters persist so an envelope replayed after a node
 restart is still refused.
+
+Identity lifecycle state kept here (h13b): the digest of every manifest this
+node has taken for a job (``manifests``: a digest is taken by one job only,
+so a replayed signed manifest is refused), the jobs it has started
+(``runs``: a job runs at most once here), and the highest key-bundle serial
+seen per peer (``peer_bundles``: an older bundle is refused).
+
+Permissions: the state directory is made 0700 and ``node.db`` 0600 (SQLite
+creates its ``-wal`` / ``-shm`` files with the database file's mode), also
+when they existed before with wider modes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -20,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from fedgov.crypto.envelope import Header, check_sequence
+from fedgov.errors import CryptoError
+from fedgov.privatefs import open_private_db
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
@@ -57,7 +68,28 @@ CREATE TABLE IF NOT EXISTS approved (
     job_id TEXT PRIMARY KEY,
     manifest_digest TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS manifests (
+    digest TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    nonce TEXT NOT NULL,
+    not_after REAL NOT NULL,
+    first_seen REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    job_id TEXT PRIMARY KEY,
+    started_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS peer_bundles (
+    node TEXT PRIMARY KEY,
+    serial INTEGER NOT NULL,
+    sha256 TEXT NOT NULL
+);
 """
+
+
+class SupersededBundle(CryptoError):
+    """A peer's key bundle is older than one this node has already seen (or conflicts with it)."""
+
 
 GENESIS = "0" * 64
 
@@ -74,10 +106,7 @@ class PendingJob:
 
 class NodeStore:
     def __init__(self, state_dir: Path) -> None:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(
-            str(state_dir / "node.db"), check_same_thread=False, isolation_level=None, timeout=30
-        )
+        self._db = open_private_db(Path(state_dir) / "node.db")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
@@ -209,3 +238,65 @@ class NodeStore:
                 "SELECT manifest_digest FROM approved WHERE job_id=?", (job_id,)
             ).fetchone()
         return row[0] if row else None
+
+    # -- identity lifecycle (replay-proof manifests, single runs, bundle freshness) --
+    def claim_manifest(self, digest: str, job_id: str, nonce: str, not_after: float) -> str:
+        """Record that ``digest`` is job ``job_id``'s manifest; return the job that owns it.
+
+        The first job to claim a digest owns it for good (the row outlives the
+        manifest's window by a day, after which the window alone refuses it);
+        a different returned job id means the manifest is being replayed.
+        """
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM manifests WHERE not_after < ?", (now - 86400,))
+                self._db.execute(
+                    "INSERT OR IGNORE INTO manifests(digest, job_id, nonce, not_after, first_seen) "
+                    "VALUES (?,?,?,?,?)",
+                    (digest, job_id, nonce, not_after, now),
+                )
+                row = self._db.execute("SELECT job_id FROM manifests WHERE digest=?", (digest,)).fetchone()
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return str(row[0])
+
+    def claim_run(self, job_id: str) -> bool:
+        """True the first time ``job_id`` starts here; False if it already ran (or runs)."""
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO runs(job_id, started_at) VALUES (?,?)", (job_id, time.time())
+            )
+            return cur.rowcount == 1
+
+    def note_bundle(self, node: str, serial: int, bundle_sha256: str) -> None:
+        """Remember ``node``'s bundle serial; raise SupersededBundle if an older one is offered.
+
+        A higher serial replaces the stored one (the peer rotated or renewed
+        its keys); the same serial must come with the same bundle bytes.
+        """
+        with self._lock:
+            row = self._db.execute("SELECT serial, sha256 FROM peer_bundles WHERE node=?", (node,)).fetchone()
+            if row is not None:
+                seen, digest = int(row[0]), str(row[1])
+                if serial < seen:
+                    raise SupersededBundle(
+                        f"the coordinator served a superseded key bundle of {node} (serial {serial} "
+                        f"is older than serial {seen} seen before)",
+                        where=f"key bundle of {node}",
+                    )
+                if serial == seen and digest != bundle_sha256:
+                    raise SupersededBundle(
+                        f"two different key bundles of {node} carry serial {serial}",
+                        where=f"key bundle of {node}",
+                    )
+                if serial == seen:
+                    return
+            self._db.execute(
+                "INSERT INTO peer_bundles(node, serial, sha256) VALUES (?,?,?) "
+                "ON CONFLICT(node) DO UPDATE SET serial=excluded.serial, sha256=excluded.sha256",
+                (node, serial, bundle_sha256),
+            )

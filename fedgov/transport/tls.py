@@ -5,10 +5,15 @@ Guarantees:
   (``require_client_auth=True``); a peer without one, or with one from another
   CA, fails the TLS handshake before any RPC runs;
 - TLS 1.3 is what grpcio clients negotiate. grpcio's Python server cannot
-  refuse TLS 1.2, so 1.2 is limited to forward-secret AEAD suites through
-  ``GRPC_SSL_CIPHER_SUITES`` (set here before any credentials are created);
+  refuse TLS 1.2 in the handshake, so 1.2 is limited to forward-secret AEAD
+  suites through ``GRPC_SSL_CIPHER_SUITES`` (set in ``fedgov/__init__.py``
+  before any credentials are created), and the coordinator's gate refuses
+  every RPC that arrives over anything but TLS 1.3 (:func:`tls_version`);
 - identity is the certificate subject (see :mod:`fedgov.crypto.pki`), never a
-  request field.
+  request field;
+- grpcio's server cannot consult a revocation list during the handshake
+  either: revocation is checked on every RPC by the coordinator's gate
+  (``fedgov.coordinator.gate``), against :func:`peer_certificate`.
 """
 
 from __future__ import annotations
@@ -81,14 +86,63 @@ def server_credentials(material: TlsMaterial) -> grpc.ServerCredentials:
     )
 
 
-def secure_channel(material: TlsMaterial, target: str) -> grpc.Channel:
-    """A mutual-TLS channel to ``target`` (``host:port``)."""
+#: Metadata key a node process sends on every call: its random per-process session id,
+#: so the coordinator can tell a second process with the same identity from the first.
+SESSION_METADATA = "fedgov-session"
+
+
+def secure_channel(material: TlsMaterial, target: str, *, session: str | None = None) -> grpc.Channel:
+    """A mutual-TLS channel to ``target`` (``host:port``).
+
+    With ``session``, every call carries it as ``fedgov-session`` metadata
+    (node processes do; see ``fedgov.coordinator.gate``).
+    """
     creds = grpc.ssl_channel_credentials(
         root_certificates=material.ca,
         private_key=material.key,
         certificate_chain=material.cert,
     )
-    return grpc.secure_channel(target, creds, options=GRPC_OPTIONS)
+    channel = grpc.secure_channel(target, creds, options=GRPC_OPTIONS)
+    if session:
+        channel = grpc.intercept_channel(channel, _MetadataInterceptor(((SESSION_METADATA, session),)))
+    return channel
+
+
+class _Details(grpc.ClientCallDetails):  # type: ignore[misc]
+    def __init__(self, base: grpc.ClientCallDetails, metadata: list[tuple[str, str]]) -> None:
+        self.method = base.method
+        self.timeout = base.timeout
+        self.metadata = metadata
+        self.credentials = base.credentials
+        self.wait_for_ready = getattr(base, "wait_for_ready", None)
+        self.compression = getattr(base, "compression", None)
+
+
+class _MetadataInterceptor(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds fixed metadata to every call of a channel."""
+
+    def __init__(self, extra: tuple[tuple[str, str], ...]) -> None:
+        self._extra = extra
+
+    def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        return _Details(details, [*(details.metadata or ()), *self._extra])
+
+    def intercept_unary_unary(self, continuation, details, request):  # noqa: ANN001, ANN201
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):  # noqa: ANN001, ANN201
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation, details, request_iterator):  # noqa: ANN001, ANN201
+        return continuation(self._details(details), request_iterator)
+
+    def intercept_stream_stream(self, continuation, details, request_iterator):  # noqa: ANN001, ANN201
+        return continuation(self._details(details), request_iterator)
 
 
 def caller_identity(context: grpc.ServicerContext) -> Identity:
@@ -98,9 +152,18 @@ def caller_identity(context: grpc.ServicerContext) -> Identity:
     only parses the leaf. Aborts the call with UNAUTHENTICATED if there is no
     certificate (which ``require_client_auth`` makes impossible in practice).
     """
-    auth = context.auth_context()
-    pem = auth.get("x509_pem_cert")
+    return identity_from_cert(peer_certificate(context))
+
+
+def peer_certificate(context: grpc.ServicerContext) -> x509.Certificate:
+    """The verified client certificate of a server call (UNAUTHENTICATED if there is none)."""
+    pem = context.auth_context().get("x509_pem_cert")
     if not pem:
         context.abort(grpc.StatusCode.UNAUTHENTICATED, "client certificate required")
-    cert = x509.load_pem_x509_certificate(pem[0])
-    return identity_from_cert(cert)
+    return x509.load_pem_x509_certificate(pem[0])
+
+
+def tls_version(context: grpc.ServicerContext) -> str:
+    """The TLS version a server call's connection negotiated (e.g. ``TLSv1.3``), '' if unknown."""
+    v = context.auth_context().get("ssl_tls_version")
+    return v[0].decode() if v else ""

@@ -70,12 +70,24 @@ class ListJobsReply(_message.Message):
     def __init__(self, jobs: _Optional[_Iterable[_Union[JobStatus, _Mapping]]] = ...) -> None: ...
 
 class JobResult(_message.Message):
-    __slots__ = ("status", "result_json")
+    __slots__ = ("status", "result_json", "sealed")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
+    SEALED_FIELD_NUMBER: _ClassVar[int]
     status: JobStatus
     result_json: str
-    def __init__(self, status: _Optional[_Union[JobStatus, _Mapping]] = ..., result_json: _Optional[str] = ...) -> None: ...
+    sealed: _containers.RepeatedCompositeFieldContainer[SealedResult]
+    def __init__(self, status: _Optional[_Union[JobStatus, _Mapping]] = ..., result_json: _Optional[str] = ..., sealed: _Optional[_Iterable[_Union[SealedResult, _Mapping]]] = ...) -> None: ...
+
+class SealedResult(_message.Message):
+    __slots__ = ("node", "envelope", "key_id")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    envelope: bytes
+    key_id: str
+    def __init__(self, node: _Optional[str] = ..., envelope: _Optional[bytes] = ..., key_id: _Optional[str] = ...) -> None: ...
 
 class PollTasksRequest(_message.Message):
     __slots__ = ("wait_seconds",)
@@ -118,15 +130,17 @@ class TaskDecision(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., approve: _Optional[bool] = ..., reason: _Optional[str] = ..., approvers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TaskReport(_message.Message):
-    __slots__ = ("job_id", "ok", "result_json", "error", "public_json")
+    __slots__ = ("job_id", "ok", "result_json", "error", "public_json", "sealed_result")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     OK_FIELD_NUMBER: _ClassVar[int]
     RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_JSON_FIELD_NUMBER: _ClassVar[int]
+    SEALED_RESULT_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     ok: bool
     result_json: str
     error: str
     public_json: str
-    def __init__(self, job_id: _Optional[str] = ..., ok: _Optional[bool] = ..., result_json: _Optional[str] = ..., error: _Optional[str] = ..., public_json: _Optional[str] = ...) -> None: ...
+    sealed_result: bytes
+    def __init__(self, job_id: _Optional[str] = ..., ok: _Optional[bool] = ..., result_json: _Optional[str] = ..., error: _Optional[str] = ..., public_json: _Optional[str] = ..., sealed_result: _Optional[bytes] = ...) -> None: ...

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from fedgov.v1 import common_pb2 as fedgov_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66\x65\x64gov/v1/registry.proto\x12\tfedgov.v1\x1a\x16\x66\x65\x64gov/v1/common.proto\"?\n\x0fRegisterRequest\x12\x18\n\x10software_version\x18\x01 \x01(\t\x12\x12\n\nkey_bundle\x18\x02 \x01(\x0c\":\n\rRegisterReply\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x1b\n\x13\x63oordinator_version\x18\x02 \x01(\t\"A\n\x15PublishCatalogRequest\x12(\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x16.fedgov.v1.DatasetInfo\"\x12\n\x10ListNodesRequest\"|\n\x08NodeInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06online\x18\x02 \x01(\x08\x12\x11\n\tlast_seen\x18\x03 \x01(\x01\x12(\n\x08\x64\x61tasets\x18\x04 \x03(\x0b\x32\x16.fedgov.v1.DatasetInfo\x12\x15\n\rregistered_at\x18\x05 \x01(\x01\"4\n\x0eListNodesReply\x12\"\n\x05nodes\x18\x01 \x03(\x0b\x32\x13.fedgov.v1.NodeInfo\"#\n\x13GetKeyBundleRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\")\n\tKeyBundle\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0e\n\x06\x62undle\x18\x02 \x01(\x0c\x32\x9b\x02\n\x08Registry\x12@\n\x08Register\x12\x1a.fedgov.v1.RegisterRequest\x1a\x18.fedgov.v1.RegisterReply\x12\x42\n\x0ePublishCatalog\x12 .fedgov.v1.PublishCatalogRequest\x1a\x0e.fedgov.v1.Ack\x12\x43\n\tListNodes\x12\x1b.fedgov.v1.ListNodesRequest\x1a\x19.fedgov.v1.ListNodesReply\x12\x44\n\x0cGetKeyBundle\x12\x1e.fedgov.v1.GetKeyBundleRequest\x1a\x14.fedgov.v1.KeyBundleb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66\x65\x64gov/v1/registry.proto\x12\tfedgov.v1\x1a\x16\x66\x65\x64gov/v1/common.proto\"?\n\x0fRegisterRequest\x12\x18\n\x10software_version\x18\x01 \x01(\t\x12\x12\n\nkey_bundle\x18\x02 \x01(\x0c\":\n\rRegisterReply\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x1b\n\x13\x63oordinator_version\x18\x02 \x01(\t\"A\n\x15PublishCatalogRequest\x12(\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x16.fedgov.v1.DatasetInfo\"\x12\n\x10ListNodesRequest\"|\n\x08NodeInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06online\x18\x02 \x01(\x08\x12\x11\n\tlast_seen\x18\x03 \x01(\x01\x12(\n\x08\x64\x61tasets\x18\x04 \x03(\x0b\x32\x16.fedgov.v1.DatasetInfo\x12\x15\n\rregistered_at\x18\x05 \x01(\x01\"4\n\x0eListNodesReply\x12\"\n\x05nodes\x18\x01 \x03(\x0b\x32\x13.fedgov.v1.NodeInfo\"#\n\x13GetKeyBundleRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\")\n\tKeyBundle\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0e\n\x06\x62undle\x18\x02 \x01(\x0c\"!\n\x0eRevocationList\x12\x0f\n\x07\x63rl_der\x18\x01 \x01(\x0c\",\n\x15GetRevocationsRequest\x12\x13\n\x0bhave_number\x18\x01 \x01(\x04\"9\n\x06JobKey\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x11\n\tstatement\x18\x03 \x01(\x0c\"F\n\x10GetJobKeyRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x14\n\x0cwait_seconds\x18\x03 \x01(\x01\x32\x9c\x04\n\x08Registry\x12@\n\x08Register\x12\x1a.fedgov.v1.RegisterRequest\x1a\x18.fedgov.v1.RegisterReply\x12\x42\n\x0ePublishCatalog\x12 .fedgov.v1.PublishCatalogRequest\x1a\x0e.fedgov.v1.Ack\x12\x43\n\tListNodes\x12\x1b.fedgov.v1.ListNodesRequest\x1a\x19.fedgov.v1.ListNodesReply\x12\x44\n\x0cGetKeyBundle\x12\x1e.fedgov.v1.GetKeyBundleRequest\x1a\x14.fedgov.v1.KeyBundle\x12?\n\x12PublishRevocations\x12\x19.fedgov.v1.RevocationList\x1a\x0e.fedgov.v1.Ack\x12M\n\x0eGetRevocations\x12 .fedgov.v1.GetRevocationsRequest\x1a\x19.fedgov.v1.RevocationList\x12\x32\n\rPublishJobKey\x12\x11.fedgov.v1.JobKey\x1a\x0e.fedgov.v1.Ack\x12;\n\tGetJobKey\x12\x1b.fedgov.v1.GetJobKeyRequest\x1a\x11.fedgov.v1.JobKeyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,6 +48,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETKEYBUNDLEREQUEST']._serialized_end=490
   _globals['_KEYBUNDLE']._serialized_start=492
   _globals['_KEYBUNDLE']._serialized_end=533
-  _globals['_REGISTRY']._serialized_start=536
-  _globals['_REGISTRY']._serialized_end=819
+  _globals['_REVOCATIONLIST']._serialized_start=535
+  _globals['_REVOCATIONLIST']._serialized_end=568
+  _globals['_GETREVOCATIONSREQUEST']._serialized_start=570
+  _globals['_GETREVOCATIONSREQUEST']._serialized_end=614
+  _globals['_JOBKEY']._serialized_start=616
+  _globals['_JOBKEY']._serialized_end=673
+  _globals['_GETJOBKEYREQUEST']._serialized_start=675
+  _globals['_GETJOBKEYREQUEST']._serialized_end=745
+  _globals['_REGISTRY']._serialized_start=748
+  _globals['_REGISTRY']._serialized_end=1288
 # @@protoc_insertion_point(module_scope)

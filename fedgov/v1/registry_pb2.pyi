@@ -66,3 +66,35 @@ class KeyBundle(_message.Message):
     node: str
     bundle: bytes
     def __init__(self, node: _Optional[str] = ..., bundle: _Optional[bytes] = ...) -> None: ...
+
+class RevocationList(_message.Message):
+    __slots__ = ("crl_der",)
+    CRL_DER_FIELD_NUMBER: _ClassVar[int]
+    crl_der: bytes
+    def __init__(self, crl_der: _Optional[bytes] = ...) -> None: ...
+
+class GetRevocationsRequest(_message.Message):
+    __slots__ = ("have_number",)
+    HAVE_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    have_number: int
+    def __init__(self, have_number: _Optional[int] = ...) -> None: ...
+
+class JobKey(_message.Message):
+    __slots__ = ("job_id", "node", "statement")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    STATEMENT_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    node: str
+    statement: bytes
+    def __init__(self, job_id: _Optional[str] = ..., node: _Optional[str] = ..., statement: _Optional[bytes] = ...) -> None: ...
+
+class GetJobKeyRequest(_message.Message):
+    __slots__ = ("job_id", "node", "wait_seconds")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    node: str
+    wait_seconds: float
+    def __init__(self, job_id: _Optional[str] = ..., node: _Optional[str] = ..., wait_seconds: _Optional[float] = ...) -> None: ...

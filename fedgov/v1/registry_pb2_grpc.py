@@ -55,6 +55,26 @@ class RegistryStub:
                 request_serializer=fedgov_dot_v1_dot_registry__pb2.GetKeyBundleRequest.SerializeToString,
                 response_deserializer=fedgov_dot_v1_dot_registry__pb2.KeyBundle.FromString,
                 _registered_method=True)
+        self.PublishRevocations = channel.unary_unary(
+                '/fedgov.v1.Registry/PublishRevocations',
+                request_serializer=fedgov_dot_v1_dot_registry__pb2.RevocationList.SerializeToString,
+                response_deserializer=fedgov_dot_v1_dot_common__pb2.Ack.FromString,
+                _registered_method=True)
+        self.GetRevocations = channel.unary_unary(
+                '/fedgov.v1.Registry/GetRevocations',
+                request_serializer=fedgov_dot_v1_dot_registry__pb2.GetRevocationsRequest.SerializeToString,
+                response_deserializer=fedgov_dot_v1_dot_registry__pb2.RevocationList.FromString,
+                _registered_method=True)
+        self.PublishJobKey = channel.unary_unary(
+                '/fedgov.v1.Registry/PublishJobKey',
+                request_serializer=fedgov_dot_v1_dot_registry__pb2.JobKey.SerializeToString,
+                response_deserializer=fedgov_dot_v1_dot_common__pb2.Ack.FromString,
+                _registered_method=True)
+        self.GetJobKey = channel.unary_unary(
+                '/fedgov.v1.Registry/GetJobKey',
+                request_serializer=fedgov_dot_v1_dot_registry__pb2.GetJobKeyRequest.SerializeToString,
+                response_deserializer=fedgov_dot_v1_dot_registry__pb2.JobKey.FromString,
+                _registered_method=True)
 
 
 class RegistryServicer:
@@ -90,6 +110,39 @@ class RegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PublishRevocations(self, request, context):
+        """Admin only. Hands the coordinator a revocation list (X.509 CRL signed by
+        the federation CA). It keeps the list with the highest CRL number, checks
+        every caller's certificate against it and serves it to everyone.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRevocations(self, request, context):
+        """Any authenticated caller: the newest revocation list the coordinator holds
+        (empty crl_der if none). Callers verify it against the CA themselves.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishJobKey(self, request, context):
+        """Node only, participant of a running job: its per-job sealing key, in a
+        statement signed by its long-term signing key (fedgov.crypto.keys.JobKey).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJobKey(self, request, context):
+        """Node only, participant of the job: a peer's per-job key statement; waits up
+        to wait_seconds for it (NOT_FOUND afterwards).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -112,6 +165,26 @@ def add_RegistryServicer_to_server(servicer, server):
                     servicer.GetKeyBundle,
                     request_deserializer=fedgov_dot_v1_dot_registry__pb2.GetKeyBundleRequest.FromString,
                     response_serializer=fedgov_dot_v1_dot_registry__pb2.KeyBundle.SerializeToString,
+            ),
+            'PublishRevocations': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishRevocations,
+                    request_deserializer=fedgov_dot_v1_dot_registry__pb2.RevocationList.FromString,
+                    response_serializer=fedgov_dot_v1_dot_common__pb2.Ack.SerializeToString,
+            ),
+            'GetRevocations': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRevocations,
+                    request_deserializer=fedgov_dot_v1_dot_registry__pb2.GetRevocationsRequest.FromString,
+                    response_serializer=fedgov_dot_v1_dot_registry__pb2.RevocationList.SerializeToString,
+            ),
+            'PublishJobKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishJobKey,
+                    request_deserializer=fedgov_dot_v1_dot_registry__pb2.JobKey.FromString,
+                    response_serializer=fedgov_dot_v1_dot_common__pb2.Ack.SerializeToString,
+            ),
+            'GetJobKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJobKey,
+                    request_deserializer=fedgov_dot_v1_dot_registry__pb2.GetJobKeyRequest.FromString,
+                    response_serializer=fedgov_dot_v1_dot_registry__pb2.JobKey.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +295,114 @@ class Registry:
             '/fedgov.v1.Registry/GetKeyBundle',
             fedgov_dot_v1_dot_registry__pb2.GetKeyBundleRequest.SerializeToString,
             fedgov_dot_v1_dot_registry__pb2.KeyBundle.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishRevocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedgov.v1.Registry/PublishRevocations',
+            fedgov_dot_v1_dot_registry__pb2.RevocationList.SerializeToString,
+            fedgov_dot_v1_dot_common__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRevocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedgov.v1.Registry/GetRevocations',
+            fedgov_dot_v1_dot_registry__pb2.GetRevocationsRequest.SerializeToString,
+            fedgov_dot_v1_dot_registry__pb2.RevocationList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishJobKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedgov.v1.Registry/PublishJobKey',
+            fedgov_dot_v1_dot_registry__pb2.JobKey.SerializeToString,
+            fedgov_dot_v1_dot_common__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJobKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedgov.v1.Registry/GetJobKey',
+            fedgov_dot_v1_dot_registry__pb2.GetJobKeyRequest.SerializeToString,
+            fedgov_dot_v1_dot_registry__pb2.JobKey.FromString,
             options,
             channel_credentials,
             insecure,

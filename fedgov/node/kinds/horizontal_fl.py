@@ -64,7 +64,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from fedgov.crypto import pki
+from fedgov.crypto import kits, pki
 from fedgov.errors import ConfigError, FedgovError, JobFailed
 from fedgov.hfl import secure_agg
 from fedgov.hfl.deployment import (
@@ -235,7 +235,7 @@ def _key_holder(ctx: TaskContext, agg: str, regions: list[str], p: dict[str, Any
     work = _workdir(ctx)
     km = secure_agg.create_key_material(work / "keys")
     kit = work / "kit"
-    (csr,) = [c for c in pki.make_csr(kit, ctx.me, "node") if c.name == "tls.csr"]
+    (csr,) = [c for c in kits.make_csr(kit, ctx.me, "node") if c.name == "tls.csr"]
     public = km.public_context.read_bytes()
     _send(
         ctx,
