@@ -403,6 +403,22 @@ def _audit() -> None:
     _patch("fedgov.node.store:NodeStore.verify_audit", lambda self: None)
 
 
+def _load_area_rows() -> None:
+    """Import ``scripts/protection_rows/*.py``: one module of rows per area (disclosure, learning, ...)."""
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    if str(here) not in sys.path:
+        sys.path.insert(0, str(here))
+    for path in sorted((here / "protection_rows").glob("*.py")):
+        if path.name != "__init__.py":
+            importlib.import_module(f"protection_rows.{path.stem}")
+
+
 def disable(row_id: str) -> None:
     """Switch off the guard of ``row_id`` in this process (KeyError for an unknown row)."""
     ROWS[row_id].disable()
+
+
+_load_area_rows()
