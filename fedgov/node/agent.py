@@ -23,6 +23,7 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -79,6 +80,29 @@ DUPLICATE_PATIENCE = 10.0
 
 class DuplicateIdentity(FedgovError):
     """Another live process holds this node's identity at the coordinator."""
+
+
+def _stricter(train: Decision, held_out: Decision) -> Decision:
+    """One decision for a task that reads two datasets (training and ``eval_dataset``).
+
+    The held-out dataset is data too: the task needs manual approval if either
+    does, the larger number of approvers, the larger minimum cohort, and only
+    approvers both allow. Disclosure settings stay the training dataset's
+    (the caller checks the held-out dataset's separately).
+    """
+    if train.approvers and held_out.approvers:
+        approvers = tuple(sorted(set(train.approvers) & set(held_out.approvers)))
+    else:
+        approvers = train.approvers or held_out.approvers
+    manual = "manual" in (train.approval, held_out.approval)
+    return dataclasses.replace(
+        train,
+        approval="manual" if manual else "auto",
+        approvers_required=max(train.approvers_required, held_out.approvers_required) if manual else 1,
+        approvers=approvers,
+        min_cohort=max(train.min_cohort, held_out.min_cohort),
+        standing_alignment=train.standing_alignment and held_out.standing_alignment,
+    )
 
 
 class NodeAgent:
@@ -334,6 +358,10 @@ class NodeAgent:
             )
             if not second.allowed:
                 return manifest, second
+            refusals = disclosure_refusals(manifest, me, second.disclosure, second.disclosure_source)
+            if refusals:
+                return manifest, Decision(False, tuple(str(r) for r in refusals))
+            decision = _stricter(decision, second)
         if decision.allowed:
             refusals = disclosure_refusals(manifest, me, decision.disclosure, decision.disclosure_source)
             if refusals:
