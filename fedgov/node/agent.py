@@ -583,7 +583,10 @@ class NodeAgent:
                 return str(self.save_json(job_id, name, obj))
 
             def load_json(other_job: str, name: str) -> object:
-                path = self.output_dir(other_job) / f"{name}.json"
+                outputs = (self.config.state_dir / "outputs").resolve()
+                path = (self.output_dir(other_job) / f"{name}.json").resolve()
+                if path.parent.parent != outputs or "/" in other_job or other_job in ("", ".", ".."):
+                    raise FedgovError(f"'{other_job}' is not a job of this node (a job id, never a path)")
                 try:
                     return json.loads(path.read_text())
                 except FileNotFoundError:
