@@ -179,9 +179,17 @@ def test_dp_option_bounds_the_model_end_to_end(regional: dict, tmp_path: Path) -
                               "round-timeout": 40.0, "dp-clip": clip, "dp-noise": 0.0},
                              validation=regional["validation"]["path"], encrypted=False)
     norm = float(np.linalg.norm(res["weights"]))
-    # an unclipped run moves the weights by ~1 (lr 1, 20 steps); clipping must bind
     assert 0.5 * clip < norm <= rounds * clip + 1e-9, norm
     assert _pids_mentioning(str((tmp_path / "dp").resolve())) == []
+    # the same run unclipped moves the weights far more (docs: "an unclipped run moves > 10 x rounds x c"),
+    # so the bound above is the clip's doing, not the data's
+    free = run_horizontal_job(tmp_path / "nodp", regions,
+                              {"rounds": rounds, "local-steps": 20, "min-clients": 3, "contribution": False,
+                               "round-timeout": 40.0},
+                              validation=regional["validation"]["path"], encrypted=False)
+    free_norm = float(np.linalg.norm(free["weights"]))
+    print(f"dp norm {norm:.4f} unclipped norm {free_norm:.4f}")
+    assert free_norm > 10 * rounds * clip, free_norm
 
 
 def _routable_ipv4() -> str | None:
