@@ -342,6 +342,8 @@ def test_the_serverapp_run_config_has_no_validation_data() -> None:
     """The ServerApp's declared run config carries no path to held-out data."""
     keys = set(deployment._RUN_CONFIG_DEFAULTS)
     assert not [k for k in keys if "val" in k] and "dim" in keys
+    # and the run's default minimum is the owners' safe default (honest jobs are not refused)
+    assert deployment.DEFAULT_PARAMS["min-clients"] == hfl_params.DEFAULT_MIN_CLIENTS
 
 
 def _kh_context() -> tuple[ts.Context, ts.Context]:
