@@ -23,7 +23,8 @@ Every step consumes and produces ``bytes``; nothing here does I/O. Per batch
 
 The guest learns no host score and no host gradient; a host learns nothing
 about labels or the guest's features beyond its own gradient; the arbiter
-sees only uniformly masked slots.
+sees only uniformly masked slots (real and imaginary parts: :func:`add_mask`),
+and decrypts only the message kind each step of its schedule expects.
 """
 
 from __future__ import annotations
