@@ -448,10 +448,6 @@ class NodeAgent:
                     approvers.append(name)
                     counted.append((name, cert_pem))
             else:
-                if tuple(approvers) != self._counted.get(pending.job_id, ()):
-                    self._counted[pending.job_id] = tuple(approvers)
-                    self.store.audit(pending.job_id, "approvals-counted", approvers=approvers,
-                                     count=f"{len(approvers)} of {pending.required}")
                 if approval_rules.enough(approvers, pending.required):
                     self.store.set_pending_status(pending.job_id, "approved")
                     self._decide(
@@ -461,6 +457,11 @@ class NodeAgent:
                         approvers,
                         manifest.digest,
                     )
+                if tuple(approvers) != self._counted.get(pending.job_id, ()):
+                    # after the decision: whoever reads "1 of 2" here knows the job did not proceed on it
+                    self._counted[pending.job_id] = tuple(approvers)
+                    self.store.audit(pending.job_id, "approvals-counted", approvers=approvers,
+                                     count=f"{len(approvers)} of {pending.required}")
 
     def _ignore_approval(self, job_id: str, name: str, why: str) -> None:
         """Log and audit (once per approver and reason) an approval the rules do not count."""
