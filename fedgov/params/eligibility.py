@@ -5,6 +5,14 @@ from __future__ import annotations
 from fedgov.params.psi import WORKERS
 from fedgov.params.schema import KindSchema, Param
 
+#: keys of ``parameters.baseline``
+BASELINE_FIELDS = (
+    Param("field", "str"),
+    Param("threshold", "str"),
+    Param("per_capita", "bool"),
+    Param("compare", "str", choices=("<", "<=", ">", ">=")),
+)
+
 SCHEMA = KindSchema(
     kind="eligibility-check",
     params=(
@@ -14,6 +22,7 @@ SCHEMA = KindSchema(
             "table",
             doc="{field, threshold, per_capita, compare}: civil affairs' own "
             "decision on a declared figure, for comparison",
+            fields=BASELINE_FIELDS,
         ),
         Param(
             "alignment",

@@ -5,6 +5,13 @@ from __future__ import annotations
 from fedgov.params.psi import WORKERS
 from fedgov.params.schema import KindSchema, Param
 
+#: keys of ``parameters.dp`` (the protocol's DPConfig checks the combination)
+DP_FIELDS = (
+    Param("mechanism", "str", choices=("laplace", "gaussian")),
+    Param("epsilon", "float", min=0),
+    Param("delta", "float", min=0, max=1),
+)
+
 SCHEMA = KindSchema(
     kind="he-stats",
     params=(
@@ -15,7 +22,7 @@ SCHEMA = KindSchema(
         Param("clip", "list[float]", doc="[lo, hi]: values are clipped by the owner"),
         Param("bins", "list[float]", doc="histogram edges"),
         Param("include_total", "bool", doc="release the margin over all groups too"),
-        Param("dp", "table", doc="{mechanism, epsilon, delta}: owner-side noise"),
+        Param("dp", "table", doc="{mechanism, epsilon, delta}: owner-side noise", fields=DP_FIELDS),
         Param("mask_bits", "int", doc="statistical mask size over each decrypted slot"),
         Param("key_holder", "str", doc="horizontal: the data-less node that decrypts totals"),
         Param("combiner", "str", doc="horizontal: the data-less node that adds the regions' parts"),
