@@ -144,3 +144,23 @@ def test_requester_is_never_an_approver_and_approvers_are_distinct(tmp_path: Pat
     why = duplicate_approver(Identity("ann2", "approver", "g"), c["ann2"], [("ann", c["ann"])])
     assert why and "must be distinct people (distinct certificates and keys)" in why
     assert not enough(["ann"], 2) and not enough(["ann", "ann"], 2) and enough(["ann", "bob"], 2)
+
+
+def test_each_parameter_is_shown_next_to_the_settings_that_govern_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kind's disclosure settings appear as floors, and next to the parameter they bound."""
+    import dataclasses
+
+    import fedgov.params as params
+    from fedgov.params.schema import Setting
+
+    floor = Setting("vlr_epochs_max", "int", 10, "most epochs this department trains", ("vertical-lr",), min=1)
+    sch = dataclasses.replace(params.SCHEMAS["vertical-lr"], settings=(floor,))
+    monkeypatch.setitem(params.SCHEMAS, "vertical-lr", sch)
+    m = parse_manifest(VLR)
+    d = Decision(True, (), disclosure={**params.default_disclosure(), "vlr_epochs_max": 4})
+    b = build_brief(m, "tax", d, job_id="j", requester="analyst").to_dict()
+    epochs = next(p for p in b["parameters"] if p["key"] == "epochs")
+    assert epochs["limits"] == [{"key": "vlr_epochs_max", "value": 4}]
+    assert {"key": "vlr_epochs_max", "value": 4, "doc": "most epochs this department trains"} in b["floors"]
+    assert "epochs = 3  | manifest | vlr_epochs_max = 4" in build_brief(
+        m, "tax", d, job_id="j", requester="analyst").text()

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedgov.manifest import Manifest, Participant
+from fedgov.params import Param, Setting
 from fedgov.params import schema as kind_schema
 from fedgov.params.pages import PAGES
 from fedgov.policy import Decision
@@ -148,6 +149,14 @@ def _short(v: Any, n: int = 80) -> str:
     return s if len(s) <= n else s[: n - 3] + "..."
 
 
+def _governing(p: Param, settings: Mapping[str, Setting]) -> list[str]:
+    """The disclosure settings that bound parameter ``p``: its declared ``governed_by``, else every
+    setting of the kind whose key names the parameter (``vlr_mask_bits_min`` governs ``mask_bits``)."""
+    if p.governed_by:
+        return list(p.governed_by)
+    return [k for k in settings if f"_{p.key}_" in f"_{k}_"]
+
+
 def _where(p: Participant) -> list[str]:
     return [f"{c.field} {c.op} {json.dumps(c.value)}" for c in p.where]
 
@@ -176,7 +185,8 @@ def build_brief(
     for p in sch.params:
         given = p.key in manifest.parameters
         value = manifest.parameters.get(p.key, p.default)
-        limits = [{"key": k, "value": disclosure.get(k)} for k in p.governed_by]
+        limits = [{"key": k, "value": disclosure.get(k, settings[k].default if k in settings else None)}
+                  for k in _governing(p, settings)]
         params.append({"key": p.key, "value": value, "source": "manifest" if given else "default",
                        "doc": p.doc, "limits": limits})
 
