@@ -37,6 +37,7 @@ from fedgov.crypto.pki import issue_certificate, load_private_key
 from fedgov.crypto.signing import sign_approval, sign_manifest
 from fedgov.errors import ConfigError
 from fedgov.manifest import stamp_manifest
+from fedgov.node.brief import Brief
 from fedgov.node.store import NodeStore
 from fedgov.runner import DatasetSpec, LocalFederation, NodeSpec
 from fedgov.transport.tls import TlsMaterial, secure_channel
@@ -283,7 +284,8 @@ def test_node_show_gives_the_approver_the_whole_job(fed: LocalFederation) -> Non
 def _forge_approval(fed: LocalFederation, job_id: str, kit: Path, name: str) -> None:
     """An approval written straight into gamma's store (an approver who skips `fedgov node approve`)."""
     show = json.loads(_cli("node", "show", job_id, "--json", "--config", _cfg(fed)).stdout)
-    sig = sign_approval((kit / "tls.key").read_bytes(), job_id, show["manifest_sha256"], True, "")
+    sig = sign_approval((kit / "tls.key").read_bytes(), job_id, show["manifest_sha256"], True, "",
+                        brief_digest=Brief.from_dict(show).digest)
     store = NodeStore(fed.workdir / "state" / "gamma")
     try:
         store.add_approval(job_id, name, True, "", (kit / "tls.crt").read_bytes(), sig)

@@ -408,6 +408,7 @@ class NodeAgent:
             allowed_names = self.config.policy.datasets[me.dataset].approvers
             rec = self.store.brief(pending.job_id)
             requester_cert = rec[0] if rec else None
+            brief_sha = approval_rules.brief_digest(self.store, pending.job_id)
             approvers: list[str] = []
             counted: list[tuple[str, bytes]] = []
             for name, approve, reason, cert_pem, sig in self.store.approvals(pending.job_id):
@@ -421,6 +422,7 @@ class NodeAgent:
                         reason,
                         sig,
                         revocations=self.revocations,
+                        brief_digest=brief_sha,
                     )
                 except FedgovError as exc:
                     log.warning("ignoring approval of %s by %s: %s", pending.job_id, name, exc)

@@ -91,6 +91,16 @@ def check_approved(store: NodeStore, job_id: str, manifest: Manifest) -> None:
         raise FedgovError("the manifest to run is not the one this node approved")
 
 
+def brief_digest(store: NodeStore, job_id: str) -> str:
+    """sha256 of the brief the node recorded for ``job_id`` ("" when it recorded none).
+
+    An approval is signed over it next to the manifest digest, so what an
+    approver signed is bound to what ``fedgov node show`` showed them.
+    """
+    rec = store.brief(job_id)
+    return Brief.from_dict(json.loads(rec[1])).digest if rec else ""
+
+
 def _requester(store: NodeStore, job_id: str, fallback: str) -> tuple[str, bytes | None]:
     rec = store.brief(job_id)
     if rec is None:
@@ -180,9 +190,11 @@ def decide(config: NodeConfig, job_id: str | None, kit: Path | None, *, approve:
             why = why or duplicate_approver(ident, material.cert, counted)
             if why:
                 raise FedgovError(why)
-        sig = sign_approval(material.key, job_id, digest, approve, reason)
+        brief = brief_digest(store, job_id)
+        sig = sign_approval(material.key, job_id, digest, approve, reason, brief_digest=brief)
         store.add_approval(job_id, ident.name, approve, reason, material.cert, sig)
-        store.audit(job_id, "approval-recorded", approver=ident.name, approve=approve, reason=reason)
+        store.audit(job_id, "approval-recorded", approver=ident.name, approve=approve, reason=reason,
+                    manifest_sha256=digest, brief_sha256=brief)
         have = len([a for a, ok, *_ in store.approvals(job_id) if ok])
     finally:
         store.close()
