@@ -130,3 +130,13 @@ def test_every_table_parameter_declares_its_keys() -> None:
         for p in s.params:
             if "table" in p.type and (kind, p.key) not in FREE_FORM:
                 assert p.fields, f"{kind}: parameters.{p.key} is a table with no declared keys"
+
+
+def test_list_parameters_hold_only_known_elements() -> None:
+    from fedgov.params.he_stats import STATS
+    from fedgov.protocols.he_stats import STATS as PROTOCOL_STATS
+
+    assert STATS == PROTOCOL_STATS
+    with pytest.raises(ConfigError, match=r"'stats' may hold only .* got 'varience' \(did you mean 'variance'\?\)"):
+        params.check_parameters("he-stats", {"stats": ["count", "varience"]})
+    assert params.check_parameters("he-stats", {"stats": ["count", "variance"]})["stats"] == ["count", "variance"]

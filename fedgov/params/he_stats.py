@@ -5,6 +5,9 @@ from __future__ import annotations
 from fedgov.params.psi import WORKERS
 from fedgov.params.schema import KindSchema, Param
 
+#: statistics a he-stats job may ask (fedgov.protocols.he_stats.STATS; the params stay import-light)
+STATS = ("count", "sum", "mean", "variance", "histogram")
+
 #: keys of ``parameters.dp`` (the protocol's DPConfig checks the combination)
 DP_FIELDS = (
     Param("mechanism", "str", choices=("laplace", "gaussian")),
@@ -18,7 +21,7 @@ SCHEMA = KindSchema(
         Param("field", "str", doc="the data owner's value field"),
         Param("group_by", "str", doc="the cohort holder's categorical field"),
         Param("groups", "list[str]", doc="group labels (required for horizontal queries)"),
-        Param("stats", "list[str]", doc="count sum mean variance histogram"),
+        Param("stats", "list[str]", doc="count sum mean variance histogram", choices=STATS),
         Param("clip", "list[float]", doc="[lo, hi]: values are clipped by the owner"),
         Param("bins", "list[float]", doc="histogram edges"),
         Param("include_total", "bool", doc="release the margin over all groups too"),

@@ -107,7 +107,13 @@ class Param:
                 sub = next(f for f in self.fields if f.key == k).problem(v)
                 if sub:
                     return f"key '{k}' {sub}"
-        if self.choices and value not in self.choices:
+        if self.choices and isinstance(value, list):  # a list: each element is one of the choices
+            bad = [v for v in value if v not in self.choices]
+            if bad:
+                hint = difflib.get_close_matches(str(bad[0]), [str(c) for c in self.choices], n=1)
+                extra = f" (did you mean '{hint[0]}'?)" if hint else ""
+                return f"may hold only {', '.join(repr(c) for c in self.choices)}, got {bad[0]!r}{extra}"
+        elif self.choices and value not in self.choices:
             return f"must be one of {', '.join(repr(c) for c in self.choices)}, got {value!r}"
         if _is_number(value):
             if self.min is not None and value < self.min:
