@@ -281,11 +281,16 @@ def test_node_show_gives_the_approver_the_whole_job(fed: LocalFederation) -> Non
 # -- finding 7: requester != approver, distinct approvers ------------------------------------
 
 
-def _forge_approval(fed: LocalFederation, job_id: str, kit: Path, name: str) -> None:
-    """An approval written straight into gamma's store (an approver who skips `fedgov node approve`)."""
+def _forge_approval(
+    fed: LocalFederation, job_id: str, kit: Path, name: str, *, manifest: str = "", brief: str | None = None
+) -> None:
+    """An approval written straight into gamma's store (an approver who skips `fedgov node approve`).
+
+    Signed over the job's manifest and brief digests unless ``manifest`` / ``brief`` say otherwise.
+    """
     show = json.loads(_cli("node", "show", job_id, "--json", "--config", _cfg(fed)).stdout)
-    sig = sign_approval((kit / "tls.key").read_bytes(), job_id, show["manifest_sha256"], True, "",
-                        brief_digest=Brief.from_dict(show).digest)
+    sig = sign_approval((kit / "tls.key").read_bytes(), job_id, manifest or show["manifest_sha256"], True, "",
+                        brief_digest=Brief.from_dict(show).digest if brief is None else brief)
     store = NodeStore(fed.workdir / "state" / "gamma")
     try:
         store.add_approval(job_id, name, True, "", (kit / "tls.crt").read_bytes(), sig)
@@ -328,6 +333,22 @@ def test_a_requester_cannot_approve_their_own_job(fed: LocalFederation) -> None:
         st = c.wait(job.job_id, timeout=120)
     assert st.state == "succeeded", st.reason
     assert sorted(next(p for p in st.participants if p.node == "gamma").approvers) == ["ann", "bob"]
+
+
+def test_an_approval_of_another_manifest_or_brief_is_not_counted(fed: LocalFederation) -> None:
+    """The approval signature covers the manifest digest and the brief the approver was shown."""
+    with fed.client() as c:
+        job = c.submit(_cohort())
+        _wait_pending(fed, job.job_id)
+        _forge_approval(fed, job.job_id, fed.kits / "ann", "ann", manifest="0" * 64)
+        got = _until(_processed(fed, job.job_id, "ann"), "gamma never looked at ann's approval")
+        assert got[0] == "ignored" and "does not verify" in got[1], got
+        _forge_approval(fed, job.job_id, fed.kits / "bob", "bob", brief="")  # not over the brief shown
+        got = _until(_processed(fed, job.job_id, "bob"), "gamma never looked at bob's approval")
+        assert got[0] == "ignored" and "does not verify" in got[1], got
+        r = _cli("node", "show", "job-nope", "--config", _cfg(fed))
+        assert r.returncode == 2 and "no job 'job-nope' awaits approval at gamma" in r.stderr
+        c.cancel(job.job_id)
 
 
 def test_dual_control_needs_two_distinct_people(fed: LocalFederation) -> None:

@@ -425,13 +425,13 @@ class NodeAgent:
                         brief_digest=brief_sha,
                     )
                 except FedgovError as exc:
-                    log.warning("ignoring approval of %s by %s: %s", pending.job_id, name, exc)
+                    self._ignore_approval(pending.job_id, name, str(exc))
                     continue
                 if ident.role != "approver" or ident.department != self.config.name or ident.name != name:
-                    log.warning("ignoring approval by %s: not an approver of %s", name, self.config.name)
+                    self._ignore_approval(pending.job_id, name, f"not an approver of {self.config.name}")
                     continue
                 if allowed_names and ident.name not in allowed_names:
-                    log.warning("ignoring approval by %s: not listed in policy approvers", name)
+                    self._ignore_approval(pending.job_id, name, "not listed in policy approvers")
                     continue
                 why = approval_rules.self_approval(
                     pending.job_id, pending.requester, requester_cert, ident, cert_pem
