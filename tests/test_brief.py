@@ -164,3 +164,82 @@ def test_each_parameter_is_shown_next_to_the_settings_that_govern_it(monkeypatch
     assert {"key": "vlr_epochs_max", "value": 4, "doc": "most epochs this department trains"} in b["floors"]
     assert "epochs = 3  | manifest | vlr_epochs_max = 4" in build_brief(
         m, "tax", d, job_id="j", requester="analyst").text()
+
+
+def test_opt_in_messages_are_listed_only_when_the_manifest_opts_in() -> None:
+    arb = {s["step"] for s in _brief("arb", None).to_dict()["sends"]}
+    assert "vlr/coalition-reply" in arb  # shapley = true
+    m = parse_manifest(VLR.replace("shapley = true", "shapley = false"))
+    d = Decision(True, ())
+    steps = {s["step"] for s in build_brief(m, "arb", d, job_id="j", requester="a").to_dict()["sends"]}
+    assert "vlr/coalition-reply" not in steps and "vlr/grad-reply" in steps
+
+
+HFL = """
+[job]
+kind = "horizontal-fl"
+purpose = "p-1"
+[[participants]]
+node = "north"
+dataset = "d"
+fields = ["y"]
+role = "region"
+eval_dataset = "holdout"
+[[participants]]
+node = "south"
+dataset = "d"
+fields = ["y"]
+role = "region"
+[[participants]]
+node = "agg"
+role = "arbiter"
+[[participants]]
+node = "kh"
+role = "arbiter"
+[parameters]
+aggregator = "agg"
+key_holder = "kh"
+"""
+
+HE_H = """
+[job]
+kind = "he-stats"
+purpose = "p-1"
+[[participants]]
+node = "r1"
+dataset = "d"
+fields = ["v"]
+role = "region"
+[[participants]]
+node = "r2"
+dataset = "d"
+fields = ["v"]
+role = "region"
+[[participants]]
+node = "kh"
+role = "arbiter"
+[[participants]]
+node = "comb"
+role = "arbiter"
+[parameters]
+field = "v"
+key_holder = "kh"
+combiner = "comb"
+"""
+
+
+@pytest.mark.parametrize("text", [VLR, HFL, HE_H, VLR.replace('kind = "vertical-lr"', 'kind = "psi"')
+                                  .replace("epochs = 3\nshapley = true", "")], ids=["vlr", "hfl", "he-h", "psi"])
+def test_every_participant_has_a_role_with_messages_and_recipients(text: str) -> None:
+    m = parse_manifest(text)
+    for p in m.participants:
+        if m.kind == "psi" and p.role == "arbiter":
+            continue
+        sends = build_brief(m, p.node, Decision(True, ()), job_id="j", requester="a").to_dict()["sends"]
+        assert sends and all(s["to"] for s in sends), (m.kind, p.node, sends)
+    north = {s["step"] for s in build_brief(m, m.participants[0].node, Decision(True, ()), job_id="j",
+                                            requester="a").to_dict()["sends"]}
+    if m.kind == "horizontal-fl":
+        assert "hfl/validation" in north
+        south = build_brief(m, "south", Decision(True, ()), job_id="j", requester="a").to_dict()["sends"]
+        assert "hfl/validation" not in {s["step"] for s in south}

@@ -201,6 +201,8 @@ def build_brief(
     my_role = roles[node]
     sends = []
     for msg in pg.sends.get(my_role, ()):
+        if not msg.applies(manifest.parameters, me.extra):
+            continue
         if msg.to == "requester":
             to = [requester]
         else:

@@ -33,6 +33,16 @@ class Message:
     when: str = "once"
     bytes_per_row: int | None = None  # for an estimate from the row count
     fixed_bytes: int | None = None
+    #: sent only when this manifest parameter is true (``extra:KEY``: this participant's KEY is set)
+    needs: str = ""
+
+    def applies(self, parameters: dict, extra: dict) -> bool:
+        """Whether this message is sent under these manifest parameters / this participant's extra keys."""
+        if not self.needs:
+            return True
+        if self.needs.startswith("extra:"):
+            return bool(extra.get(self.needs[len("extra:"):]))
+        return bool(parameters.get(self.needs))
 
 
 @dataclass(frozen=True)
@@ -147,7 +157,8 @@ PAGES: dict[str, KindPage] = {
                 Message("vlr/resid", "host", "CKKS ciphertexts of residuals, per batch", "per batch"),
                 Message("vlr/grad", "arbiter", "masked gradient ciphertexts, per batch", "per batch"),
                 Message("vlr/val", "arbiter", "masked validation total, per epoch", "per epoch"),
-                Message("vlr/coalition", "arbiter", "masked coalition scores, only with shapley = true"),
+                Message("vlr/coalition", "arbiter", "masked coalition scores, one per coalition of departments",
+                        needs="shapley"),
                 _RESULT,
             ),
             "host": (
@@ -162,7 +173,8 @@ PAGES: dict[str, KindPage] = {
                 Message("vlr/grad-reply", "guest", "masked decrypted slots, per batch", "per batch"),
                 Message("vlr/grad-reply", "host", "masked decrypted slots, per batch", "per batch"),
                 Message("vlr/score-reply", "guest", "masked decrypted total scores of the held-out rows"),
-                Message("vlr/coalition-reply", "guest", "masked coalition scores, only with shapley = true"),
+                Message("vlr/coalition-reply", "guest", "masked coalition scores, one per coalition",
+                        needs="shapley"),
                 _RESULT,
             ),
         },
@@ -249,7 +261,8 @@ PAGES: dict[str, KindPage] = {
             "region": (
                 Message("flower updates", "aggregator", "one (encrypted) model update per round and track",
                         "per round"),
-                Message("hfl/validation", "aggregator", "only if this region is named in eval_dataset"),
+                Message("hfl/validation", "aggregator", "this region's held-out rows (eval_dataset)",
+                        needs="extra:eval_dataset"),
                 _RESULT,
             ),
             "aggregator": (Message("global model", "region", "the global model per round", "per round"), _RESULT),
