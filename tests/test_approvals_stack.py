@@ -241,6 +241,22 @@ def test_a_coordinator_that_skips_its_check_is_refused_by_the_node_before_approv
     assert not any(e["action"] == "awaiting-approval" for e in _audit(fed, job_id))
 
 
+def test_a_value_only_the_protocol_can_judge_is_refused_before_approval(fed: LocalFederation) -> None:
+    """batch_size passes the schema (an integer >= 1) but not CKKS (4096 slots): gamma refuses, never queues."""
+    with fed.client() as c:
+        job = c.submit(_vlr("batch_size = 100000"))
+
+        def settled() -> Any:
+            st = c.status(job.job_id)
+            queued = any(r["job_id"] == job.job_id for r in _pending(fed))
+            return (st, queued) if st.state != "submitted" or queued else None
+
+        st, queued = _until(settled, "the job was neither refused nor queued")
+    assert not queued, "gamma asked its approvers about a batch size CKKS cannot hold"
+    assert st.state == "rejected" and "batch_size must be 1..4096 (CKKS slots)" in st.reason, st
+    assert not any(e["action"] == "awaiting-approval" for e in _audit(fed, job.job_id))
+
+
 # -- finding 5: what approvers see ---------------------------------------------------------
 
 

@@ -53,7 +53,7 @@ from fedgov.node.brief import build_brief
 from fedgov.node.channel import JobChannel, PeerDirectory
 from fedgov.node.config import NodeConfig
 from fedgov.node.context import default_public_facts
-from fedgov.node.handlers import HANDLERS, TaskContext
+from fedgov.node.handlers import HANDLERS, PRECHECKS, TaskContext
 from fedgov.node.quality_publish import quality_json, quality_scores
 from fedgov.node.store import NodeStore
 from fedgov.node.witness import NodeWitness, WitnessError
@@ -300,6 +300,9 @@ class NodeAgent:
         manifest = parse_manifest(task.manifest_toml)
         self._check_replay(task.job_id, manifest)
         check_parameters(manifest.kind, manifest.parameters)
+        precheck = PRECHECKS.get(manifest.kind)
+        if precheck is not None:  # the protocol's own bounds, before anyone is asked to approve
+            precheck(manifest)
         if manifest.requester is not None and manifest.requester != signer.name:
             raise FedgovError(
                 f"manifest names requester '{manifest.requester}' but was signed by '{signer.name}'"

@@ -34,6 +34,16 @@ def _params_at_node() -> None:
 
 
 @row(
+    "protocol-params-at-node",
+    "`fedgov.node.handlers:PRECHECKS` (the protocol's own parameter checks, run by the node before approval)",
+    _STACK + "test_a_value_only_the_protocol_can_judge_is_refused_before_approval",
+    level="stack",
+)
+def _protocol_params_at_node() -> None:
+    _patch("fedgov.node.handlers:PRECHECKS", {})
+
+
+@row(
     "dual-approval",
     "`fedgov.node.approvals:enough` (a job proceeds only with `approvers_required` distinct approvers)",
     _STACK + "test_dual_control_needs_two_distinct_people",
