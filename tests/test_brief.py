@@ -228,12 +228,23 @@ combiner = "comb"
 """
 
 
-@pytest.mark.parametrize("text", [VLR, HFL, HE_H, VLR.replace('kind = "vertical-lr"', 'kind = "psi"')
-                                  .replace("epochs = 3\nshapley = true", "")], ids=["vlr", "hfl", "he-h", "psi"])
+HE_V = HE_H.replace('role = "region"\n[[participants]]\nnode = "r2"', 'role = "cohort"\n[[participants]]\nnode = "r2"'
+                   ).replace('role = "region"\n[[participants]]\nnode = "kh"', 'role = "owner"\n[[participants]]\nnode = "kh"'
+                             ).split("[[participants]]\nnode = \"kh\"")[0] + '[parameters]\nfield = "v"\n'
+COHORT = VLR.replace('kind = "vertical-lr"', 'kind = "cohort-count"').replace("epochs = 3\nshapley = true", "")
+ELIG = VLR.replace('kind = "vertical-lr"', 'kind = "eligibility-check"').replace("epochs = 3\nshapley = true", "")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [VLR, HFL, HE_H, HE_V, COHORT, ELIG,
+     VLR.replace('kind = "vertical-lr"', 'kind = "psi"').replace("epochs = 3\nshapley = true", "")],
+    ids=["vlr", "hfl", "he-h", "he-v", "cohort", "elig", "psi"],
+)
 def test_every_participant_has_a_role_with_messages_and_recipients(text: str) -> None:
     m = parse_manifest(text)
     for p in m.participants:
-        if m.kind == "psi" and p.role == "arbiter":
+        if m.kind in ("psi", "cohort-count") and p.role == "arbiter":
             continue
         sends = build_brief(m, p.node, Decision(True, ()), job_id="j", requester="a").to_dict()["sends"]
         assert sends and all(s["to"] for s in sends), (m.kind, p.node, sends)
