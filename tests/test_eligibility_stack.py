@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from fedgov.demo import node_specs
 from fedgov.protocols import eligibility as el
 from fedgov.protocols.psi import normalize_ids
-from fedgov.runner import LocalFederation
+from fedgov.runner import LocalFederation, NodeSpec
 from fedgov.scenarios.social_assistance import generate
 from fedgov.scenarios.social_assistance_jobs import (
     RULES_WITHOUT_MEDICAL,
@@ -27,12 +28,32 @@ pytestmark = pytest.mark.slow
 NODES = ("civil_affairs", "tax", "hrss", "housing", "vehicles", "arbiter")
 
 
+def with_disclosure(spec: NodeSpec, where: Path, **settings: object) -> NodeSpec:
+    """``spec`` with its policy's ``[defaults.disclosure]`` extended by ``settings`` (the owner's choice)."""
+    text = spec.policy.read_text()
+    lines = "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
+    if "[defaults.disclosure]\n" in text:
+        text = text.replace("[defaults.disclosure]\n", "[defaults.disclosure]\n" + lines, 1)
+    else:
+        i = text.index("\n[datasets.")
+        text = text[:i] + "\n[defaults.disclosure]\n" + lines + text[i:]
+    where.mkdir(parents=True, exist_ok=True)
+    (where / f"{spec.name}.toml").write_text(text)
+    return NodeSpec(spec.name, where / f"{spec.name}.toml", spec.datasets)
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalFederation, Path]]:
+    """The departments of this module re-check the same applicants in five jobs; their
+    owners allow 12 checks per applicant per quarter (the default, 2, would refuse the
+    third: tests/test_disclosure_stack.py)."""
     root = tmp_path_factory.mktemp("el-stack")
     data = root / "data"
     generate(data, households=600)
-    with LocalFederation(root / "fed", [s for s in node_specs(data) if s.name in NODES]) as fed:
+    specs = [with_disclosure(s, root / "policies", elig_checks_per_applicant=12)
+             if s.name not in ("civil_affairs", "arbiter") else s
+             for s in node_specs(data) if s.name in NODES]
+    with LocalFederation(root / "fed", specs) as fed:
         yield fed, data
 
 
