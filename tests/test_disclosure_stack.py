@@ -20,9 +20,11 @@ from pathlib import Path
 import pytest
 
 from fedgov.demo import node_specs
-from fedgov.runner import LocalFederation
+from fedgov.runner import DatasetSpec, LocalFederation, NodeSpec
 from fedgov.scenarios.social_assistance import generate
 from fedgov.scenarios.social_assistance_jobs import eligibility_manifest
+from tests.conftest import write_csv
+from tests.test_federation import schema
 
 pytestmark = pytest.mark.slow
 
@@ -166,3 +168,34 @@ def test_looser_psi_asks_are_refused_before_anything_runs(fed: LocalFederation) 
     assert "psi_id_recipients" in out["reason"] and "'tax'" in out["reason"], out
     for j in (job_id, job_id2):
         assert not outputs(fed, "civil_affairs", j).exists() and not outputs(fed, "tax", j).exists()
+
+
+def test_an_exact_size_the_owners_release_to_the_requester_stays_off_the_ledger(tmp_path: Path) -> None:
+    """Owners that release exact sizes but keep psi_size_ledger at its default (false): the
+    requester gets the size, the ledger does not; asking for the ledger is refused."""
+    specs = []
+    for name, ids in (("alpha", range(0, 80)), ("beta", range(40, 160))):
+        data = write_csv(tmp_path / f"{name}.csv", ["id"], [[f"p{i:04d}"] for i in ids])
+        pol = tmp_path / f"{name}-policy.toml"
+        pol.write_text('[defaults]\napproval = "auto"\n[defaults.disclosure]\npsi_size_release = "exact"\n'
+                       '[[datasets.data.rules]]\npurposes = ["test-psi"]\nkinds = ["psi"]\nfields = ["id"]\n')
+        specs.append(NodeSpec(name, pol, [DatasetSpec("data", schema(tmp_path / f"{name}-s.toml", "data",
+                                                                      {"id": "string"}), str(data))]))
+    manifest = (
+        '[job]\nkind = "psi"\npurpose = "test-psi"\n[parameters]\nsize_release = "exact"\n{extra}'
+        '[[participants]]\nnode = "alpha"\ndataset = "data"\nfields = ["id"]\nrole = "guest"\n'
+        '[[participants]]\nnode = "beta"\ndataset = "data"\nfields = ["id"]\nrole = "host"\n'
+    )
+    with LocalFederation(tmp_path / "fed", specs) as f:
+        job_id, state, out = run(f, manifest.format(extra=""))
+        assert state == "succeeded", out
+        assert out["result"]["alpha"]["intersection_size"] == 40
+        deadline = time.monotonic() + 60
+        entries = _ledger_entries(f, job_id)
+        while not any(e.get("type") == "job_completed" for e in entries):
+            assert time.monotonic() < deadline, "job_completed never reached the ledger"
+            time.sleep(0.2)
+            entries = _ledger_entries(f, job_id)
+        assert "intersection_size" not in json.dumps(entries), entries
+        _, state, out = run(f, manifest.format(extra="size_on_ledger = true\n"))
+        assert state == "rejected" and "psi_size_ledger" in out["reason"], out

@@ -86,6 +86,11 @@ def figure_uses(rules_doc: Any, node: str) -> dict[str, list[str]]:
 
 
 def refusals(manifest: Manifest, participant: Participant, settings: Mapping[str, Any]) -> list[Refusal]:
+    """The eligibility-check refusals of one participant (rule ladders)."""
+    return ladder_refusals(manifest, participant, settings)
+
+
+def ladder_refusals(manifest: Manifest, participant: Participant, settings: Mapping[str, Any]) -> list[Refusal]:
     """A department refuses rules that read one of its fields in more rules than its
     owner allows (``elig_max_rules_per_figure``)."""
     if participant.role == "arbiter":
@@ -129,5 +134,5 @@ SCHEMA = KindSchema(
         WORKERS,
     ),
     settings=SETTINGS,
-    refusals=refusals,
+    refusals=lambda m, part, s: refusals(m, part, s),  # late-bound: the check looks up the module's functions
 )

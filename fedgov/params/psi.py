@@ -63,7 +63,12 @@ def asked_release(parameters: Mapping[str, Any]) -> str:
 
 
 def refusals(manifest: Manifest, participant: Participant, settings: Mapping[str, Any]) -> list[Refusal]:
-    """Every participant refuses asks looser than its owner's settings."""
+    """Every participant refuses asks looser than its owner's settings (sizes, recipients)."""
+    return size_refusals(manifest, participant, settings) + recipient_refusals(manifest, participant, settings)
+
+
+def size_refusals(manifest: Manifest, participant: Participant, settings: Mapping[str, Any]) -> list[Refusal]:
+    """Sizes asked (``size_release``, rounding, minimum, ledger) looser than the owner allows."""
     p = manifest.parameters
     out: list[Refusal] = []
     ask = asked_release(p)
@@ -86,6 +91,13 @@ def refusals(manifest: Manifest, participant: Participant, settings: Mapping[str
         out.append(Refusal("psi_size_ledger",
                            "parameters.size_on_ledger = true: this department does not let the ledger "
                            "record intersection sizes"))
+    return out
+
+
+def recipient_refusals(manifest: Manifest, participant: Participant, settings: Mapping[str, Any]) -> list[Refusal]:
+    """Other nodes named to receive the aligned IDs that the owner does not allow."""
+    p = manifest.parameters
+    out: list[Refusal] = []
     if p.get("mode", "align") == "align":
         ok = list(settings.get("psi_id_recipients", []))
         for r in manifest.recipients:
@@ -119,5 +131,5 @@ SCHEMA = KindSchema(
         WORKERS,
     ),
     settings=SETTINGS,
-    refusals=refusals,
+    refusals=lambda m, part, s: refusals(m, part, s),  # late-bound: the check looks up the module's functions
 )

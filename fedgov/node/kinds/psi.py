@@ -117,6 +117,15 @@ def _host_side(
         return host.finish(msg)
 
 
+def _ledger_facts(parameters: Any, released: dict[str, Any]) -> dict[str, Any]:
+    """What this node lets the ledger record: the released size only when the manifest
+    asked ``size_on_ledger`` (every owner allowed it, ``psi_size_ledger``); else a
+    non-numeric marker (never the node's default summary figures)."""
+    if parameters.get("size_on_ledger") and released.get("intersection_size") is not None:
+        return {"intersection_size": released["intersection_size"]}
+    return {"sizes_published": False}
+
+
 def run_psi(ctx: TaskContext) -> dict[str, Any]:
     """The ``psi`` job kind: align (or just count) the participants' IDs.
 
@@ -139,9 +148,8 @@ def run_psi(ctx: TaskContext) -> dict[str, Any]:
     guest, hosts = guest_and_hosts(ctx)
     ids = ctx.load([id_col]).column(id_col).to_pylist()
     result = psi_steps(ctx, ids, guest=guest, hosts=hosts, mode=mode, deliver_to=deliver)
-    # facts for the ledger: none about sizes unless asked and allowed (see below)
-    ctx.public = {"sizes_published": False}
     if result is None:
+        ctx.public = _ledger_facts(p, {})
         return {}
     out: dict[str, Any] = {}
     if result.role == "guest":
@@ -149,8 +157,7 @@ def run_psi(ctx: TaskContext) -> dict[str, Any]:
         out = {"mode": mode, "size_release": level, **psi.release_sizes(
             result.size, result.pairwise_sizes, level=level,
             rounding=int(p.get("size_rounding", 10)), minimum=int(p.get("size_min", 11)))}
-        if p.get("size_on_ledger") and out.get("intersection_size") is not None:
-            ctx.public = {"intersection_size": out["intersection_size"]}
+    ctx.public = _ledger_facts(p, out)
     if mode == "align" and result.ids is not None:
         ctx.save_output(
             "aligned_ids",
