@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 from fedgov.demo import node_specs
 from fedgov.protocols import eligibility as el
 from fedgov.protocols.psi import normalize_ids
-from fedgov.runner import LocalFederation, NodeSpec
+from fedgov.runner import LocalFederation
 from fedgov.scenarios.social_assistance import generate
 from fedgov.scenarios.social_assistance_jobs import (
     RULES_WITHOUT_MEDICAL,
@@ -21,25 +20,12 @@ from fedgov.scenarios.social_assistance_jobs import (
     plaintext_eligibility,
     read_decisions,
     read_reference,
+    with_disclosure,
 )
 
 pytestmark = pytest.mark.slow
 
 NODES = ("civil_affairs", "tax", "hrss", "housing", "vehicles", "arbiter")
-
-
-def with_disclosure(spec: NodeSpec, where: Path, **settings: object) -> NodeSpec:
-    """``spec`` with its policy's ``[defaults.disclosure]`` extended by ``settings`` (the owner's choice)."""
-    text = spec.policy.read_text()
-    lines = "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
-    if "[defaults.disclosure]\n" in text:
-        text = text.replace("[defaults.disclosure]\n", "[defaults.disclosure]\n" + lines, 1)
-    else:
-        i = text.index("\n[datasets.")
-        text = text[:i] + "\n[defaults.disclosure]\n" + lines + text[i:]
-    where.mkdir(parents=True, exist_ok=True)
-    (where / f"{spec.name}.toml").write_text(text)
-    return NodeSpec(spec.name, where / f"{spec.name}.toml", spec.datasets)
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +36,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalFeder
     root = tmp_path_factory.mktemp("el-stack")
     data = root / "data"
     generate(data, households=600)
-    specs = [with_disclosure(s, root / "policies", elig_checks_per_applicant=12)
-             if s.name not in ("civil_affairs", "arbiter") else s
-             for s in node_specs(data) if s.name in NODES]
+    specs = with_disclosure([s for s in node_specs(data) if s.name in NODES], root / "policies",
+                            ("tax", "hrss", "housing", "vehicles"), elig_checks_per_applicant=12)
     with LocalFederation(root / "fed", specs) as fed:
         yield fed, data
 

@@ -113,20 +113,20 @@ class CheckBudget:
                               (job_id, dataset)).fetchone():
                     db.execute("COMMIT")
                     return
+                wanted = set(whos)
                 for f in fields:
-                    for w in whos:
-                        row = db.execute(
-                            "SELECT n FROM checks WHERE period = ? AND dataset = ? AND field = ? AND who = ?",
-                            (label, dataset, f, w),
-                        ).fetchone()
-                        if row is not None and row[0] >= limit:
-                            src = f"{source}." if source else "disclosure."
-                            raise PolicyDenied(
-                                f"the check budget of some applicant in this batch is spent: at most "
-                                f"{limit} check(s) of '{f}' per applicant per {period} "
-                                f"(policy key {src}{SETTING})",
-                                where=f"dataset '{dataset}'",
-                            )
+                    spent = db.execute(
+                        "SELECT who FROM checks WHERE period = ? AND dataset = ? AND field = ? AND n >= ?",
+                        (label, dataset, f, limit),
+                    )
+                    if any(bytes(w) in wanted for (w,) in spent):
+                        src = f"{source}." if source else "disclosure."
+                        raise PolicyDenied(
+                            f"the check budget of some applicant in this batch is spent: at most "
+                            f"{limit} check(s) of '{f}' per applicant per {period} "
+                            f"(policy key {src}{SETTING})",
+                            where=f"dataset '{dataset}'",
+                        )
                 db.executemany(
                     "INSERT INTO checks (period, dataset, field, who, n) VALUES (?, ?, ?, ?, 1) "
                     "ON CONFLICT (period, dataset, field, who) DO UPDATE SET n = n + 1",
