@@ -229,3 +229,32 @@ def test_flood_imaginary_replaces_the_imaginary_part_and_keeps_the_real_part() -
     assert abs(np.corrcoef(after.imag, before.imag)[0, 1]) < 0.1
     with pytest.raises(CryptoError, match="bound"):
         ckks.flood_imaginary(v, 0.0)
+
+
+def test_the_node_refuses_a_ladder_before_approval_naming_the_policy_key() -> None:
+    """What every department's node checks before it asks anyone to approve: its own
+    policy's ``elig_max_rules_per_figure`` (defaults when the policy says nothing)."""
+    from fedgov.manifest import parse_manifest
+    from fedgov.params import disclosure_refusals
+    from fedgov.policy import parse_policy
+    from fedgov.scenarios.social_assistance_jobs import eligibility_manifest
+
+    m = parse_manifest(eligibility_manifest(ladder_rules(10), dataset="applications", baseline=False, label=False))
+    rule = {"purposes": ["social-assistance-eligibility"], "kinds": ["eligibility-check"],
+            "fields": ["resident_id", "annual_income"]}
+    default = parse_policy({"datasets": {"income": {"rules": [rule]}}}, "tax/policy.toml")
+    d = default.check(dataset="income", kind="eligibility-check", purpose="social-assistance-eligibility",
+                      requester="analyst", fields=["resident_id", "annual_income"])
+    (r,) = disclosure_refusals(m, m.participant("tax"), d.disclosure, d.disclosure_source)
+    assert "10 rules" in str(r) and "tax.annual_income" in str(r)
+    assert str(r).endswith("(policy key tax/policy.toml: datasets.income.disclosure.elig_max_rules_per_figure)")
+    # civil affairs' figures are not read by the rules: nothing to refuse there
+    assert disclosure_refusals(m, m.participant("civil_affairs"), d.disclosure) == []
+    # an owner may allow more rules per figure (its choice); the ladder then passes this check
+    looser = parse_policy({"datasets": {"income": {"rules": [rule],
+                                                   "disclosure": {"elig_max_rules_per_figure": 10}}}}, "p")
+    d2 = looser.check(dataset="income", kind="eligibility-check", purpose="social-assistance-eligibility",
+                      requester="analyst", fields=["resident_id", "annual_income"])
+    assert disclosure_refusals(m, m.participant("tax"), d2.disclosure) == []
+    with pytest.raises(Exception, match="elig_max_rules_per_figure"):
+        parse_policy({"datasets": {"income": {"disclosure": {"elig_max_rules_per_figure": 0}}}}, "p")

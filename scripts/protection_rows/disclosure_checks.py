@@ -43,6 +43,7 @@ def _elig_ladder() -> None:
     "eligibility-ladder-policy",
     "`fedgov.params.eligibility:ladder_refusals` (the node refuses before approval, naming "
     "`elig_max_rules_per_figure`)",
+    f"{_ELIG_UNIT}::test_the_node_refuses_a_ladder_before_approval_naming_the_policy_key",
     f"{_STACK}::test_a_rule_ladder_is_refused_by_the_department_before_anything_runs",
     level="stack",
 )
