@@ -149,7 +149,8 @@ class CuriousKeyHolder(el.KeyHolder):
         return super().signs(blinded)
 
 
-def _wide_prior_job(seed: int, job: str) -> tuple[np.ndarray, np.ndarray, list[el.ApplicantResult], list]:
+def _wide_prior_job(seed: int, job: str, missing: float = 0.0) -> tuple[np.ndarray, np.ndarray,
+                                                                       list[el.ApplicantResult], list]:
     """n applicants whose |margin| is log-uniform over 2^0..2^14 CNY, half above, half
     below the standard; returns (|margin|, pass bit, decisions, plaintext decisions)
     and the key holder's complex view."""
@@ -158,12 +159,23 @@ def _wide_prior_job(seed: int, job: str) -> tuple[np.ndarray, np.ndarray, list[e
     mag = np.exp2(rng.uniform(0, 14, N))
     side = rng.choice([-1.0, 1.0], N)
     income = np.clip((1000.0 + side * mag) * 12, 0, None)
+    income[rng.uniform(size=N) < missing] = np.nan  # no record at tax
     depts = {"tax": {"annual_income": income}}
     kh = CuriousKeyHolder(job)
     got = el.run_local(job, rules, [None] * N, np.ones(N), depts, key_holder=kh)
     want = el.evaluate_plain(rules, [None] * N, np.ones(N), depts)
     margin = el.plain_margins(rules, [None] * N, np.ones(N), depts)["income"]
     return np.abs(margin), margin < 0, got, [want, kh.complex_view["income"][:N]]
+
+
+def _membership_incomes(seed: int) -> np.ndarray:
+    """The incomes :func:`_wide_prior_job` drew for ``seed`` with half the records missing."""
+    rng = np.random.default_rng(seed)
+    mag = np.exp2(rng.uniform(0, 14, N))
+    side = rng.choice([-1.0, 1.0], N)
+    income = np.clip((1000.0 + side * mag) * 12, 0, None)
+    income[rng.uniform(size=N) < 0.5] = np.nan
+    return income
 
 
 def _features(z: np.ndarray) -> np.ndarray:
@@ -205,6 +217,12 @@ def test_key_holder_learns_nothing_from_imaginary_parts_and_decisions_stay_exact
     # membership-style scores (which side of the threshold) from Re/Im: chance
     for score in (zb.imag, np.abs(zb.imag), np.sign(zb.real) * np.sign(zb.imag), np.abs(zb.real / zb.imag)):
         assert abs(_auc(score, passes) - 0.5) <= 0.05
+    # membership (has a record at tax, else its terms count 0): the imaginary parts are chance
+    _, _, got_c, (want_c, zc) = _wide_prior_job(3, "membership", missing=0.5)
+    assert got_c == want_c
+    has_record = ~np.isnan(_membership_incomes(3))
+    for score in (zc.imag, np.abs(zc.imag), np.sign(zc.real) * np.sign(zc.imag)):
+        assert abs(_auc(score, has_record) - 0.5) <= 0.05
 
 
 def test_flood_imaginary_replaces_the_imaginary_part_and_keeps_the_real_part() -> None:
