@@ -276,3 +276,21 @@ def test_the_node_refuses_a_ladder_before_approval_naming_the_policy_key() -> No
     assert disclosure_refusals(m, m.participant("tax"), d2.disclosure) == []
     with pytest.raises(Exception, match="elig_max_rules_per_figure"):
         parse_policy({"datasets": {"income": {"disclosure": {"elig_max_rules_per_figure": 0}}}}, "p")
+
+
+def test_context_flood_imaginary_for_seal_ciphertexts() -> None:
+    """The same guarantee for the sealapi-based contexts (vertical LR, HFL can reuse it)."""
+    ctx = ckks.CkksContext.create(ckks.CkksParams(), rotation_steps=[1])
+    x = np.linspace(-10, 10, ctx.slots)
+    ct = ctx.encrypt(x)
+
+    def complex_view(c) -> np.ndarray:
+        pt = sa.Plaintext()
+        ctx._decryptor.decrypt(c, pt)
+        return np.array(ctx._encoder.decode_complex(pt))
+
+    assert np.abs(complex_view(ct).imag).max() < 1e-3
+    ctx.flood_imaginary(ct, 2.0**20)
+    z = complex_view(ct)
+    assert 2.0**18 < np.abs(z.imag).max() <= 2.0**20
+    assert np.allclose(ctx.decrypt(ct), x, atol=1e-2)
