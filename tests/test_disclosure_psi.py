@@ -92,3 +92,10 @@ def test_only_the_owners_decide_who_receives_aligned_ids() -> None:
     assert refused(m, "hrss", {"psi_id_recipients": ["*"]}) == []
     # a recipients list may narrow what the policy allows
     assert refused(manifest(recipients='["requester"]'), "civil", {"psi_id_recipients": ["*"]}) == []
+
+
+def test_a_host_named_to_receive_the_cardinality_size_needs_the_owners_consent_too() -> None:
+    m = manifest('mode = "cardinality"\nsize_release = "exact"', recipients='["requester", "hrss"]')
+    got = refused(m, "civil", {"psi_size_release": "exact"})
+    assert len(got) == 1 and "psi_id_recipients" in got[0] and "intersection size" in got[0], got
+    assert refused(m, "civil", {"psi_size_release": "exact", "psi_id_recipients": ["hrss"]}) == []

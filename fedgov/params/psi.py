@@ -13,8 +13,8 @@ Settings (``[datasets.NAME.disclosure]`` of every participating department):
 - ``psi_size_ledger`` (default false): whether the released size may also be
   written to the public ledger.
 - ``psi_id_recipients`` (default ``[]``): other nodes that may receive the
-  aligned IDs (the intersection in canonical order) of a job on this
-  dataset; ``"*"`` = any participant. ``[results] recipients`` may only
+  aligned IDs (the intersection in canonical order; in cardinality mode, the
+  size) of a job on this dataset; ``"*"`` = any participant. ``[results] recipients`` may only
   narrow it.
 
 A manifest asks with ``parameters.size_release`` / ``size_rounding`` /
@@ -95,17 +95,16 @@ def size_refusals(manifest: Manifest, participant: Participant, settings: Mappin
 
 
 def recipient_refusals(manifest: Manifest, participant: Participant, settings: Mapping[str, Any]) -> list[Refusal]:
-    """Other nodes named to receive the aligned IDs that the owner does not allow."""
-    p = manifest.parameters
-    out: list[Refusal] = []
-    if p.get("mode", "align") == "align":
-        ok = list(settings.get("psi_id_recipients", []))
-        for r in manifest.recipients:
-            if r in manifest.nodes and r != participant.node and "*" not in ok and r not in ok:
-                out.append(Refusal("psi_id_recipients",
-                                   f"[results] recipients names '{r}': this department does not let "
-                                   f"'{r}' receive the aligned IDs"))
-    return out
+    """Other nodes named to receive the result (the aligned IDs; in cardinality mode the
+    size) that the owner does not allow (``psi_id_recipients``)."""
+    ok = list(settings.get("psi_id_recipients", []))
+    what = "the intersection size" if manifest.parameters.get("mode") == "cardinality" else "the aligned IDs"
+    return [
+        Refusal("psi_id_recipients",
+                f"[results] recipients names '{r}': this department does not let '{r}' receive {what}")
+        for r in manifest.recipients
+        if r in manifest.nodes and r != participant.node and "*" not in ok and r not in ok
+    ]
 
 
 SCHEMA = KindSchema(
