@@ -142,6 +142,7 @@ def _psi_ledger() -> None:
     "`fedgov.params.psi:recipient_refusals` (only nodes each owner's `psi_id_recipients` allows may "
     "receive aligned IDs)",
     f"{_PSI_UNIT}::test_only_the_owners_decide_who_receives_aligned_ids",
+    f"{_PSI_UNIT}::test_a_host_named_to_receive_the_cardinality_size_needs_the_owners_consent_too",
     f"{_STACK}::test_looser_psi_asks_are_refused_before_anything_runs",
     level="stack",
 )
