@@ -294,3 +294,25 @@ def test_context_flood_imaginary_for_seal_ciphertexts() -> None:
     z = complex_view(ct)
     assert 2.0**18 < np.abs(z.imag).max() <= 2.0**20
     assert np.allclose(ctx.decrypt(ct), x, atol=1e-2)
+
+
+def test_exact_ties_still_resolve_as_the_operator_says_under_flooding() -> None:
+    """Flooding doubles the largest slot; the sign at an exact tie (margin = ±tie/2 after the
+    shift, smallest blinding factor 1) must survive the extra decoding error."""
+    doc = ONE_RULE + (
+        '[[rules]]\nname = "le"\nkind = "threshold"\nthreshold = "income_standard"\ncompare = "<="\n'
+        'terms = [{ node = "hrss", field = "p", max = 2000000 }]\n'
+    )
+    rules = el.parse_rules(doc)
+    n = 2 * cs.SLOTS
+    inc = np.full(n, 12000.0)
+    inc[::3] += 0.13
+    inc[1::3] -= 0.13
+    p = np.full(n, 1000.0)
+    p[::2] = 1000.01
+    p[1::4] = 999.99
+    d = {"tax": {"annual_income": inc}, "hrss": {"p": p}}
+    got = el.run_local("ties", rules, [None] * n, np.ones(n), d)
+    want = el.evaluate_plain(rules, [None] * n, np.ones(n), d)
+    assert got == want
+    assert {r.failed for r in want} >= {("income",), ("le",), ()}
