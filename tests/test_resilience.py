@@ -91,12 +91,13 @@ def test_node_vanishing_mid_job_fails_the_job_with_a_reason(tmp_path: Path) -> N
             assert time.monotonic() < deadline
         _running(fed, job.job_id)
         fed.kill("alpha", signal.SIGKILL)  # the waiting node disappears
-        started = time.monotonic()
         with fed.client() as c:
-            st = c.wait(job.job_id, timeout=30)
+            st = c.wait(job.job_id, timeout=60)
         assert st.state == "failed"
-        assert "node 'alpha' stopped responding" in st.reason
-        assert time.monotonic() - started < 15
+        # the coordinator's watchdog ended it (not a node's own receive timeout, 600 s), and
+        # named the silent node — not mallory, which kept its heartbeat
+        assert "node 'alpha' stopped responding" in st.reason, st.reason
+        assert "mallory" not in st.reason
         mallory.close()
     # no process outlives the federation
     for proc in fed.procs.values():
