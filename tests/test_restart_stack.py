@@ -265,3 +265,25 @@ def test_eligibility_check_survives_a_coordinator_restart(tmp_path: Path) -> Non
         ra, rb = _result(fed, ref)["civil_affairs"], _result(fed, job)["civil_affairs"]
         for key in ("applicants", "eligible", "not_eligible", "failed_by_rule"):
             assert ra[key] == rb[key], key
+
+
+def test_a_real_node_restart_fails_the_job_naming_that_node(tmp_path: Path) -> None:
+    """The other side of the session rule: a node process that truly restarted mid-job lost its
+    protocol state; the job fails at once, naming that node and the cause (not a silent timeout)."""
+    spec = load_spec(_fate_spec(tmp_path, "vertical-lr"))
+    fed = federation_for(spec, tmp_path / "w")
+    fed.node_timeout = 300  # so the watchdog cannot be what ends the job
+    with fed:
+        with fed.client() as c:
+            job_id = c.submit(manifest_for(spec)).job_id
+        deadline = time.monotonic() + 120
+        while relay_state(fed, job_id)[1] < 6:
+            assert relay_state(fed, job_id)[0] not in TERMINAL
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        fed.kill("host", signal.SIGKILL)
+        fed.start_node(next(n for n in fed.nodes if n.name == "host"))
+        with fed.client() as c:
+            st = c.wait(job_id, timeout=120)
+        assert st.state == "failed"
+        assert "node 'host' restarted during the job" in st.reason, st.reason
