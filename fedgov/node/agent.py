@@ -17,7 +17,9 @@ Guarantees:
   requester's per-job key, so the coordinator relays only their sizes;
 - every payload that leaves the node (relay envelope digests and sizes,
   result JSON, decisions) is appended to the local hash-chained audit log;
-- when the coordinator goes away the node reconnects with jittered backoff.
+- when the coordinator goes away the node reconnects with jittered backoff;
+  its running jobs keep their protocol state and carry on once it is back
+  (same session id: the coordinator knows it is the same process).
 """
 
 from __future__ import annotations
