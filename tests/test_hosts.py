@@ -357,6 +357,8 @@ def test_psi_vlr_and_hfl_across_four_hosts_with_a_link_down_mid_job(hosts: Hosts
     out.write_text(json.dumps(summary, indent=2, sort_keys=True))
     print("\nmulti-host summary:", json.dumps(summary, indent=2, sort_keys=True))
     assert reachable == {}, reachable
-    # the audit saw the hosts during the jobs (each ran a node, so each was sampled at least once)
+    # not vacuous: while the HFL job ran, the audit saw (and probed) the loopback listeners the
+    # regions' Flower SuperNodes open on every department host
+    assert {h for h, _, _ in audit.probed} == {"d1", "d2", "d3"}, audit.probed
     for proc in fed.procs.values():
         assert proc.popen.poll() is not None  # nothing outlives the federation
