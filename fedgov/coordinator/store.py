@@ -435,7 +435,7 @@ class CoordinatorStore:
             if cert_sha256 is not None and self._changed(db, f"node:{name}", cert_sha256):
                 self._ledger(db, lambda: le.node_registered(name, cert_sha256))
             row = db.execute("SELECT session FROM nodes WHERE name=?", (name,)).fetchone()
-            same_process = bool(session) and row is not None and row[0] == session
+            same_process = row is not None and same_process_session(row[0], session)
             db.execute(
                 "INSERT INTO nodes(name, bundle, registered_at, last_seen, session) VALUES (?,?,?,?,?) "
                 "ON CONFLICT(name) DO UPDATE SET bundle=excluded.bundle, "
@@ -778,6 +778,15 @@ class CoordinatorStore:
 
 
 # -- ledger entry builders ---------------------------------------------------------
+
+
+def same_process_session(registered: str | None, session: str | None) -> bool:
+    """True iff ``session`` is the registered node process (``registered``) reconnecting.
+
+    Both must be known and equal: a process that sends no session id, or a new
+    one, counts as a new process (which lost the old one's protocol state).
+    """
+    return bool(session) and registered == session
 
 
 def _same(row: tuple[int, str, bytes], stored: bytes) -> bool:

@@ -42,14 +42,15 @@ def _restart_resume() -> None:
 
 @row(
     "node-restart-attribution",
-    "`fedgov.coordinator.service:_session_of` reads the registering process's session id, which "
-    "`CoordinatorStore.register_node` compares with the persisted one (switched off: every "
+    "`fedgov.coordinator.store:same_process_session` compares the registering process's session id "
+    "(`fedgov.coordinator.service:_session_of`) with the persisted one (switched off: every "
     "re-registration counts as a new process)",
+    "tests/test_resilience.py::test_reregistration_breaks_jobs_only_for_a_new_process",
     "tests/test_restart_stack.py::test_psi_survives_a_coordinator_restart",
     level="stack",
 )
 def _attribution() -> None:
-    _patch("fedgov.coordinator.service:_session_of", lambda context: None)
+    _patch("fedgov.coordinator.store:same_process_session", lambda registered, session: False)
 
 
 _KEEP: list[socket.socket] = []
