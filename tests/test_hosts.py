@@ -15,7 +15,9 @@ coordinator's certificate names that address. The test runs PSI, vertical LR
 and horizontal FL across the hosts; checks, while jobs run, that nothing a
 department host listens on (every port ``ss -ltn`` lists there) accepts a
 connection from any other host; and takes one department host's link down in
-the middle of a vertical-LR job, then up again: the job resumes.
+the middle of a vertical-LR job, then up again: the job resumes. A second test
+keeps the link down past ``node_timeout_seconds``: the job fails naming the
+cut-off node, which reconnects by itself once the link is back.
 
 Documented exception: the HFL aggregator's Flower SuperLink listens for the
 regions' SuperNodes — it runs on the coordinator host here, which is why the
@@ -362,3 +364,40 @@ def test_psi_vlr_and_hfl_across_four_hosts_with_a_link_down_mid_job(hosts: Hosts
     assert {h for h, _, _ in audit.probed} == {"d1", "d2", "d3"}, audit.probed
     for proc in fed.procs.values():
         assert proc.popen.poll() is not None  # nothing outlives the federation
+
+
+def test_a_link_down_longer_than_node_timeout_fails_the_job_naming_the_host(hosts: Hosts, tmp_path: Path) -> None:
+    """The other branch of the rule: an outage the job cannot wait out ends it cleanly, naming
+    the host's node; once the link is back that node reconnects by itself (same process)."""
+    vlr_spec = load_spec(_fate_spec(tmp_path, "vertical-lr"))
+    nodes = federation_for(vlr_spec, tmp_path / "profiles").nodes
+    placement = {"coordinator": "coord", "guest": "d1", "host": "d2", "arbiter": "d3"}
+    fed = HostsFederation(tmp_path / "fed", nodes, hosts, placement, node_timeout=6)
+    with fed:
+        with fed.client() as c:
+            job_id = c.submit(manifest_for(vlr_spec)).job_id
+        deadline = time.monotonic() + 300
+        while _relay_state(fed, job_id)[1] < 12:
+            assert _relay_state(fed, job_id)[0] not in TERMINAL
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        _ip("link", "set", hosts.veth("d2"), "down")
+        try:
+            deadline = time.monotonic() + 120
+            while _relay_state(fed, job_id)[0] not in TERMINAL:  # the watchdog's move, not a sleep
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        finally:
+            _ip("link", "set", hosts.veth("d2"), "up")
+        with fed.client() as c:
+            st = c.status(job_id)
+        assert st.state == "failed"
+        assert "node 'host' stopped responding" in st.reason, st.reason
+        # back online by itself: the same process polls again and takes the job's abort task
+        deadline = time.monotonic() + 120
+        while f"job {job_id} aborted" not in fed.procs["host"].log.read_text(errors="replace"):
+            assert time.monotonic() < deadline, fed.tail("host", 30)
+            time.sleep(0.2)
+        assert fed.procs["host"].popen.poll() is None
+        log = fed.procs["host"].log.read_text(errors="replace")
+        assert "Traceback" not in log and "closed channel" not in log, fed.tail("host", 40)
