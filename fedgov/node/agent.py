@@ -17,7 +17,9 @@ Guarantees:
   requester's per-job key, so the coordinator relays only their sizes;
 - every payload that leaves the node (relay envelope digests and sizes,
   result JSON, decisions) is appended to the local hash-chained audit log;
-- when the coordinator goes away the node reconnects with jittered backoff.
+- when the coordinator goes away the node reconnects with jittered backoff;
+  its running jobs keep their protocol state and carry on once it is back
+  (same session id: the coordinator knows it is the same process).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ from fedgov.node.witness import NodeWitness, WitnessError
 from fedgov.params import check_parameters, disclosure_refusals
 from fedgov.policy import Decision
 from fedgov.privatefs import private_dir, private_umask
-from fedgov.transport.rpc import describe, with_retry
+from fedgov.transport.rpc import JOB_PATIENCE, describe, with_retry
 from fedgov.transport.tls import TlsMaterial, secure_channel
 from fedgov.v1 import (
     common_pb2,
@@ -237,24 +239,32 @@ class NodeAgent:
         )
 
     def run(self) -> None:
-        """Serve until :attr:`stop` is set; reconnect with backoff on failure."""
+        """Serve until :attr:`stop` is set; reconnect with backoff on failure.
+
+        One gRPC channel serves the whole process (gRPC re-dials it by itself),
+        so a coordinator restart or a dropped link never leaves a running job
+        holding a closed channel: job threads keep their protocol state and
+        retry their relay calls, and the poll loop re-registers with the same
+        session id, which tells the coordinator this is the same process.
+        """
         delay = 0.5
-        while not self.stop.is_set():
-            channel = self._connect()
-            try:
-                self._register()
-                delay = 0.5
-                self._poll_loop()
-            except grpc.RpcError as exc:
-                err = describe(exc)
-                log.warning("coordinator connection lost (%s); retrying in %.1f s", err, delay)
-            finally:
-                channel.close()
-            if self.stop.wait(delay * (0.5 + random.random())):
-                break
-            delay = min(delay * 2, 10.0)
-        for ev in self._running.values():
-            ev.set()
+        channel = self._connect()
+        try:
+            while not self.stop.is_set():
+                try:
+                    self._register()
+                    delay = 0.5
+                    self._poll_loop()
+                except grpc.RpcError as exc:
+                    err = describe(exc)
+                    log.warning("coordinator connection lost (%s); retrying in %.1f s", err, delay)
+                if self.stop.wait(delay * (0.5 + random.random())):
+                    break
+                delay = min(delay * 2, 10.0)
+        finally:
+            for ev in list(self._running.values()):
+                ev.set()
+            channel.close()
 
     def _poll_loop(self) -> None:
         while not self.stop.is_set():
@@ -543,13 +553,15 @@ class NodeAgent:
             sealed_bytes=len(sealed),
             sealed_sha256=hashlib.sha256(sealed).hexdigest() if sealed else "",
         )
-        with_retry(
+        with_retry(  # idempotent: a repeated report of a finished participant changes nothing
             lambda: self.jobs.Report(
                 jobs_pb2.TaskReport(
                     job_id=job_id, ok=ok, error=error, public_json=public_json, sealed_result=sealed
                 ),
                 timeout=30,
-            )
+            ),
+            patience=JOB_PATIENCE,
+            idempotent=True,
         )
 
     def _start_job_key(self, job_id: str) -> JobKey:
@@ -559,7 +571,9 @@ class NodeAgent:
         with_retry(
             lambda: self.registry.PublishJobKey(
                 registry_pb2.JobKey(job_id=job_id, node=self.config.name, statement=statement), timeout=10
-            )
+            ),
+            patience=JOB_PATIENCE,
+            idempotent=True,
         )
         self.store.audit(job_id, "job-key", sha256=hashlib.sha256(job_key.public_bytes).hexdigest())
         return job_key
