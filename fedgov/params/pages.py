@@ -228,7 +228,7 @@ PAGES: dict[str, KindPage] = {
             ("civil affairs (C)", "per applicant, which rules pass (its entitled output)"),
             ("department (D)", "n and the batch positions of its own matched records; nothing else."),
             ("key holder (K)", "the number of tests and slots"),
-            ("coordinator", "sizes and timing."),
+            ("coordinator", "sizes and timing of the sealed messages it relays."),
         ),
         {
             "guest": (
