@@ -76,6 +76,14 @@ VALIDATION = Setting(
 )
 SETTINGS = (MASK_FLOOR, HIDING_FLOOR, SCORE_BOUND_FLOOR, PRECISION_CEILING, SHAPLEY, VALIDATION)
 
+#: keys of ``parameters.ckks`` (CkksParams.validate checks the combination)
+CKKS_FIELDS = (
+    Param("poly_modulus_degree", "int", min=1024),
+    Param("coeff_mod_bit_sizes", "list[int]"),
+    Param("scale_bits", "int", min=1),
+    Param("decrypt_primes", "int", min=1),
+)
+
 _TRAINING = (
     Param("epochs", "int", doc="passes over the training rows", min=1),
     Param("batch_size", "int", doc="rows per batch (at most the CKKS slots)", min=1),
@@ -95,6 +103,7 @@ _TRAINING = (
         "ckks",
         "table",
         doc="CKKS parameters {poly_modulus_degree, coeff_mod_bit_sizes, scale_bits, decrypt_primes}",
+        fields=CKKS_FIELDS,
     ),
     Param("mask_bits", "int", doc="statistical mask size over each decrypted value",
           min=MASK_BITS_MIN, max=MASK_BITS_MAX, governed_by=(MASK_FLOOR.key,)),
