@@ -21,7 +21,7 @@ from fedgov.errors import ConfigError, CryptoError, FedgovError
 from fedgov.hfl import deployment, evaluate
 from fedgov.hfl import secure_agg as sa
 from fedgov.manifest import parse_manifest
-from fedgov.node.agent import _stricter
+from fedgov.node.agent import NodeAgent, _stricter
 from fedgov.node.kinds import vertical_lr as vlr_node
 from fedgov.params import horizontal_fl as hfl_params
 from fedgov.params import vertical_lr as vlr_params
@@ -321,6 +321,18 @@ def test_eval_dataset_gets_its_own_full_decision() -> None:
     assert (d.approval, d.approvers_required, d.approvers, d.min_cohort) == ("manual", 2, ("ana", "bo"), 50)
     both = _stricter(Decision(True, (), approvers=("bo", "cy")), held)
     assert both.approvers == ("bo",)
+    disjoint = _stricter(Decision(True, (), approvers=("cy",)), held)
+    assert not disjoint.allowed and "no approver is listed by both" in disjoint.reasons[0]
+    # the pending job's approvals are checked against both datasets' approver lists too
+    pol = parse_policy({"datasets": {"apps": {"approvers": ["ana", "cy"]}, "validation": {"approvers": ["ana"]},
+                                     "open": {}}}, "policy.toml")
+    agent = SimpleNamespace(config=SimpleNamespace(policy=pol))
+    m = _hfl()
+    assert NodeAgent._allowed_approvers(agent, m.participant("north")) == ("ana",)  # apps + validation
+    pol2 = parse_policy({"datasets": {"apps": {"approvers": ["cy"]}, "validation": {"approvers": ["ana"]}}},
+                        "policy.toml")
+    assert NodeAgent._allowed_approvers(SimpleNamespace(config=SimpleNamespace(policy=pol2)),
+                                        m.participant("north")) == ("",)  # nobody
 
 
 def test_validation_returns_only_one_auc_per_track() -> None:

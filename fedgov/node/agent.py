@@ -50,7 +50,7 @@ from fedgov.crypto.revocation import Revocations
 from fedgov.crypto.signing import verify_approval, verify_manifest
 from fedgov.datasources import read_dataset
 from fedgov.errors import FedgovError
-from fedgov.manifest import Manifest, check_fresh, manifest_digest, parse_manifest
+from fedgov.manifest import Manifest, Participant, check_fresh, manifest_digest, parse_manifest
 from fedgov.node import approvals as approval_rules
 from fedgov.node.brief import build_brief
 from fedgov.node.channel import JobChannel, PeerDirectory
@@ -96,6 +96,8 @@ def _stricter(train: Decision, held_out: Decision) -> Decision:
     """
     if train.approvers and held_out.approvers:
         approvers = tuple(sorted(set(train.approvers) & set(held_out.approvers)))
+        if not approvers:
+            return Decision(False, ("no approver is listed by both the training and the eval dataset's policy",))
     else:
         approvers = train.approvers or held_out.approvers
     manual = "manual" in (train.approval, held_out.approval)
@@ -442,11 +444,23 @@ class NodeAgent:
                 task.job_id,
             )
 
+    def _allowed_approvers(self, me: Participant) -> tuple[str, ...]:
+        """Approver allow-list of the task's datasets (training and eval_dataset): both must list a name."""
+        lists = [self.config.policy.datasets[me.dataset].approvers]
+        eval_ds = str(me.extra.get("eval_dataset") or "")
+        if eval_ds and eval_ds in self.config.policy.datasets:
+            lists.append(self.config.policy.datasets[eval_ds].approvers)
+        nonempty = [set(a) for a in lists if a]
+        if not nonempty:
+            return ()  # any approver of this department
+        both = tuple(sorted(set.intersection(*nonempty)))
+        return both or ("",)  # disjoint lists: nobody (no certificate is named "")
+
     def _check_approvals(self) -> None:
         for pending in self.store.pending():
             manifest = parse_manifest(pending.manifest)
             me = manifest.participant(self.config.name)
-            allowed_names = self.config.policy.datasets[me.dataset].approvers
+            allowed_names = self._allowed_approvers(me)
             rec = self.store.brief(pending.job_id)
             requester_cert = rec[0] if rec else None
             brief_sha = approval_rules.brief_digest(self.store, pending.job_id)
