@@ -25,6 +25,7 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -49,7 +50,7 @@ from fedgov.crypto.revocation import Revocations
 from fedgov.crypto.signing import verify_approval, verify_manifest
 from fedgov.datasources import read_dataset
 from fedgov.errors import FedgovError
-from fedgov.manifest import Manifest, check_fresh, manifest_digest, parse_manifest
+from fedgov.manifest import Manifest, Participant, check_fresh, manifest_digest, parse_manifest
 from fedgov.node import approvals as approval_rules
 from fedgov.node.brief import build_brief
 from fedgov.node.channel import JobChannel, PeerDirectory
@@ -83,6 +84,31 @@ DUPLICATE_PATIENCE = 10.0
 
 class DuplicateIdentity(FedgovError):
     """Another live process holds this node's identity at the coordinator."""
+
+
+def _stricter(train: Decision, held_out: Decision) -> Decision:
+    """One decision for a task that reads two datasets (training and ``eval_dataset``).
+
+    The held-out dataset is data too: the task needs manual approval if either
+    does, the larger number of approvers, the larger minimum cohort, and only
+    approvers both allow. Disclosure settings stay the training dataset's
+    (the caller checks the held-out dataset's separately).
+    """
+    if train.approvers and held_out.approvers:
+        approvers = tuple(sorted(set(train.approvers) & set(held_out.approvers)))
+        if not approvers:
+            return Decision(False, ("no approver is listed by both the training and the eval dataset's policy",))
+    else:
+        approvers = train.approvers or held_out.approvers
+    manual = "manual" in (train.approval, held_out.approval)
+    return dataclasses.replace(
+        train,
+        approval="manual" if manual else "auto",
+        approvers_required=max(train.approvers_required, held_out.approvers_required) if manual else 1,
+        approvers=approvers,
+        min_cohort=max(train.min_cohort, held_out.min_cohort),
+        standing_alignment=train.standing_alignment and held_out.standing_alignment,
+    )
 
 
 class NodeAgent:
@@ -355,6 +381,10 @@ class NodeAgent:
             )
             if not second.allowed:
                 return manifest, second
+            refusals = disclosure_refusals(manifest, me, second.disclosure, second.disclosure_source)
+            if refusals:
+                return manifest, Decision(False, tuple(str(r) for r in refusals))
+            decision = _stricter(decision, second)
         if decision.allowed:
             refusals = disclosure_refusals(manifest, me, decision.disclosure, decision.disclosure_source)
             if refusals:
@@ -414,11 +444,23 @@ class NodeAgent:
                 task.job_id,
             )
 
+    def _allowed_approvers(self, me: Participant) -> tuple[str, ...]:
+        """Approver allow-list of the task's datasets (training and eval_dataset): both must list a name."""
+        lists = [self.config.policy.datasets[me.dataset].approvers]
+        eval_ds = str(me.extra.get("eval_dataset") or "")
+        if eval_ds and eval_ds in self.config.policy.datasets:
+            lists.append(self.config.policy.datasets[eval_ds].approvers)
+        nonempty = [set(a) for a in lists if a]
+        if not nonempty:
+            return ()  # any approver of this department
+        both = tuple(sorted(set.intersection(*nonempty)))
+        return both or ("",)  # disjoint lists: nobody (no certificate is named "")
+
     def _check_approvals(self) -> None:
         for pending in self.store.pending():
             manifest = parse_manifest(pending.manifest)
             me = manifest.participant(self.config.name)
-            allowed_names = self.config.policy.datasets[me.dataset].approvers
+            allowed_names = self._allowed_approvers(me)
             rec = self.store.brief(pending.job_id)
             requester_cert = rec[0] if rec else None
             brief_sha = approval_rules.brief_digest(self.store, pending.job_id)
@@ -609,7 +651,10 @@ class NodeAgent:
                 return str(self.save_json(job_id, name, obj))
 
             def load_json(other_job: str, name: str) -> object:
-                path = self.output_dir(other_job) / f"{name}.json"
+                outputs = (self.config.state_dir / "outputs").resolve()
+                path = (self.output_dir(other_job) / f"{name}.json").resolve()
+                if path.parent.parent != outputs or "/" in other_job or other_job in ("", ".", ".."):
+                    raise FedgovError(f"'{other_job}' is not a job of this node (a job id, never a path)")
                 try:
                     return json.loads(path.read_text())
                 except FileNotFoundError:
