@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fedgov.errors import ConfigError, CryptoError, FedgovError
 from fedgov.ledger import merkle
 from fedgov.ledger.entries import Entry, EntryError, parse_entry
+from fedgov.ledger.facts import FactCheck, accepted_entries, check_facts
 from fedgov.ledger.log import (
     EXPORT_FORMAT,
     ExportedLog,
@@ -55,6 +56,7 @@ from fedgov.ledger.points import (
     render_json,
     render_png,
     render_table,
+    verify_awards,
 )
 
 __all__ = ["add_ledger_parser", "add_quality_parser", "open_readonly", "points_table", "verify_db"]
@@ -185,6 +187,8 @@ class _Source:
     cosignatures: list[tuple[str, SignedTreeHead, bytes]]
     log: TransparencyLog | None = None
     witness_keys: dict[str, Ed25519PublicKey] = field(default_factory=dict)
+    #: the federation CA (departments' key bundles are checked against it)
+    ca: x509.Certificate | None = None
 
     def entries(self) -> list[Entry]:
         return [parse_entry(b) for b in self.blobs]
@@ -294,7 +298,27 @@ class _Online:
         self.channel.close()
 
 
+def _load_ca(ns: argparse.Namespace) -> x509.Certificate | None:
+    """The federation CA from ``--ca`` or ``--kit``/``FEDGOV_KIT`` (``ca.crt``), if given."""
+    spec = getattr(ns, "ca", None)
+    kit = getattr(ns, "kit", None) or os.environ.get("FEDGOV_KIT")
+    path = Path(spec) if spec else (Path(kit) / "ca.crt" if kit else None)
+    if path is None:
+        return None
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"not a readable CA certificate (PEM): {exc}", where=str(path)) from None
+
+
 def _source(ns: argparse.Namespace) -> _Source:
+    src = _source_raw(ns)
+    if src.ca is None:
+        src.ca = _load_ca(ns)
+    return src
+
+
+def _source_raw(ns: argparse.Namespace) -> _Source:
     if getattr(ns, "db", None):
         log = open_readonly(ns.db)
         return _Source(
@@ -316,7 +340,7 @@ def _source(ns: argparse.Namespace) -> _Source:
         wkeys = online.witness_keys({w for w, _, _ in cos})
     finally:
         online.close()
-    return _Source("online", key, blobs, [sth], cos, witness_keys=wkeys)
+    return _Source("online", key, blobs, [sth], cos, witness_keys=wkeys, ca=online.ca)
 
 
 def _check_trusted(src: _Source, trusted: Ed25519PublicKey | None) -> list[str]:
@@ -364,10 +388,47 @@ def _verify_source(src: _Source, ns: argparse.Namespace) -> dict[str, Any]:
             problems=problems,
         ).to_dict()
     out["problems"][:0] = _check_trusted(src, trusted)
+    out["problems"] += _check_department_facts(src, out)
     out["verified"] = not out["problems"]
     out["source"] = src.kind
     out["public_key"] = public_key_bytes(src.public_key).hex()
     return out
+
+
+def _check_department_facts(src: _Source, out: dict[str, Any]) -> list[str]:
+    """Every department fact must carry its department's valid signature (:mod:`fedgov.ledger.facts`).
+
+    Problems name index, kind and department; awards are recomputed from the
+    accepted facts alone, so points resting on a forged fact are named too.
+    """
+    entries = _parse_all(src.blobs)
+    if src.ca is None:
+        out["facts"] = None
+        return ["department signatures not checked: give --ca CA_CERT (or --kit) to check them"]
+    check = check_facts(((i, e) for i, e in entries.items()), src.ca)
+    out["facts"] = check.to_dict()
+    problems = list(check.problems)
+    if not check.ok:
+        ordered = [entries[i] for i in sorted(entries)]
+        kept = accepted_entries(ordered, src.ca, _reindexed(check, sorted(entries)))
+        problems += [f"points from signed facts only: {p}" for p in verify_awards(kept)]
+    return problems
+
+
+def _parse_all(blobs: Sequence[bytes]) -> dict[int, Entry]:
+    out = {}
+    for i, b in enumerate(blobs):
+        try:
+            out[i] = parse_entry(b)
+        except EntryError:
+            continue  # named by the structural checks
+    return out
+
+
+def _reindexed(check: FactCheck, order: Sequence[int]) -> FactCheck:
+    """``check`` with log indices mapped to positions in ``order`` (for :func:`accepted_entries`)."""
+    pos = {i: k for k, i in enumerate(order)}
+    return FactCheck(facts=check.facts, accepted=[pos[i] for i in check.accepted])
 
 
 def _check_cosignatures(src: _Source) -> list[str]:
@@ -586,6 +647,13 @@ def _cmd_points(ns: argparse.Namespace) -> None:
     src = _source(ns)
     src.close()
     entries = src.entries()
+    # only facts signed by the department they are about count (fedgov.ledger.facts)
+    if src.ca is None:
+        raise ConfigError("points count only department-signed facts: give --ca CA_CERT (or --kit)")
+    check = check_facts(enumerate(entries), src.ca)
+    for line in check.problems:
+        print(f"fedgov: not counted: {line}", file=sys.stderr)
+    entries = accepted_entries(entries, src.ca, check)
     rules = _rules_in(entries) or PointsRules()
     rows = points_report(entries, ns.period, budget, rules)
     if ns.png:
@@ -647,6 +715,9 @@ def _source_opts(p: argparse.ArgumentParser) -> None:
     g.add_argument("--export", type=Path, help="a file written by `fedgov ledger export`")
     g.add_argument("--kit", help="online: your startup kit (or FEDGOV_KIT)")
     g.add_argument("--coordinator", help="online: host:port (or FEDGOV_COORDINATOR)")
+    p.add_argument(
+        "--ca", type=Path, help="federation CA certificate to check departments' signed facts (default: the kit's)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
 
 

@@ -126,6 +126,7 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
                 "schema": json.loads(d.schema_json or "{}"),
                 "schema_digest": d.schema_digest,
                 "rows": d.rows,
+                "fact": bytes(d.fact),
             }
             if d.quality_json:
                 try:
@@ -386,7 +387,8 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         ident = _require(context, "node")
         self._participant(request.job_id, ident, context)
         new = self.store.record_decision(
-            request.job_id, ident.name, request.approve, request.reason, list(request.approvers)
+            request.job_id, ident.name, request.approve, request.reason, list(request.approvers),
+            bytes(request.fact),
         )
         if new:
             log.info("job %s -> %s", request.job_id, new)
@@ -427,6 +429,7 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
             request.error,
             request.public_json,
             sealed_result=request.sealed_result,
+            facts=[bytes(f) for f in request.facts],
         )
         if new:
             log.info("job %s -> %s", request.job_id, new)

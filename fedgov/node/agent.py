@@ -52,6 +52,7 @@ from fedgov.node.channel import JobChannel, PeerDirectory
 from fedgov.node.config import NodeConfig
 from fedgov.node.context import default_public_facts
 from fedgov.node.handlers import HANDLERS, TaskContext
+from fedgov.node.ledger_facts import dataset_fact, decision_fact, report_facts
 from fedgov.node.quality_publish import quality_json, quality_scores
 from fedgov.node.store import NodeStore
 from fedgov.node.witness import NodeWitness, WitnessError
@@ -106,6 +107,8 @@ class NodeAgent:
         self.stop = threading.Event()
         self._running: dict[str, threading.Event] = {}
         self._evaluated: set[str] = set()
+        #: rows of each dataset as last published (for this node's signed contribution facts)
+        self._rows: dict[str, int] = {}
 
     def _check_own_kit(self) -> None:
         """Exit (FedgovError) before dialling if this node's own kit cannot work; log expiry warnings."""
@@ -205,13 +208,22 @@ class NodeAgent:
         datasets = []
         for ds in self.config.datasets.values():
             table = tables[ds.name]
+            qjson = quality_json(scores[ds.name]) if ds.name in scores else ""
+            self._rows[ds.name] = table.num_rows
+            # the ledger's dataset_published fact, in this department's own signed words
+            fact = dataset_fact(
+                self.config.name, self.keys.sign, ds.name, ds.schema.digest(), table.num_rows,
+                json.loads(qjson) if qjson else {},
+            )
+            self.witness.expect(fact)
             datasets.append(
                 common_pb2.DatasetInfo(
                     name=ds.name,
                     schema_json=json.dumps(ds.schema.to_dict(), sort_keys=True),
                     schema_digest=ds.schema.digest(),
                     rows=table.num_rows,
-                    quality_json=quality_json(scores[ds.name]) if ds.name in scores else "",
+                    quality_json=qjson,
+                    fact=fact,
                 )
             )
         self.registry.PublishCatalog(registry_pb2.PublishCatalogRequest(datasets=datasets), timeout=10)
@@ -357,9 +369,13 @@ class NodeAgent:
         self.store.audit(
             job_id, "decision", approve=approve, reason=reason, approvers=approvers, manifest_sha256=digest
         )
+        fact = decision_fact(self.config.name, self.keys.sign, job_id, approve, reason, approvers)
+        self.witness.expect(fact)
         with_retry(
             lambda: self.jobs.Decide(
-                jobs_pb2.TaskDecision(job_id=job_id, approve=approve, reason=reason, approvers=approvers),
+                jobs_pb2.TaskDecision(
+                    job_id=job_id, approve=approve, reason=reason, approvers=approvers, fact=fact
+                ),
                 timeout=10,
             )
         )
@@ -490,6 +506,7 @@ class NodeAgent:
         error: str,
         public: dict | None = None,
         sealed: bytes = b"",
+        facts: Sequence[bytes] = (),
     ) -> None:
         public_json = json.dumps(public, sort_keys=True) if public else ""
         self.store.audit(
@@ -505,7 +522,12 @@ class NodeAgent:
         with_retry(
             lambda: self.jobs.Report(
                 jobs_pb2.TaskReport(
-                    job_id=job_id, ok=ok, error=error, public_json=public_json, sealed_result=sealed
+                    job_id=job_id,
+                    ok=ok,
+                    error=error,
+                    public_json=public_json,
+                    sealed_result=sealed,
+                    facts=list(facts),
                 ),
                 timeout=30,
             )
@@ -593,7 +615,11 @@ class NodeAgent:
             if job_key is not None:
                 job_key.erase()  # recorded envelopes of this job can no longer be opened by anyone
             sealed = self._seal_result(job_id, manifest, requester, result)
-            self._report(job_id, True, result, "", ctx.public or default_public_facts(result), sealed)
+            public = ctx.public or default_public_facts(result)
+            facts = report_facts(self.config.name, self.keys.sign, job_id, manifest, public, self._rows)
+            for fact in facts:
+                self.witness.expect(fact)
+            self._report(job_id, True, result, "", public, sealed, facts)
         except FedgovError as exc:
             log.warning("job %s failed here: %s", job_id, exc)
             if not abort.is_set():

@@ -35,8 +35,10 @@ taken on the coordinator's word alone:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,6 +53,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedgov.crypto.pki import verify_certificate
 from fedgov.errors import ConfigError, CryptoError, FedgovError
+from fedgov.ledger.entries import now_ms
 from fedgov.ledger.log import SignedTreeHead, public_key_bytes
 from fedgov.ledger.witness import LogForked, LogRewritten, Witness, WitnessError
 from fedgov.v1 import ledger_pb2
@@ -74,6 +77,8 @@ log = logging.getLogger("fedgov.node.witness")
 
 LOG_KEY_DOMAIN = b"fedgov/v1 ledger-key\x00"
 STATE_FILE = "ledger-witness.json"
+#: facts this node signed and has not yet seen included (``NodeWitness.expect``)
+FACTS_FILE = "ledger-facts.json"
 PINNED_KEY_FILE = "ledger.pub"
 
 
@@ -152,6 +157,18 @@ def _state_key(path: Path) -> str | None:
     return key if isinstance(key, str) else None
 
 
+def write_private_json(path: Path, doc: Any) -> None:
+    """Write ``doc`` atomically (fsync'd) as a 0600 JSON file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(doc, fh, sort_keys=True, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
 # ------------------------------------------------------------------- the loop
 
 
@@ -178,6 +195,7 @@ class NodeWitness:
         timeout: float = 10.0,
     ) -> None:
         self.state_path = Path(state_dir) / STATE_FILE
+        self.facts_path = Path(state_dir) / FACTS_FILE
         self.stub = stub
         self._sign = sign
         self.ca_cert = ca_cert
@@ -214,6 +232,42 @@ class NodeWitness:
             raise (LogForked if kind == "forked" else LogRewritten)(
                 f"witness halted: {message} (clear the alarm after investigating)", where="ledger witness"
             )
+
+    # ------------------------------------------------------------ own facts
+
+    def _facts(self) -> dict[str, Any]:
+        try:
+            doc = json.loads(self.facts_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {"pending": []}
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"unreadable witness facts: {exc}", where=str(self.facts_path)) from None
+        return doc if isinstance(doc, dict) and isinstance(doc.get("pending"), list) else {"pending": []}
+
+    def _save_facts(self, doc: dict[str, Any]) -> None:
+        write_private_json(self.facts_path, doc)
+
+    def expect(self, fact: bytes) -> None:
+        """Remember a fact this node signed: the witness checks it is included (``pending_facts``)."""
+        doc = self._facts()
+        digest = hashlib.sha256(fact).hexdigest()
+        if any(p.get("sha256") == digest for p in doc["pending"]):
+            return
+        head = self.last_head
+        doc["pending"].append(
+            {
+                "sha256": digest,
+                "entry": fact.decode("utf-8"),
+                "since": now_ms(),
+                "from_size": head.size if head is not None else 0,
+            }
+        )
+        self._save_facts(doc)
+
+    @property
+    def pending_facts(self) -> list[dict[str, Any]]:
+        """Facts this node signed whose inclusion under a verified head it has not yet seen."""
+        return list(self._facts()["pending"])
 
     @property
     def last_head(self) -> SignedTreeHead | None:

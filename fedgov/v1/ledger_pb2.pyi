@@ -120,3 +120,23 @@ class GetCosignaturesReply(_message.Message):
     COSIGNATURES_FIELD_NUMBER: _ClassVar[int]
     cosignatures: _containers.RepeatedCompositeFieldContainer[Cosignature]
     def __init__(self, cosignatures: _Optional[_Iterable[_Union[Cosignature, _Mapping]]] = ...) -> None: ...
+
+class GossipMessage(_message.Message):
+    __slots__ = ("sender", "recipient", "envelope")
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    RECIPIENT_FIELD_NUMBER: _ClassVar[int]
+    ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    sender: str
+    recipient: str
+    envelope: bytes
+    def __init__(self, sender: _Optional[str] = ..., recipient: _Optional[str] = ..., envelope: _Optional[bytes] = ...) -> None: ...
+
+class GetGossipRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetGossipReply(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[GossipMessage]
+    def __init__(self, messages: _Optional[_Iterable[_Union[GossipMessage, _Mapping]]] = ...) -> None: ...
