@@ -56,12 +56,16 @@ _MAX_LISTED = 20
 def department(entry: Entry) -> str | None:
     """The department a fact is about (``None`` for entries that are no department's fact).
 
-    ``node`` for most facts; for ``model_contribution`` the node holding the
-    validation set (``validation`` is ``node/dataset``), which computed it.
+    ``node`` for most facts; for ``model_contribution`` the participant that
+    measured the coalitions and signed it (the vertical-LR guest, the
+    horizontal-FL aggregator) — :func:`check_facts` accepts it only from a
+    department that approved that job — or, unsigned, the validation set's node.
     """
     if entry.type not in FACT_TYPES:
         return None
     if entry.type == "model_contribution":
+        if entry.signer:
+            return entry.signer
         node, _, _ = str(entry["validation"]).partition("/")
         return node or None
     return str(entry["node"])
@@ -80,7 +84,7 @@ def sign_fact(entry: Entry, signer: str, sign: Callable[[bytes], bytes]) -> Entr
 
     Raises :class:`EntryError` if ``entry`` is no fact or is about another department.
     """
-    dept = department(entry)
+    dept = signer if entry.type == "model_contribution" else department(entry)
     if dept is None:
         raise EntryError(f"{entry.type} is not a department fact", where="ledger fact")
     if dept != signer:
@@ -166,6 +170,7 @@ def check_facts(indexed: Iterable[tuple[int, Entry]], ca_cert: x509.Certificate 
     ring = KeyRing(ca_cert)
     out = FactCheck()
     seen: dict[bytes, int] = {}
+    approved: set[tuple[str, str]] = set()  # (job, department) with an accepted job_approved
     listed = 0
 
     def problem(i: int, text: str) -> None:
@@ -212,6 +217,12 @@ def check_facts(indexed: Iterable[tuple[int, Entry]], ca_cert: x509.Certificate 
             out.rejected.append(i)
             problem(i, f"{label} repeats entry {seen[msg]} (a replayed fact; counted once)")
             continue
+        if e.type == "model_contribution" and (e["job"], dept) not in approved:
+            out.rejected.append(i)
+            problem(i, f"{label}: {dept} did not approve job {e['job']}, so cannot vouch for its model")
+            continue
+        if e.type == "job_approved":
+            approved.add((e["job"], dept))
         seen[msg] = i
         out.accepted.append(i)
     return out

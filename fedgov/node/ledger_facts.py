@@ -5,7 +5,7 @@ identity key; the coordinator appends them verbatim. What they state is what
 the node itself decided or published: its dataset's schema digest, row count
 and public quality scores; its approval (and the people who gave it) or its
 refusal and reasons; the records and fields it brought to a job that succeeded,
-and the coalition metrics it computed (guest holding the validation set only).
+and the coalition metrics it measured (the vertical-LR guest, the horizontal-FL aggregator).
 Nothing else leaves through them.
 """
 
@@ -73,8 +73,8 @@ def report_facts(
     ``records``: the ``records`` its own public facts state, else (vertical
     models) its own ``intersection_size``, else the rows it published for the
     dataset (``rows``). A ``coalitions`` table in its own public ``eval``
-    facts becomes a ``model_contribution`` when this node holds the job's
-    validation set.
+    facts (this node measured the coalitions on the job's validation set)
+    becomes a ``model_contribution``.
     """
     part = next((p for p in manifest.data_participants if p.node == me), None)
     out: list[bytes] = []
@@ -90,7 +90,7 @@ def report_facts(
     ev = public.get("eval")
     coalitions = ev.get("coalitions") if isinstance(ev, Mapping) else None
     validation = validation_of(manifest)
-    if isinstance(coalitions, Mapping) and validation.partition("/")[0] == me:
+    if isinstance(coalitions, Mapping) and validation:
         metric = str(ev.get("coalition_metric", "auc")) if isinstance(ev, Mapping) else "auc"
         values = {le.parse_coalition_key(k): float(v) for k, v in coalitions.items() if _number(v)}
         entry = le.model_contribution(job_id, metric, validation, values)
