@@ -132,6 +132,10 @@ class NodeAgent:
             self.keys.sign,
             ca_cert=self.ca_cert,
             kit_dir=self.config.kit,
+            settings=self.config.ledger,
+            keys=self.keys,
+            peers=PeerDirectory(self.registry, self.ca_cert, self.revocations, self.store),
+            registry=self.registry,
         )
         return channel
 
@@ -271,7 +275,7 @@ class NodeAgent:
                 self.stop.wait(5.0)
                 continue
             self._refresh_revocations()
-            wait = 1.0 if self.store.pending() else 5.0
+            wait = min(1.0 if self.store.pending() else 5.0, self.config.ledger.witness_interval)
             reply = self.jobs.PollTasks(jobs_pb2.PollTasksRequest(wait_seconds=wait), timeout=wait + 10)
             for task in reply.tasks:
                 self._handle(task)
