@@ -18,6 +18,7 @@ the log key: a source signed by another key fails verification.
 from __future__ import annotations
 
 import argparse
+import base64
 import io
 import json
 import os
@@ -37,7 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fedgov.errors import ConfigError, CryptoError, FedgovError
 from fedgov.ledger import merkle
 from fedgov.ledger.entries import Entry, EntryError, parse_entry
-from fedgov.ledger.facts import FactCheck, accepted_entries, check_facts
+from fedgov.ledger.facts import FactCheck, KeyRing, accepted_entries, check_facts
 from fedgov.ledger.log import (
     EXPORT_FORMAT,
     ExportedLog,
@@ -58,6 +59,7 @@ from fedgov.ledger.points import (
     render_table,
     verify_awards,
 )
+from fedgov.ledger.witness import majority, quorum_head
 
 __all__ = ["add_ledger_parser", "add_quality_parser", "open_readonly", "points_table", "verify_db"]
 
@@ -389,6 +391,7 @@ def _verify_source(src: _Source, ns: argparse.Namespace) -> dict[str, Any]:
         ).to_dict()
     out["problems"][:0] = _check_trusted(src, trusted)
     out["problems"] += _check_department_facts(src, out)
+    out["problems"] += _check_quorum(src, out, ns)
     out["verified"] = not out["problems"]
     out["source"] = src.kind
     out["public_key"] = public_key_bytes(src.public_key).hex()
@@ -413,6 +416,64 @@ def _check_department_facts(src: _Source, out: dict[str, Any]) -> list[str]:
         kept = accepted_entries(ordered, src.ca, _reindexed(check, sorted(entries)))
         problems += [f"points from signed facts only: {p}" for p in verify_awards(kept)]
     return problems
+
+
+def _check_quorum(src: _Source, out: dict[str, Any], ns: argparse.Namespace) -> list[str]:
+    """Which head counts: the largest cosigned by k of n departments (each cosignature checked).
+
+    A cosignature counts only if it verifies with the department's key from
+    a CA-checked ``node_key`` entry and its head's root matches the entries.
+    ``--require-quorum`` fails verification while entries lie beyond the
+    counted head (not yet witnessed by a quorum).
+    """
+    entries = _parse_all(src.blobs)
+    ring = KeyRing(src.ca)
+    for i in sorted(entries):
+        e = entries[i]
+        if e.type == "node_key":
+            ring.add_bundle(e["node"], base64.b64decode(e["bundle"]))
+    names = sorted(set(ns.witnesses.split(","))) if getattr(ns, "witnesses", None) else sorted(ring.bundles)
+    k = getattr(ns, "quorum", None) or majority(len(names))
+    tree = merkle.MerkleTree()
+    for b in src.blobs:
+        tree.append(b)
+    latest: dict[str, SignedTreeHead] = {}
+    for witness, sth, sig in src.cosignatures:
+        if witness not in names or sth.size > tree.size or (witness in latest and latest[witness].size >= sth.size):
+            continue
+        try:
+            sth.verify(src.public_key)
+        except CryptoError:
+            continue
+        if tree.root(sth.size) != sth.root:
+            continue
+        if not any(_sig_ok(key, sig, cosignature_message(sth)) for key in ring.keys(witness, sth.timestamp)):
+            continue
+        latest[witness] = sth
+    got = quorum_head(latest, k)
+    counted = got[0].size if got else 0
+    out["quorum"] = {
+        "k": k,
+        "n": len(names),
+        "witnesses": names,
+        "counted_size": counted,
+        "cosigners": got[1] if got else [],
+        "unwitnessed": len(src.blobs) - counted,
+    }
+    if getattr(ns, "require_quorum", False) and counted < len(src.blobs):
+        return [
+            f"entries {counted}..{len(src.blobs) - 1} are under no head cosigned by {k} of the "
+            f"{len(names)} departments ({', '.join(names) or 'none known'})"
+        ]
+    return []
+
+
+def _sig_ok(key: Ed25519PublicKey, sig: bytes, msg: bytes) -> bool:
+    try:
+        key.verify(sig, msg)
+    except InvalidSignature:
+        return False
+    return True
 
 
 def _parse_all(blobs: Sequence[bytes]) -> dict[int, Entry]:
@@ -739,6 +800,15 @@ def add_ledger_parser(sub: Any) -> argparse.ArgumentParser:
         type=Path,
         action="append",
         help="a node's ledger-witness.json: its verified head must still match (repeatable)",
+    )
+    q.add_argument(
+        "--witnesses", help="the federation's departments whose cosignatures count (default: all with a node_key)"
+    )
+    q.add_argument("--quorum", type=int, help="cosignatures a head needs to count (default: a majority)")
+    q.add_argument(
+        "--require-quorum",
+        action="store_true",
+        help="fail unless every entry lies under a head cosigned by the quorum",
     )
     q = lsub.add_parser("head", help="the latest signed tree head")
     _source_opts(q)

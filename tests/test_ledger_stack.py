@@ -265,6 +265,49 @@ def test_rewritten_ledger_is_caught_by_the_node_witnesses(
     out = last_json(ledger_cli("verify", "--json", *world.online))
     assert out["verified"] and out["cosignatures_checked"] >= 3
 
+    # a head counts only once k of n departments cosigned it (default: a majority, here both)
+    def node_witness(n: str) -> dict[str, Any]:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "fedgov",
+                "node",
+                "witness",
+                "--json",
+                "--config",
+                str(fed.workdir / "nodes" / n / "node.toml"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout.splitlines()[0])
+
+    last: dict[str, Any] = {}
+
+    def settled(n: str) -> dict[str, Any] | None:
+        st = last[n] = node_witness(n)
+        q = st["quorum_head"]
+        ok = q and q["cosigners"] == ["alpha", "beta"] and q["size"] >= seen.size and st["pending_facts"] == 0
+        return st if ok else None
+
+    for n in ("alpha", "beta"):
+        try:
+            st = wait_for(f"{n}: own facts under a head both cosigned", lambda n=n: settled(n))
+        except AssertionError:
+            raise AssertionError(json.dumps(last)[:3000]) from None
+        assert st["facts_included"] > 0 and not st["alarms"] and st["last_error"] is None, st
+    out = last_json(ledger_cli("verify", "--json", "--require-quorum", *world.online))
+    assert out["quorum"]["k"] == 2 and out["quorum"]["n"] == 2
+    assert out["quorum"]["cosigners"] == ["alpha", "beta"] and out["quorum"]["counted_size"] >= seen.size
+    # a quorum of 2 is not met if only alpha's cosignatures counted
+    only = ledger_cli(
+        "verify", "--json", "--require-quorum", "--witnesses", "alpha,gamma", *world.online, check=False
+    )
+    assert only.returncode == 2 and "under no head cosigned by 2 of the 2 departments" in only.stdout
+
     # the coordinator keeps a copy of its log, lets it grow (witnessed), then swaps the
     # copy back in and carries on with a different history
     old_copy = backup(world.db, tmp_path_factory.mktemp("old") / "ledger.db")

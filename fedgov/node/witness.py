@@ -567,8 +567,9 @@ class NodeWitness:
                 continue
             try:
                 sth.verify(witness.log_key)
-                self.peers(name).verify(bytes(c.signature), cosignature_message(sth), what="cosignature")
-            except FedgovError:
+                self.peers(name).verify(cosignature_message(sth), bytes(c.signature), what="cosignature")
+            except FedgovError as exc:
+                log.debug("cosignature by %s of head %d not counted: %s", name, sth.size, exc)
                 continue  # a cosignature the coordinator made up counts for nothing
             latest[name] = sth
         vouched: dict[str, SignedTreeHead] = {}
