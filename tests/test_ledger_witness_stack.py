@@ -8,7 +8,9 @@ with :class:`fedgov.coordinator.service.LedgerService` wrapped so that
 * ``FEDGOV_TEST_SPLIT_VIEW=beta``: beta is served a second log, signed with
   the same log key, whose entry at the fork point differs (a split view:
   both logs are append-only and self-consistent, each node's own checks pass);
-* ``FEDGOV_TEST_WITHHOLD=1``: every caller gets the first head forever.
+* ``FEDGOV_TEST_WITHHOLD=1``: every caller gets the first head forever;
+* ``FEDGOV_TEST_REWORD=1``: the coordinator drops every fact a node signed
+  and logs its own unsigned version instead (heads stay fresh).
 
 Everything else (nodes, mTLS, relay of the sealed gossip) is the real code.
 """
@@ -47,6 +49,10 @@ def _patch_coordinator() -> None:
     from fedgov.ledger.log import TransparencyLog
     from fedgov.transport.tls import caller_identity
 
+    if os.environ.get("FEDGOV_TEST_REWORD") == "1":
+        from fedgov.coordinator import store
+
+        store._own_fact = lambda *a, **k: None  # type: ignore[assignment]
     victim = os.environ.get("FEDGOV_TEST_SPLIT_VIEW", "")
     withhold = os.environ.get("FEDGOV_TEST_WITHHOLD") == "1"
     cls = svc.LedgerService
@@ -235,3 +241,17 @@ def test_withheld_heads_raise_the_starvation_alarm(tmp_path: Path) -> None:
             assert out.returncode == 0, out.stderr
             status = json.loads(out.stdout.splitlines()[0])
             assert status["starving"] and any(x["kind"] == "starved" for x in status["alarms"])
+
+
+def test_facts_the_coordinator_withheld_raise_an_alarm_at_their_department(tmp_path: Path) -> None:
+    """The coordinator logs its own unsigned version of each node's facts: heads are fresh, the facts missing."""
+    with PatchedFederation(tmp_path / "fed", build_world(tmp_path)[:2], {"FEDGOV_TEST_REWORD": "1"}) as fed:
+        wait_for(
+            "the withheld-fact alarm at both nodes",
+            lambda: all(alarms(fed, n, "withheld-fact") for n in ("alpha", "beta")),
+            timeout=STARVE + 20 * INTERVAL + 30,
+        )
+        for n in ("alpha", "beta"):
+            assert "dataset_published" in alarms(fed, n, "withheld-fact")[0]["message"]
+            assert not alarms(fed, n, "starved")  # heads kept coming: this is about the facts
+            assert "ALARM (withheld-fact)" in fed.tail(n, 10_000)
