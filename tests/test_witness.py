@@ -339,3 +339,28 @@ def test_witness_settings_are_checked() -> None:
     ):
         with pytest.raises(ConfigError, match=msg):
             WitnessSettings.from_table(bad, "t")
+
+
+def test_facts_of_jobs_that_did_not_succeed_are_dropped_and_missing_ones_of_a_success_alarm(
+    tmp_path: Path, key: Ed25519PrivateKey, depts
+) -> None:
+    log = _log(tmp_path / "l.db", key, ["a"])
+    tax = _node(tmp_path, "tax", LogStub(log, "tax", {}, depts), depts, quorum=1)
+    tax.check()
+    failed = sign_fact(E.contribution("j-failed", "tax", "income", 5, ["id"]), "tax", depts["tax"].sign).encode()
+    won = sign_fact(E.contribution("j-won", "tax", "income", 5, ["id"]), "tax", depts["tax"].sign).encode()
+    tax.expect(failed)
+    tax.expect(won)
+    # another participant failed: no contribution is logged, rightly
+    log.append(E.job_completed("j-failed", "failed"))
+    # a job that succeeded, with the coordinator's own (unsigned) words for tax's contribution
+    log.append(E.contribution("j-won", "tax", "income", 500, ["id"]))
+    log.append(E.job_completed("j-won", "succeeded"))
+    tax.check()
+    tax.check()
+    assert tax.pending_facts == [] or all("j-won" in p["entry"] for p in tax.pending_facts)
+    (alarm,) = tax.alarms  # at once, not after starve_after
+    assert alarm["kind"] == "withheld-fact" and "j-won" in alarm["message"] and "succeeded" in alarm["message"]
+    # re-publishing unchanged content re-sends the same bytes, so nothing new waits
+    first = tax.republish("dataset:income", ["d", 5], lambda: won)
+    assert tax.republish("dataset:income", ["d", 5], lambda: failed) == first
