@@ -139,3 +139,20 @@ def test_signed_fields_are_strict() -> None:
         le.parse_entry(
             le.canonical_json(le.job_started("j", ts=1).to_dict() | {"signer": "x", "sig": "0" * 128})
         )
+
+
+def test_model_contribution_counts_only_from_a_department_that_approved_the_job(fed) -> None:
+    ca, keys = fed
+    log = _log(keys)
+    model = le.model_contribution(
+        "job-1", "auc", "tax/validation", {frozenset(): 0.5, frozenset({"tax"}): 0.8}
+    )
+    outsider = _roundtrip(
+        [*log[:4], sign_fact(model, "health", keys["health"].sign)]
+    )  # health approved nothing yet
+    check = check_facts(enumerate(outsider), ca)
+    assert check.problems == [
+        "entry 4: model_contribution about health: health did not approve job job-1, so cannot vouch for its model"
+    ]
+    honest = _roundtrip([*log, sign_fact(model, "tax", keys["tax"].sign)])
+    assert check_facts(enumerate(honest), ca).ok
