@@ -160,17 +160,26 @@ def verify_db(
 
 
 def points_table(
-    path: Path | str, period: str = "all", budget: Decimal | int | str = 0
+    path: Path | str,
+    period: str = "all",
+    budget: Decimal | int | str = 0,
+    *,
+    ca_cert: x509.Certificate | Path | str | None = None,
 ) -> list[dict[str, Any]]:
     """One row per department (``dept, points, share, budget_amount, rank, ...``) from a ``ledger.db``.
 
-    Computed from the entries under the latest rule set the log published.
+    Computed from the entries under the latest rule set the log published;
+    with ``ca_cert`` (the federation CA, or its PEM file) only department-signed
+    facts count (:mod:`fedgov.ledger.facts`), as in ``fedgov ledger points``.
     """
     log = open_readonly(Path(path))
     try:
         entries = log.parsed_entries()
     finally:
         log.close()
+    if ca_cert is not None:
+        ca = ca_cert if isinstance(ca_cert, x509.Certificate) else x509.load_pem_x509_certificate(Path(ca_cert).read_bytes())
+        entries = accepted_entries(entries, ca)
     rules = _rules_in(entries) or PointsRules()
     return [r.to_dict() for r in points_report(entries, period, Decimal(str(budget)), rules)]
 
