@@ -364,3 +364,23 @@ def test_facts_of_jobs_that_did_not_succeed_are_dropped_and_missing_ones_of_a_su
     # re-publishing unchanged content re-sends the same bytes, so nothing new waits
     first = tax.republish("dataset:income", ["d", 5], lambda: won)
     assert tax.republish("dataset:income", ["d", 5], lambda: failed) == first
+
+
+def test_dropped_gossip_raises_an_alarm(tmp_path: Path, key: Ed25519PrivateKey, depts, monkeypatch) -> None:
+    log = _log(tmp_path / "l.db", key, ["a"])
+    mailbox: dict = {}
+    tax = _node(tmp_path, "tax", LogStub(log, "tax", mailbox, depts), depts, witnesses=["tax", "health"])
+    health = _node(tmp_path, "health", LogStub(log, "health", mailbox, depts), depts, witnesses=["tax", "health"])
+    for w in (tax, health):
+        w.check()
+    health.gossip()
+    tax.gossip()
+    assert not tax.alarms  # health's head arrived and agrees
+    later = nwit.now_ms() + 6_000
+    monkeypatch.setattr(nwit, "now_ms", lambda: later)
+    mailbox.clear()  # the coordinator drops everything from now on
+    tax.gossip()
+    (alarm,) = tax.alarms
+    assert alarm["kind"] == "gossip-starved" and alarm["evidence"]["peer"] == "health"
+    tax.gossip()
+    assert len(tax.alarms) == 1  # once per silence

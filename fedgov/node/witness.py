@@ -748,7 +748,8 @@ class NodeWitness:
         seq = max(now_ms(), int(self._state.get("sent_seq", 0)) + 1)
         self._state["sent_seq"] = seq
         body = json.dumps({"head": mine.to_dict()}, sort_keys=True).encode("utf-8")
-        for peer in self._witness_names():
+        names = self._witness_names()
+        for peer in names:
             if peer == me:
                 continue
             try:
@@ -782,6 +783,7 @@ class NodeWitness:
                 self._save_node()
                 self._split(header.sender, theirs, mine, "by sealed gossip")
         self._save_node()
+        self._check_gossip_starvation(names)
 
     # ------------------------------------------------------------------ loop
 
@@ -795,6 +797,37 @@ class NodeWitness:
                 "is withholding heads, so nothing it logs now is witnessed",
                 last_new_head_ms=self._state["last_new_head_ms"],
             )
+
+    def _check_gossip_starvation(self, names: list[str]) -> None:
+        """Alarm (once per silence) for each peer whose sealed head has not arrived for ``starve_after``.
+
+        Dropping gossip is how a coordinator would keep a split view hidden;
+        it cannot tell which envelope would reveal one, so it has to drop them
+        all — which this makes visible. A peer that is down looks the same.
+        """
+        if self.keys is None:
+            return
+        now = now_ms()
+        since = self._state.setdefault("gossip_since", now)
+        silent = self._state.setdefault("gossip_silent", [])
+        for peer in names:
+            if peer == self.keys.name:
+                continue
+            last = int(self._state["peers"].get(peer, {}).get("at", since))
+            quiet = (now - last) / 1000
+            if quiet > self.settings.starve_after and peer not in silent:
+                silent.append(peer)
+                self._alarm(
+                    "gossip-starved",
+                    f"no sealed head from {peer} for {quiet:.0f} s (limit {self.settings.starve_after:.0f} s): "
+                    "the coordinator drops the departments' gossip (or the peer is down), so a split view "
+                    "would go unseen",
+                    peer=peer,
+                )
+            elif quiet <= self.settings.starve_after and peer in silent:
+                silent.remove(peer)
+                log.warning("ledger witness: gossip from %s arrives again", peer)
+        self._save_node()
 
     def maybe_check(self) -> None:
         """:meth:`check` and :meth:`gossip` at most every ``interval`` seconds; a standing alarm raises every time.
