@@ -447,8 +447,9 @@ def _check_quorum(src: _Source, out: dict[str, Any], ns: argparse.Namespace) -> 
     for b in src.blobs:
         tree.append(b)
     latest: dict[str, SignedTreeHead] = {}
-    for witness, sth, sig in src.cosignatures:
-        if witness not in names or sth.size > tree.size or (witness in latest and latest[witness].size >= sth.size):
+    # each witness's largest valid cosigned head (largest first, so few roots are recomputed)
+    for witness, sth, sig in sorted(src.cosignatures, key=lambda c: (-c[1].size, -c[1].timestamp)):
+        if witness not in names or witness in latest or sth.size > tree.size:
             continue
         try:
             sth.verify(src.public_key)
