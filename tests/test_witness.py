@@ -384,3 +384,23 @@ def test_dropped_gossip_raises_an_alarm(tmp_path: Path, key: Ed25519PrivateKey, 
     assert alarm["kind"] == "gossip-starved" and alarm["evidence"]["peer"] == "health"
     tax.gossip()
     assert len(tax.alarms) == 1  # once per silence
+
+
+def test_node_witness_status_shows_alarms_and_exits_while_halted(
+    tmp_path: Path, key: Ed25519PrivateKey, depts, capsys
+) -> None:
+    from types import SimpleNamespace
+
+    mailbox: dict = {}
+    tax = _node(tmp_path, "tax", LogStub(_log(tmp_path / "a.db", key, ["a"]), "tax", mailbox, depts), depts)
+    health = _node(tmp_path, "health", LogStub(_log(tmp_path / "b.db", key, ["X"]), "health", mailbox, depts), depts)
+    tax.check()
+    health.check()
+    health.gossip()
+    with pytest.raises(LogForked):
+        tax.gossip()
+    config = SimpleNamespace(state_dir=tmp_path / "tax", ledger=WitnessSettings())
+    with pytest.raises(nwit.WitnessError, match="witness halted"):
+        nwit.print_status(config)
+    out = capsys.readouterr().out
+    assert "ALARM split-view" in out and "verified head: size 1" in out
