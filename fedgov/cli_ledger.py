@@ -138,6 +138,7 @@ def verify_db(
     *,
     trusted_key: Ed25519PublicKey | None = None,
     witness_states: Sequence[Path] = (),
+    ca_cert: x509.Certificate | Path | str | None = None,
 ) -> dict[str, Any]:
     """Audit a ``ledger.db`` offline; ``{"size", "verified", "problems", ...}`` (never raises for tampering).
 
@@ -145,6 +146,9 @@ def verify_db(
     signed head, cosignature and points award (:meth:`TransparencyLog.verify_all`);
     ``witness_states`` (nodes' ``ledger-witness.json``) add the heads those
     witnesses verified, so a rewritten database is caught even with fresh heads.
+    With ``ca_cert`` (the federation CA or its PEM file) every department fact
+    must carry its department's signature too (``facts`` in the result), as in
+    ``fedgov ledger verify``; without it the facts are not checked (``facts``: None).
     """
     log = open_readonly(Path(path))
     try:
@@ -154,6 +158,12 @@ def verify_db(
         if trusted_key is not None and public_key_bytes(trusted_key) != public_key_bytes(log.public_key):
             out["problems"].insert(0, "the database is signed by a different log key than the trusted one")
             out["verified"] = False
+        out["facts"] = None
+        if ca_cert is not None:
+            ca = ca_cert if isinstance(ca_cert, x509.Certificate) else x509.load_pem_x509_certificate(Path(ca_cert).read_bytes())
+            src = _Source("db", log.public_key, log.entries(), [], [], ca=ca)
+            out["problems"] += _check_department_facts(src, out)
+            out["verified"] = not out["problems"]
         return out
     finally:
         log.close()

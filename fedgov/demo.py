@@ -516,7 +516,7 @@ def run_demo(*, keep: Path | None = None, households: int = 6000, quiet: bool = 
             }
             # the contribution ledger, verified as an auditor would
             db = fed.workdir / "state" / "coordinator" / "ledger.db"
-            verified = verify_db(db)
+            verified = verify_db(db, ca_cert=fed.kits / "auditor" / "ca.crt")  # department signatures too
             summary["ledger"] = {"size": verified["size"], "verified": verified["verified"]}
             summary["points"] = points_table(
                 db, period="all", budget=1000, ca_cert=fed.kits / "auditor" / "ca.crt"
