@@ -254,4 +254,7 @@ def test_facts_the_coordinator_withheld_raise_an_alarm_at_their_department(tmp_p
         for n in ("alpha", "beta"):
             assert "dataset_published" in alarms(fed, n, "withheld-fact")[0]["message"]
             assert not alarms(fed, n, "starved")  # heads kept coming: this is about the facts
+            # and each department saw the coordinator's own words about it in the log
+            foreign = alarms(fed, n, "foreign-fact")
+            assert foreign and all("never signed (unsigned" in a["message"] for a in foreign)
             assert "ALARM (withheld-fact)" in fed.tail(n, 10_000)

@@ -263,12 +263,16 @@ def test_own_facts_are_checked_for_inclusion(tmp_path: Path, key: Ed25519Private
     tax.check()
     tax.check()  # the quorum head (k = 1) now covers the new entries
     assert [p["sha256"] for p in tax.pending_facts] == [nwit.hashlib.sha256(dropped).hexdigest()]
-    assert tax.status()["facts_included"] == 1 and not tax.alarms
+    assert tax.status()["facts_included"] == 1
+    # at once: the coordinator's own words about tax, which tax never signed
+    (foreign,) = tax.alarms
+    assert foreign["kind"] == "foreign-fact" and foreign["evidence"]["entry"] == 2
+    assert "job_approved about this department that it never signed (unsigned" in foreign["message"]
     later = nwit.now_ms() + 6_000
     monkeypatch.setattr(nwit, "now_ms", lambda: later)
     tax.check()
-    (alarm,) = tax.alarms
-    assert alarm["kind"] == "withheld-fact" and "job_approved" in alarm["message"]
+    alarm = tax.alarms[-1]
+    assert alarm["kind"] == "withheld-fact" and "job_approved" in alarm["message"] and len(tax.alarms) == 2
 
 
 def test_errors_are_not_skipped_and_withheld_heads_starve(
@@ -359,8 +363,10 @@ def test_facts_of_jobs_that_did_not_succeed_are_dropped_and_missing_ones_of_a_su
     tax.check()
     tax.check()
     assert tax.pending_facts == [] or all("j-won" in p["entry"] for p in tax.pending_facts)
-    (alarm,) = tax.alarms  # at once, not after starve_after
-    assert alarm["kind"] == "withheld-fact" and "j-won" in alarm["message"] and "succeeded" in alarm["message"]
+    kinds = sorted(a["kind"] for a in tax.alarms)  # at once, not after starve_after
+    assert kinds == ["foreign-fact", "withheld-fact"]
+    alarm = next(a for a in tax.alarms if a["kind"] == "withheld-fact")
+    assert "j-won" in alarm["message"] and "succeeded" in alarm["message"]
     # re-publishing unchanged content re-sends the same bytes, so nothing new waits
     first = tax.republish("dataset:income", ["d", 5], lambda: won)
     assert tax.republish("dataset:income", ["d", 5], lambda: failed) == first

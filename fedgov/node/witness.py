@@ -56,7 +56,8 @@ from fedgov.crypto.envelope import ReplayedEnvelope
 from fedgov.crypto.pki import verify_certificate
 from fedgov.errors import ConfigError, CryptoError, FedgovError
 from fedgov.ledger import merkle
-from fedgov.ledger.entries import now_ms
+from fedgov.ledger.entries import now_ms, parse_entry
+from fedgov.ledger.facts import department
 from fedgov.ledger.log import SignedTreeHead, cosignature_message, public_key_bytes
 from fedgov.ledger.witness import LogForked, LogRewritten, Witness, WitnessError, majority, quorum_head
 from fedgov.v1 import ledger_pb2
@@ -404,9 +405,14 @@ class NodeWitness:
         """Remember a fact this node signed: the witness checks it is included (``pending_facts``)."""
         doc = self._facts()
         digest = hashlib.sha256(fact).hexdigest()
+        signed = doc.setdefault("signed", [])
+        if digest not in signed:
+            signed.append(digest)
+            del signed[:-100_000]
         if any(p.get("sha256") == digest for p in doc["pending"]) or digest in doc.get(
             "included_digests", []
         ):
+            self._save_facts(doc)
             return
         head = self.last_head or (
             SignedTreeHead.from_dict(h) if (h := _read_json(self.state_path).get("head")) else None
@@ -634,16 +640,26 @@ class NodeWitness:
         while the job awaited it). A fact still missing when its job
         *succeeded*, or after ``starve_after`` (checked once more against the
         whole log), raises a ``withheld-fact`` alarm (once per fact).
+
+        Every new entry under the counted head is also read for facts *about
+        this department* that it never signed (the coordinator's own words,
+        or a signature by someone holding its key): a ``foreign-fact`` alarm.
         """
         doc = self._facts()
         pending = doc["pending"]
-        if not pending:
-            return
         q = self.quorum
         if q is not None:
             head = SignedTreeHead.from_dict(q)
-            start = min(int(p.get("from_size", 0)) for p in pending)
+            # first count: from the first fact this node signed (nothing about a new node precedes it)
+            first = min([head.size, *(int(p.get("from_size", 0)) for p in pending)])
+            doc.setdefault("scanned_to", first)
+            start = min([int(doc["scanned_to"]), *(int(p.get("from_size", 0)) for p in pending)])
             pending = self._scan_for_facts(doc, pending, start, head)
+            doc["scanned_to"] = max(int(doc["scanned_to"]), head.size)
+        if not pending:
+            doc["pending"] = pending
+            self._save_facts(doc)
+            return
         limit = self.settings.starve_after * 1000
         overdue = [p for p in pending if not p.get("alarmed") and now_ms() - int(p["since"]) > limit]
         if overdue and q is not None:  # one last look through the whole log before the alarm
@@ -690,6 +706,8 @@ class NodeWitness:
             ):
                 data = bytes(e.data)
                 digest = hashlib.sha256(data).hexdigest()
+                if e.index >= int(doc.get("scanned_to", head.size)) and digest not in want:
+                    self._foreign(doc, data, digest, e.index)
                 if digest in want:
                     if self._proves(data, e.index, head):
                         want.pop(digest)
@@ -709,6 +727,28 @@ class NodeWitness:
                         else:
                             want.pop(d)  # never logged, legitimately: the job did not succeed
         return [dict(p, from_size=max(int(p.get("from_size", 0)), head.size)) for p in want.values()]
+
+    def _foreign(self, doc: dict[str, Any], data: bytes, digest: str, index: int) -> None:
+        """Alarm on a fact about this department that it did not sign (one entry at ``index``)."""
+        if self.keys is None or b'"type":"' not in data or digest in doc.get("signed", []):
+            return
+        try:
+            e = parse_entry(data)
+        except FedgovError:
+            return
+        if department(e) != self.keys.name and e.signer != self.keys.name:
+            return
+        how = (
+            "unsigned — the coordinator's own words"
+            if not e.signer
+            else f"signed as {e.signer}, not by this node"
+        )
+        self._alarm(
+            "foreign-fact",
+            f"entry {index}: a {e.type} about this department that it never signed ({how})",
+            entry=index,
+            sha256=digest,
+        )
 
     def _proves(self, data: bytes, index: int, head: SignedTreeHead) -> bool:
         got = self.stub.GetInclusionProof(
