@@ -895,6 +895,14 @@ class NodeWitness:
                 raise
             except FedgovError as exc:
                 self._error(f"{step.__name__} failed: {exc}")
+            except (
+                ValueError,
+                KeyError,
+                TypeError,
+                OSError,
+            ) as exc:  # a malformed reply or state: never kill the node
+                log.exception("ledger witness %s: unexpected error", step.__name__)
+                self._error(f"{step.__name__} failed: {type(exc).__name__}: {exc}")
         self._check_starvation()
 
 
