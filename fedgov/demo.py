@@ -516,12 +516,15 @@ def run_demo(*, keep: Path | None = None, households: int = 6000, quiet: bool = 
             }
             # the contribution ledger, verified as an auditor would
             db = fed.workdir / "state" / "coordinator" / "ledger.db"
-            verified = verify_db(db)
+            verified = verify_db(db, ca_cert=fed.kits / "auditor" / "ca.crt")  # department signatures too
             summary["ledger"] = {"size": verified["size"], "verified": verified["verified"]}
-            summary["points"] = points_table(db, period="all", budget=1000)
+            summary["points"] = points_table(
+                db, period="all", budget=1000, ca_cert=fed.kits / "auditor" / "ca.crt"
+            )  # department-signed facts only
             if keep:
                 subprocess.run(
                     [sys.executable, "-m", "fedgov", "ledger", "points", "--db", str(db), "--period", "all",
+                     "--ca", str(fed.kits / "auditor" / "ca.crt"),
                      "--budget", "1000", "--png", str(root / "points.png")],
                     capture_output=True, text=True, timeout=120,
                 )

@@ -186,7 +186,10 @@ def test_horizontal_fl_job_through_the_coordinator(tmp_path: Path) -> None:
     job_id = out["job"]["job_id"]
 
     def ledger(*args: str) -> object:
-        proc = subprocess.run([sys.executable, "-m", "fedgov", "ledger", *args, "--db", str(db), "--json"],
+        # department-signed facts are checked against the federation CA
+        ca = tmp_path / "fed" / "kits" / "auditor" / "ca.crt"
+        proc = subprocess.run([sys.executable, "-m", "fedgov", "ledger", *args, "--db", str(db), "--json",
+                               "--ca", str(ca)],
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stderr
         return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -57,6 +57,7 @@ from fedgov.node.channel import JobChannel, PeerDirectory
 from fedgov.node.config import NodeConfig
 from fedgov.node.context import default_public_facts
 from fedgov.node.handlers import HANDLERS, PRECHECKS, TaskContext
+from fedgov.node.ledger_facts import dataset_fact, decision_fact, report_facts
 from fedgov.node.quality_publish import quality_json, quality_scores
 from fedgov.node.store import NodeStore
 from fedgov.node.witness import NodeWitness, WitnessError
@@ -164,6 +165,10 @@ class NodeAgent:
             self.keys.sign,
             ca_cert=self.ca_cert,
             kit_dir=self.config.kit,
+            settings=self.config.ledger,
+            keys=self.keys,
+            peers=PeerDirectory(self.registry, self.ca_cert, self.revocations, self.store),
+            registry=self.registry,
         )
         return channel
 
@@ -240,14 +245,26 @@ class NodeAgent:
         datasets = []
         for ds in self.config.datasets.values():
             table = tables[ds.name]
+            qjson = quality_json(scores[ds.name]) if ds.name in scores else ""
             self._rows[ds.name] = table.num_rows
+            # the ledger's dataset_published fact, in this department's own signed words
+            # (the same bytes again while nothing changed: the coordinator logs changes only)
+            quality = json.loads(qjson) if qjson else {}
+            fact = self.witness.republish(
+                f"dataset:{ds.name}",
+                [ds.schema.digest(), table.num_rows, quality],
+                lambda ds=ds, table=table, quality=quality: dataset_fact(
+                    self.config.name, self.keys.sign, ds.name, ds.schema.digest(), table.num_rows, quality
+                ),
+            )
             datasets.append(
                 common_pb2.DatasetInfo(
                     name=ds.name,
                     schema_json=json.dumps(ds.schema.to_dict(), sort_keys=True),
                     schema_digest=ds.schema.digest(),
                     rows=table.num_rows,
-                    quality_json=quality_json(scores[ds.name]) if ds.name in scores else "",
+                    quality_json=qjson,
+                    fact=fact,
                 )
             )
         self.registry.PublishCatalog(registry_pb2.PublishCatalogRequest(datasets=datasets), timeout=10)
@@ -303,7 +320,7 @@ class NodeAgent:
                 self.stop.wait(5.0)
                 continue
             self._refresh_revocations()
-            wait = 1.0 if self.store.pending() else 5.0
+            wait = min(1.0 if self.store.pending() else 5.0, self.config.ledger.witness_interval)
             reply = self.jobs.PollTasks(jobs_pb2.PollTasksRequest(wait_seconds=wait), timeout=wait + 10)
             for task in reply.tasks:
                 self._handle(task)
@@ -408,9 +425,13 @@ class NodeAgent:
         self.store.audit(
             job_id, "decision", approve=approve, reason=reason, approvers=approvers, manifest_sha256=digest
         )
+        fact = decision_fact(self.config.name, self.keys.sign, job_id, approve, reason, approvers)
+        self.witness.expect(fact)
         with_retry(
             lambda: self.jobs.Decide(
-                jobs_pb2.TaskDecision(job_id=job_id, approve=approve, reason=reason, approvers=approvers),
+                jobs_pb2.TaskDecision(
+                    job_id=job_id, approve=approve, reason=reason, approvers=approvers, fact=fact
+                ),
                 timeout=10,
             )
         )
@@ -583,6 +604,7 @@ class NodeAgent:
         error: str,
         public: dict | None = None,
         sealed: bytes = b"",
+        facts: Sequence[bytes] = (),
     ) -> None:
         public_json = json.dumps(public, sort_keys=True) if public else ""
         self.store.audit(
@@ -598,7 +620,12 @@ class NodeAgent:
         with_retry(  # idempotent: a repeated report of a finished participant changes nothing
             lambda: self.jobs.Report(
                 jobs_pb2.TaskReport(
-                    job_id=job_id, ok=ok, error=error, public_json=public_json, sealed_result=sealed
+                    job_id=job_id,
+                    ok=ok,
+                    error=error,
+                    public_json=public_json,
+                    sealed_result=sealed,
+                    facts=list(facts),
                 ),
                 timeout=30,
             ),
@@ -692,7 +719,11 @@ class NodeAgent:
             if job_key is not None:
                 job_key.erase()  # recorded envelopes of this job can no longer be opened by anyone
             sealed = self._seal_result(job_id, manifest, requester, result)
-            self._report(job_id, True, result, "", ctx.public or default_public_facts(result), sealed)
+            public = ctx.public or default_public_facts(result)
+            facts = report_facts(self.config.name, self.keys.sign, job_id, manifest, public, self._rows)
+            for fact in facts:
+                self.witness.expect(fact)
+            self._report(job_id, True, result, "", public, sealed, facts)
         except FedgovError as exc:
             log.warning("job %s failed here: %s", job_id, exc)
             if not abort.is_set():
