@@ -384,6 +384,7 @@ def _policy() -> None:
 @row(
     "cohort-suppression",
     "`fedgov.protocols.cohort_count:release` suppresses counts below the owner's minimum cohort",
+    "tests/test_federation.py::test_a_small_cell_never_leaves_its_data_owner",
     "tests/test_federation.py::test_small_cells_are_suppressed",
     level="stack",
 )

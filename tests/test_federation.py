@@ -159,19 +159,34 @@ def test_cohort_count_end_to_end(fed: LocalFederation) -> None:
     assert db.execute("SELECT COUNT(*) FROM relay WHERE job_id=?", (job.job_id,)).fetchone()[0] == 0
 
 
+SMALL_CELL = '{ field = "x1", op = "<", value = 0.05 }'  # 5 of beta's 100 rows, below its min_cohort 11
+
+
 def test_small_cells_are_suppressed(fed: LocalFederation) -> None:
-    m = manifest(
-        [
-            ("alpha", ["x0"], '{ field = "x0", op = "<", value = 0.05 }'),  # 5 rows < min_cohort 11
-            ("beta", ["x1"], ""),
-        ]
-    )
+    """Released result: beta's small cell is reported as suppressed and is not in the total."""
     with fed.client() as c:
-        job = c.submit(m)
+        job = c.submit(manifest([("alpha", ["x0"], ""), ("beta", ["x1"], SMALL_CELL)]))
         assert c.wait(job.job_id, timeout=60).state == "succeeded"
         res = c.result(job.job_id)["alpha"]
-    assert res["counts"]["alpha"] is None and res["suppressed"] == ["alpha"]
+    assert res["counts"] == {"alpha": 100, "beta": None} and res["suppressed"] == ["beta"]
     assert res["total_released"] == 100  # the suppressed cell is not in the total
+
+
+def test_a_small_cell_never_leaves_its_data_owner(fed: LocalFederation, mallory: FakeNode) -> None:
+    """Suppression happens at the data owner, not at the aggregator: mallory plays the aggregator
+    and opens what beta's process actually sent it."""
+    with fed.client() as c:
+        job = c.submit(manifest([("mallory", ["x"], ""), ("beta", ["x1"], SMALL_CELL)]))
+    deadline = time.monotonic() + 30
+    while job.job_id not in mallory.approve_all({job.job_id}):
+        assert time.monotonic() < deadline
+    blob = None
+    while blob is None:
+        assert time.monotonic() < deadline + 30, "beta never sent its count"
+        blob = mallory.fetch(job.job_id, STEP, "beta", 0, wait=5)
+    assert json.loads(mallory.open(job.job_id, blob)) == {"count": None}
+    mallory.report(job.job_id)
+    assert _final(fed, job.job_id).state == "succeeded"
 
 
 def test_tls_refuses_missing_or_foreign_certificate(fed: LocalFederation, tmp_path: Path) -> None:
@@ -263,7 +278,20 @@ def test_manual_dual_post_approval(fed: LocalFederation) -> None:
             _cli("node", "approve", job.job_id, "--config", cfg, "--kit", str(fed.kits / "ann")).returncode
             == 0
         )
-        time.sleep(2.5)  # one approver twice is still one approver
+        # one approver twice is still one approver. Barrier: a second job gamma must approve. Once
+        # it has run, gamma's approval loop has evaluated the first job with ann's two approvals
+        # recorded (each pass looks at every pending job and reports before gamma polls again)
+        barrier = c.submit(manifest([("alpha", ["y"], ""), ("gamma", ["x2"], "")]))
+        while not any(
+            r["job_id"] == barrier.job_id
+            for r in json.loads(_cli("node", "pending", "--json", "--config", cfg).stdout or "[]")
+        ):
+            assert time.monotonic() < deadline + 30, "barrier job never reached gamma's approval queue"
+            time.sleep(0.3)
+        for who in ("ann", "bob"):
+            assert _cli("node", "approve", barrier.job_id, "--config", cfg, "--kit",
+                        str(fed.kits / who)).returncode == 0
+        assert c.wait(barrier.job_id, timeout=60).state == "succeeded"
         assert c.status(job.job_id).state == "submitted"
         assert (
             _cli("node", "approve", job.job_id, "--config", cfg, "--kit", str(fed.kits / "bob")).returncode
