@@ -417,6 +417,25 @@ def _load_area_rows() -> None:
             importlib.import_module(f"protection_rows.{path.stem}")
 
 
+#: docs/security.md rows that have no guard in this table yet: each is listed on docs/protections.md
+#: as "not yet guarded" and is the only way a documented row may lack one. Remove an id when its
+#: area module (scripts/protection_rows/) adds the row; a guarded id here is ignored.
+NOT_YET_GUARDED: tuple[str, ...] = (
+    "approved-manifest",  # h12b
+    "dual-approval",
+    "psi-privacy",  # h11b (the PSI rows of issue 16 have their own ids: psi-*)
+    "psi-standing",
+    "he-stats-owner",
+    "he-stats-horizontal",
+    "eligibility-blinding",
+    "vlr-masking",
+    "hfl-aggregator",
+    "hfl-contributions",
+    "ledger-tamper",
+    "crash-safety",
+)
+
+
 def disable(row_id: str) -> None:
     """Switch off the guard of ``row_id`` in this process (KeyError for an unknown row)."""
     ROWS[row_id].disable()
