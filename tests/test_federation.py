@@ -180,6 +180,10 @@ def test_a_small_cell_never_leaves_its_data_owner(fed: LocalFederation, mallory:
     deadline = time.monotonic() + 30
     while job.job_id not in mallory.approve_all({job.job_id}):
         assert time.monotonic() < deadline
+    with fed.client() as c:  # beta decides on its own; the relay opens once the job runs
+        while c.status(job.job_id).state != "running":
+            assert time.monotonic() < deadline, "job never started"
+            time.sleep(0.1)
     blob = None
     while blob is None:
         assert time.monotonic() < deadline + 30, "beta never sent its count"
