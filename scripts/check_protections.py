@@ -92,16 +92,28 @@ def load_record(path: Path = RECORD) -> dict:
     return rec if isinstance(rec, dict) and isinstance(rec.get("rows"), dict) else {"rows": {}}
 
 
-def run_row(row: protections.Row, timeout: float) -> dict:
-    """Run ``row``'s tests with its guard off; 'caught' iff they failed and the guard really was off."""
+def _cited(test: str, failed: list[str]) -> bool:
+    """Whether the cited node id (a test, a parametrised test or a whole file) has a failure."""
+    for f in failed:
+        nid = f.split(" - ", 1)[0].strip()
+        if nid == test or nid.split("[", 1)[0] == test or nid.startswith(test + "::"):
+            return True
+    return False
+
+
+def run_row(row: protections.Row, timeout: float, each: bool = False) -> dict:
+    """Run ``row``'s tests with its guard off; 'caught' iff they failed and the guard really was off.
+
+    ``each``: run every cited test (no ``-x``) and require each of them to fail.
+    """
     with tempfile.TemporaryDirectory(prefix="fedgov-guard-") as mark:
         env = dict(os.environ)
         env["FEDGOV_DISABLE_GUARD"] = row.id
         env["FEDGOV_GUARD_MARK"] = mark
         env["PYTHONPATH"] = os.pathsep.join([str(HOOK), str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         env.pop("PYTEST_ADDOPTS", None)
-        cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-p", "no:randomly",
-               *row.tests]
+        cmd = [sys.executable, "-m", "pytest", "-q", *([] if each else ["-x"]), "-p", "no:cacheprovider",
+               "-p", "no:randomly", *row.tests]
         started = time.monotonic()
         try:
             proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
@@ -113,13 +125,15 @@ def run_row(row: protections.Row, timeout: float) -> dict:
         applied = sum(1 for f in os.listdir(mark) if f.endswith(".ok"))
     failed = [ln.split(" ", 1)[1] for ln in out.splitlines() if ln.startswith(("FAILED ", "ERROR "))]
     broken = bool(errors) or applied == 0 or code in (4, 5)  # hook failed, never ran, or bad test ids
+    still_passing = [t for t in row.tests if not _cited(t, failed)] if each else []
     return {
         "row": row.id,
-        "caught": code not in (0, -1) and not broken,
+        "caught": code not in (0, -1) and not broken and not still_passing,
+        "still_passing": still_passing,
         "broken": broken,
         "hook_errors": sorted(set(errors)),
         "exit": code,
-        "failed": failed[:5],
+        "failed": failed[:20],
         "seconds": seconds,
         "tail": "" if code not in (0, -1) and not broken else out[-1500:],
     }
@@ -181,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--record", action="store_true",
                     help="keep the results in docs/protections-check.json and rewrite docs/protections.md")
     ap.add_argument("--strict", action="store_true", help="fail while any documented row has no guard")
+    ap.add_argument("--each", action="store_true",
+                    help="require every cited test of a row to fail (not only the first)")
     ap.add_argument("--baseline", action="store_true",
                     help="first run each row's tests with every guard on: they must pass")
     ns = ap.parse_args(argv)
@@ -206,11 +222,13 @@ def main(argv: list[str] | None = None) -> int:
                             if ln.startswith(("FAILED ", "ERROR "))] or ([] if proc.returncode == 0 else ["?"])
     results = []
     for r in rows:
-        res = run_row(r, ns.timeout)
+        res = run_row(r, ns.timeout, each=ns.each)
         results.append(res)
         if not ns.json:
             print(f"{r.id:<28} {_state(res):<11} {res['seconds']:>6.1f} s  {'; '.join(res['failed'][:2])}")
-            if not res["caught"]:
+            if res["still_passing"]:
+                print("    still passing without the guard: " + ", ".join(res["still_passing"]))
+            elif not res["caught"]:
                 print("    " + (res["tail"] or "").strip().replace("\n", "\n    ")[-1200:])
     caught = [r["row"] for r in results if r["caught"]]
     summary = {
@@ -218,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         "checked": len(results),
         "caught": len(caught),
         "not_caught": [r["row"] for r in results if not r["caught"] and not r["broken"]],
+        **({"still_passing": {r["row"]: r["still_passing"] for r in results if r["still_passing"]}}
+           if ns.each else {}),
         "broken": [r["row"] for r in results if r["broken"]],
         "missing_in_table": agree["missing_in_table"],
         "missing_in_docs": agree["missing_in_docs"],

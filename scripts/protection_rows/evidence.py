@@ -90,6 +90,31 @@ def _replay_persist() -> None:
     _patch("fedgov.node.store:NodeStore.accept", accept)
 
 
+# --------------------------------------------------------------------------- revocation lists
+
+
+@row(
+    "crl-no-rollback",
+    "`fedgov.crypto.revocation:Revocations.update` adopts a list only if its number is higher than the current one",
+    "tests/test_revocation.py::test_a_newer_list_replaces_an_older_one_never_the_reverse",
+)
+def _crl_no_rollback() -> None:
+    import fedgov.crypto.revocation as rv
+
+    def update(self: Any, data: bytes, *, where: str = "revocation list", persist: bool = True) -> bool:
+        crl = rv.load_crl(data, self._ca, where=where)
+        with self._lock:  # any valid list replaces the current one, also an older one
+            self._current = crl
+            if persist and self._store is not None:
+                tmp = self._store.with_name(self._store.name + ".tmp")
+                tmp.unlink(missing_ok=True)
+                rv.pki.write_secret_file(tmp, crl.der)
+                tmp.replace(self._store)
+        return True
+
+    _patch("fedgov.crypto.revocation:Revocations.update", update)
+
+
 # --------------------------------------------------------------------------- data loader
 
 
