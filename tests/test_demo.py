@@ -34,6 +34,5 @@ def test_demo_json_runs_end_to_end() -> None:
     assert set(model["shapley_auc"]) == {"tax", "hrss", "housing", "vehicles", "medical"}
     assert sum(model["shapley_auc"].values()) > 0.1
     assert any(row["model_points"] > 0 for row in summary["points"])
-    psi = summary["psi"]
-    assert set(psi["pairwise_sizes"]) == {"tax", "hrss", "housing", "vehicles", "medical"}
-    assert 0 < psi["intersection_size"] <= min(psi["pairwise_sizes"].values())
+    # the departments' default policies release no intersection size (issue 11, attack 7)
+    assert summary["psi"] == {"size_release": "none"}
