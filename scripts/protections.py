@@ -422,11 +422,8 @@ def _load_area_rows() -> None:
 NOT_YET_GUARDED: tuple[str, ...] = (
     "approved-manifest",  # h12b
     "dual-approval",
-    "psi-privacy",  # h11b (the PSI rows of issue 16 have their own ids: psi-*)
-    "psi-standing",
     "he-stats-owner",
     "he-stats-horizontal",
-    "eligibility-blinding",
     "vlr-masking",
     "hfl-aggregator",
     "hfl-contributions",
