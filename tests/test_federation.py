@@ -307,6 +307,54 @@ def test_manual_dual_post_approval(fed: LocalFederation) -> None:
         assert sorted(gamma.approvers) == ["ann", "bob"]
 
 
+def _wait_pending(cfg: str, job_id: str, deadline: float) -> None:
+    while not any(r["job_id"] == job_id
+                  for r in json.loads(_cli("node", "pending", "--json", "--config", cfg).stdout or "[]")):
+        assert time.monotonic() < deadline, f"{job_id} never reached the approval queue"
+        time.sleep(0.3)
+
+
+def test_a_forged_approval_is_not_counted(fed: LocalFederation) -> None:
+    """Someone with write access to gamma's approval table adds a second approval in bob's name,
+    signed with ann's key: gamma counts ann once (the signature must be bob's, over this manifest)."""
+    from fedgov.crypto.signing import sign_approval
+    from fedgov.manifest import parse_manifest
+    from fedgov.node.store import NodeStore
+
+    cfg = str(fed.workdir / "nodes" / "gamma" / "node.toml")
+    deadline = time.monotonic() + 60
+    with fed.client() as c:
+        job = c.submit(manifest([("alpha", ["y"], ""), ("gamma", ["x2"], "")]))
+        _wait_pending(cfg, job.job_id, deadline)
+        assert _cli("node", "approve", job.job_id, "--config", cfg, "--kit", str(fed.kits / "ann")).returncode == 0
+        store = NodeStore(fed.workdir / "state" / "gamma")
+        try:
+            pending = store.pending_job(job.job_id)
+            assert pending is not None
+            digest = parse_manifest(pending.manifest).digest
+            bob_cert = (fed.kits / "bob" / "tls.crt").read_bytes()
+            ann_key = (fed.kits / "ann" / "tls.key").read_bytes()
+            forged = sign_approval(ann_key, job.job_id, digest, True, "")  # ann's key, bob's name
+            store.add_approval(job.job_id, "bob", True, "", bob_cert, forged)
+        finally:
+            store.close()
+        # barrier (see test_manual_dual_post_approval): once this job ran, gamma has evaluated
+        # the first one with the forged approval in its table
+        barrier = c.submit(manifest([("alpha", ["y"], ""), ("gamma", ["x2"], "")]))
+        _wait_pending(cfg, barrier.job_id, deadline)
+        for who in ("ann", "bob"):
+            assert _cli("node", "approve", barrier.job_id, "--config", cfg, "--kit",
+                        str(fed.kits / who)).returncode == 0
+        assert c.wait(barrier.job_id, timeout=60).state == "succeeded"
+        assert c.status(job.job_id).state == "submitted"
+        # bob's real approval replaces the forged row and the job runs, approved by both
+        assert _cli("node", "approve", job.job_id, "--config", cfg, "--kit", str(fed.kits / "bob")).returncode == 0
+        st = c.wait(job.job_id, timeout=60)
+    assert st.state == "succeeded", st.reason
+    gamma = next(p for p in st.participants if p.node == "gamma")
+    assert sorted(gamma.approvers) == ["ann", "bob"]
+
+
 def _job_with_mallory(fed: LocalFederation, mallory: FakeNode) -> str:
     with fed.client() as c:
         job = c.submit(manifest([("alpha", ["y"], ""), ("mallory", ["x"], "")]))

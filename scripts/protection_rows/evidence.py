@@ -115,6 +115,28 @@ def _crl_no_rollback() -> None:
     _patch("fedgov.crypto.revocation:Revocations.update", update)
 
 
+# --------------------------------------------------------------------------- approvals at the node
+
+
+@row(
+    "approval-verified",
+    "`fedgov.node.agent:verify_approval` (in `NodeAgent._check_approvals`): an approval counts only if "
+    "the named approver's certified key signed this job, manifest, decision and reason",
+    "tests/test_federation.py::test_a_forged_approval_is_not_counted",
+    level="stack",
+)
+def _approval_verified() -> None:
+    from cryptography import x509
+
+    from fedgov.crypto.pki import identity_from_cert
+
+    def unchecked(cert_pem: bytes, ca_cert: Any, job_id: str, digest: str, approve: bool, reason: str,
+                  signature: bytes, *, revocations: Any = None) -> Any:
+        return identity_from_cert(x509.load_pem_x509_certificate(cert_pem))
+
+    _patch("fedgov.node.agent:verify_approval", unchecked)
+
+
 # --------------------------------------------------------------------------- data loader
 
 
