@@ -74,3 +74,20 @@ def test_the_allow_list_is_short_and_every_entry_says_why() -> None:
     for r in reasons:
         i = lines.index(r)
         assert i > 0 and lines[i - 1].startswith("#"), f"allow-listed skip {r!r} has no comment saying why"
+
+
+def test_multi_host_tests_get_a_non_loopback_address() -> None:
+    """The routable-address HFL tests need one: the default route's, else a dummy interface (root)."""
+    import ipaddress
+    import socket
+
+    import pytest
+
+    from tests.conftest import routable_ipv4
+
+    ip = routable_ipv4()
+    if ip is None:
+        pytest.skip("no non-loopback IPv4 address and not root")  # a failure in CI (not allow-listed)
+    assert not ipaddress.ip_address(ip).is_loopback
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((ip, 0))  # the address is this host's
