@@ -420,15 +420,12 @@ def _load_area_rows() -> None:
 #: as "not yet guarded" and is the only way a documented row may lack one. Remove an id when its
 #: area module (scripts/protection_rows/) adds the row; a guarded id here is ignored.
 NOT_YET_GUARDED: tuple[str, ...] = (
-    "approved-manifest",  # h12b
-    "dual-approval",
     "he-stats-owner",
     "he-stats-horizontal",
     "vlr-masking",
     "hfl-aggregator",
     "hfl-contributions",
     "ledger-tamper",
-    "crash-safety",
 )
 
 

@@ -114,6 +114,14 @@ def ladder_refusals(manifest: Manifest, participant: Participant, settings: Mapp
     ]
 
 
+#: keys of ``parameters.baseline``
+BASELINE_FIELDS = (
+    Param("field", "str"),
+    Param("threshold", "str"),
+    Param("per_capita", "bool"),
+    Param("compare", "str", choices=("<", "<=", ">", ">=")),
+)
+
 SCHEMA = KindSchema(
     kind=KIND,
     params=(
@@ -123,6 +131,7 @@ SCHEMA = KindSchema(
             "table",
             doc="{field, threshold, per_capita, compare}: civil affairs' own "
             "decision on a declared figure, for comparison",
+            fields=BASELINE_FIELDS,
         ),
         Param(
             "alignment",
