@@ -33,7 +33,7 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 import grpc
@@ -110,6 +110,25 @@ def _stricter(train: Decision, held_out: Decision) -> Decision:
         min_cohort=max(train.min_cohort, held_out.min_cohort),
         standing_alignment=train.standing_alignment and held_out.standing_alignment,
     )
+
+
+def declared_columns(
+    requested: Sequence[str] | None, declared: Sequence[str], dataset: str, allowed: Collection[str]
+) -> list[str]:
+    """The columns a job handler may read: ``requested`` (default: all ``declared``), all declared.
+
+    Guarantees: the node's data loader never yields a field the signed
+    manifest did not declare for this node (the fields its policy checked),
+    nor a dataset other than the ones the task was approved for; a handler
+    that asks raises :class:`FedgovError` naming the field or dataset.
+    """
+    cols = list(requested) if requested is not None else list(declared)
+    outside = [c for c in cols if c not in declared]
+    if outside:
+        raise FedgovError(f"handler asked for undeclared field(s) {', '.join(outside)}")
+    if dataset not in allowed:
+        raise FedgovError(f"handler asked for dataset '{dataset}' this task was not approved for")
+    return cols
 
 
 class NodeAgent:
@@ -647,6 +666,22 @@ class NodeAgent:
         self.store.audit(job_id, "job-key", sha256=hashlib.sha256(job_key.public_bytes).hexdigest())
         return job_key
 
+    def _task_loader(self, me: Participant) -> Callable[..., pa.Table]:
+        """The ``load`` a job handler gets: this node's data, only the fields ``me`` declares.
+
+        ``load(columns=None, dataset=None)`` reads ``columns`` (default: every
+        declared field) of ``dataset`` (default: the participant's; else only
+        its ``eval_dataset``); see :func:`declared_columns`.
+        """
+        fields = list(me.fields)
+        allowed_datasets = {me.dataset, str(me.extra.get("eval_dataset") or me.dataset)}
+
+        def load(columns: Sequence[str] | None = None, dataset: str | None = None) -> pa.Table:
+            ds = dataset or me.dataset
+            return self._read(ds, declared_columns(columns, fields, ds, allowed_datasets))
+
+        return load
+
     def _run_job(self, task: jobs_pb2.Task, abort: threading.Event) -> None:
         job_id = task.job_id
         job_key: JobKey | None = None
@@ -660,19 +695,7 @@ class NodeAgent:
             requester = identity_from_cert(x509.load_pem_x509_certificate(task.requester_cert_pem)).name
             job_key = self._start_job_key(job_id)
             me = manifest.participant(self.config.name)
-            fields = list(me.fields)
-
-            allowed_datasets = {me.dataset, str(me.extra.get("eval_dataset") or me.dataset)}
-
-            def load(columns: Sequence[str] | None, dataset: str | None = None) -> pa.Table:
-                cols = list(columns) if columns is not None else fields
-                outside = [c for c in cols if c not in fields]
-                if outside:
-                    raise FedgovError(f"handler asked for undeclared field(s) {', '.join(outside)}")
-                ds = dataset or me.dataset
-                if ds not in allowed_datasets:
-                    raise FedgovError(f"handler asked for dataset '{ds}' this task was not approved for")
-                return self._read(ds, cols)
+            load = self._task_loader(me)
 
             def save_json(name: str, obj: object) -> str:
                 return str(self.save_json(job_id, name, obj))
