@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import logging
 import signal
+import sqlite3
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,8 +182,20 @@ class Coordinator:
         tmp.replace(addr_file)
         log.info("coordinator listening on %s (mTLS)", self.address)
 
+    #: seconds between SQLite housekeeping passes (incremental vacuum, WAL checkpoint)
+    HOUSEKEEPING_SECONDS = 30.0
+
     def _watchdog(self) -> None:
+        last_housekeeping = 0.0
         while not self._stop.wait(1.0):
+            if time.monotonic() - last_housekeeping >= self.HOUSEKEEPING_SECONDS:
+                last_housekeeping = time.monotonic()
+                try:
+                    freed = self.store.housekeeping()
+                    if freed:
+                        log.info("housekeeping: %d free pages returned to the file system", freed)
+                except sqlite3.Error as exc:
+                    log.warning("housekeeping failed: %s", exc)
             for job_id, node, silent in self.store.stale_participants(self.config.node_timeout):
                 if self.store.finish_job(
                     job_id, "failed", f"node '{node}' stopped responding ({silent:.0f} s without contact)"
