@@ -260,16 +260,45 @@ def cmd_job(ns: argparse.Namespace) -> None:
                 for p in st.participants:
                     print(f"  {p.node}: {p.decision} {p.task_state} {p.reason}".rstrip())
         elif ns.action == "list":
+            from fedgov.opsview import iso
+
             jobs = c.list(ns.state)
             if ns.json:
-                _print_json([j.to_dict() for j in jobs])
+                _print_json([j.to_dict() | {"created": iso(j.created_at), "updated": iso(j.updated_at)}
+                             for j in jobs])
+            elif not jobs:
+                print("no jobs" + (f" in state {ns.state}" if ns.state else ""))
             for j in jobs if not ns.json else []:
-                print(f"{j.job_id} {j.kind:<18} {j.state:<10} {j.requester} {j.reason}".rstrip())
+                print(f"{j.job_id} {j.kind:<18} {j.state:<10} {iso(j.created_at)} {j.requester} {j.reason}".rstrip())
+        elif ns.action == "follow":
+            from fedgov.opsview import follow
+
+            last: dict[str, Any] = {}
+            for ev in follow(c, ns.job_id, timeout=ns.timeout):
+                last = ev
+                if ns.json:
+                    _print_json({k: v for k, v in ev.items() if k != "status"})
+                else:
+                    for change in ev["changes"]:
+                        print(f"{ev['time']} {ev['job_id']} {change}", flush=True)
+            if last.get("state") != "succeeded":
+                raise FedgovError(f"job ended {last.get('state')}: {last['status']['reason']}", where=ns.job_id)
         elif ns.action == "cancel":
             st = c.cancel(ns.job_id)
             print(f"{st.job_id} {st.state}")
         elif ns.action == "result":
             _print_json(c.result(ns.job_id))
+
+
+def cmd_status(ns: argparse.Namespace) -> None:
+    from fedgov.opsview import federation_status, render_status
+
+    with _client(ns) as c:
+        st = federation_status(c)
+    if ns.json:
+        _print_json(st)
+    else:
+        print(render_status(st))
 
 
 def cmd_catalog(ns: argparse.Namespace) -> None:
@@ -413,7 +442,15 @@ def build_parser() -> argparse.ArgumentParser:
     q = jsub.add_parser("list")
     q.add_argument("--state")
     client_opts(q)
+    q = jsub.add_parser("follow", help="print each state change of a job until it ends (exit 2 unless it succeeded)")
+    q.add_argument("job_id")
+    q.add_argument("--timeout", type=float, default=3600)
+    client_opts(q)
     p.set_defaults(func=cmd_job)
+
+    p = sub.add_parser("status", help="nodes, certificates, running jobs, pending approvals, ledger and witnesses")
+    client_opts(p)
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("catalog", help="registered nodes and their datasets (metadata only)")
     client_opts(p)

@@ -212,6 +212,9 @@ class CoordinatorStore:
         self._drainer: threading.Thread | None = None
         self._drainer_stop = threading.Event()
         self._touched: dict[str, float] = {}
+        #: envelope bytes stored into / read out of the relay since start (metrics)
+        self.relay_bytes_in = 0
+        self.relay_bytes_out = 0
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
@@ -785,6 +788,7 @@ class CoordinatorStore:
                 "VALUES (?,?,?,?,?,?,?)",
                 (job_id, step, sender, recipient, seq, data, time.time()),
             )
+        self.relay_bytes_in += len(data)
 
     def get_message(self, job_id: str, step: str, sender: str, recipient: str, seq: int) -> bytes | None:
         with self._lock:
@@ -792,6 +796,8 @@ class CoordinatorStore:
                 "SELECT data FROM relay WHERE job_id=? AND step=? AND sender=? AND recipient=? AND seq=?",
                 (job_id, step, sender, recipient, seq),
             ).fetchone()
+        if row:
+            self.relay_bytes_out += len(row[0])
         return row[0] if row else None
 
     # -- events ----------------------------------------------------------
