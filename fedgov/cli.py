@@ -439,7 +439,8 @@ def cmd_schema(ns: argparse.Namespace) -> None:
         ns.out.write_text(text, encoding="utf-8")
         print(f"schema draft written to {ns.out}: review types, ranges and descriptions before use")
     else:
-        sys.stdout.write(text)
+        for line in text.splitlines():
+            print(line)
 
 
 def cmd_catalog(ns: argparse.Namespace) -> None:
