@@ -37,49 +37,8 @@ from fedgov.scenarios.social_assistance_jobs import (
 MEDICAL_APPROVERS = ["dr_wang", "ms_zhao"]
 
 
-COUNT_MANIFEST = """
-[job]
-kind = "cohort-count"
-purpose = "social-assistance-statistics"
-description = "Each department counts its own records under its own filter"
-
-[[participants]]
-node = "civil_affairs"
-dataset = "applications"
-role = "aggregator"
-fields = ["eligible"]
-where = [{ field = "eligible", op = "==", value = 1 }]
-
-[[participants]]
-node = "tax"
-dataset = "income"
-fields = ["annual_income"]
-where = [{ field = "annual_income", op = "<", value = 12000.0 }]
-
-[[participants]]
-node = "hrss"
-dataset = "insurance"
-fields = ["pension_monthly"]
-where = [{ field = "pension_monthly", op = ">", value = 0.0 }]
-
-[[participants]]
-node = "housing"
-dataset = "property"
-fields = ["property_count"]
-where = [{ field = "property_count", op = ">=", value = 2 }]
-
-[[participants]]
-node = "vehicles"
-dataset = "vehicles"
-fields = ["newest_vehicle_value_cny"]
-where = [{ field = "newest_vehicle_value_cny", op = ">", value = 150000.0 }]
-
-[[participants]]
-node = "medical"
-dataset = "claims"
-fields = ["chronic_illness"]
-where = [{ field = "chronic_illness", op = "==", value = true }]
-"""
+#: the joint count of docs/deployment.md (one file for the demo and the walkthrough)
+COUNT_MANIFEST = (PROFILES.parent / "examples" / "social_assistance" / "jobs" / "joint_count.toml").read_text()
 
 SMALL_CELL_MANIFEST = """
 [job]
