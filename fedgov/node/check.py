@@ -124,7 +124,11 @@ def check_node(path: Path) -> CheckReport:
             report.checked.append(f"kit {kit}")
             report.warnings.extend(f"kit {kit}: {w}" for w in status.warnings)
         except KitError as exc:
-            report.problems.append(f"kit {kit}: {exc}")
+            hint = "" if kit.is_dir() else (
+                " (no such directory: issue the kit with `fedgov provision kit` or "
+                "`fedgov provision federation`, docs/deployment.md sections 0 and 2)"
+            )
+            report.problems.append(f"kit {kit}: {exc}{hint}")
         except FedgovError as exc:
             report.problems.append(str(exc))
     else:
