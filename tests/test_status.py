@@ -133,17 +133,34 @@ def test_metrics_endpoint_on_loopback(fed: LocalFederation) -> None:
     assert "fedgov_witness_lag_entries" in text
 
 
+def test_metrics_listen_must_be_loopback() -> None:
+    from fedgov.coordinator.prom import check_listen
+    from fedgov.errors import ConfigError
+
+    for ok in ("127.0.0.1:9464", "127.0.0.2:0", "[::1]:9464", "localhost:9464"):
+        check_listen(ok, "t")
+    for bad in ("0.0.0.0:9464", "10.1.2.3:9464", "[::]:9464", "metrics.example.gov:9464", "9464"):
+        with pytest.raises(ConfigError):
+            check_listen(bad, "t")
+
+
 def test_metrics_on_a_network_address_is_refused(tmp_path: Path, fed: LocalFederation) -> None:
     cfg = tmp_path / "coordinator.toml"
     cfg.write_text(
         "[coordinator]\nlisten = \"127.0.0.1:0\"\n"
         f"kit = {json.dumps(str(fed.kits / 'coordinator'))}\n"
         f"state_dir = {json.dumps(str(tmp_path / 'state'))}\n"
-        'metrics_listen = "0.0.0.0:9464"\n'
+        'metrics_listen = "0.0.0.0:0"\n'
     )
-    out = subprocess.run([sys.executable, "-m", "fedgov", "coordinator", "start", "--config", str(cfg)],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2 and "not a loopback address" in out.stderr and "Traceback" not in out.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "fedgov", "coordinator", "start", "--config", str(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:  # it started: the endpoint is on the network
+        proc.kill()
+        proc.communicate()
+        raise AssertionError("the coordinator started with metrics on 0.0.0.0") from None
+    assert proc.returncode == 2 and "not a loopback address" in err and "Traceback" not in err
 
 
 def test_status_marks_a_stopped_node_offline(fed: LocalFederation) -> None:
