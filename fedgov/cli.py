@@ -362,8 +362,11 @@ def cmd_node(ns: argparse.Namespace) -> None:
         if ns.json:
             _print_json({"entries": rows, "chain_ok": broken is None, "first_broken": broken})
         else:
+            from fedgov.opsview import iso
+
             for r in rows:
-                print(f"#{r['id']} {r['job_id']} {r['action']} {json.dumps(r['detail'], sort_keys=True)}")
+                print(f"#{r['id']} {iso(r['ts'])} {r['job_id']} {r['action']} "
+                      f"{json.dumps(r['detail'], sort_keys=True)}")
             print("audit chain OK" if broken is None else f"audit chain BROKEN at entry #{broken}")
         if broken is not None:
             raise FedgovError(f"audit log chain broken at entry #{broken}", where=str(config.state_dir))
