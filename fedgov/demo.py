@@ -445,8 +445,17 @@ def run_demo(
             )
             story.say(
                 "   "
-                + ", ".join(f"{d} {float(v):+.2f}" for d, v in sorted(phi.items(), key=lambda kv: (-kv[1], kv[0])))
+                + ", ".join(
+                    f"{d} {'−' if v < 0 else '+'}{abs(float(v)):.2f}"
+                    for d, v in sorted(phi.items(), key=lambda kv: (-kv[1], kv[0]))
+                )
             )
+            worse = sorted(d for d, v in phi.items() if v < 0)
+            if worse:
+                story.say(
+                    f"   {', '.join(worse)} made the model (slightly) worse: a negative contribution earns "
+                    "nothing for this job (docs/points.md)."
+                )
             story.say("8. A statistical question across departments, computed under homomorphic encryption:")
             story.say(
                 "   average pension (HRSS) of applicants rejected in past verification (civil affairs),"
@@ -455,7 +464,11 @@ def run_demo(
                 "   by district. HRSS holds the key, checks every cell itself and suppresses small ones:"
             )
             stats = _submit(fed, stats_manifest(), must_succeed="statistics")
-            for line in stats_lines(stats["result"]):
+            rel = stats["result"]["hrss"]
+            shown = {"hrss": {**rel, "cells": _he_stats_cells(rel["cells"])}}
+            if rel.get("total"):
+                shown["hrss"]["total"] = _he_stats_cells({"all": rel["total"]})["all"]
+            for line in stats_lines(shown):
                 story.say(f"   {line}")
             story.say(
                 "9. A private eligibility check of the applicants: income, floor-area, property and vehicle"
