@@ -95,14 +95,23 @@ def test_deployment_walkthrough_runs_from_a_clean_clone(tmp_path: Path) -> None:
     assert re.search(r"civil_affairs\s+online\s+last contact \d{4}-\d\d-\d\dT", out)
 
 
-def test_readme_commands_run_verbatim_from_a_clean_clone(tmp_path: Path) -> None:
+def _readme_runs() -> list[str]:
+    readme = (REPO / "README.md").read_text()
+    return [line.split("#")[0].strip() for block in bash_blocks(readme) for line in block.splitlines()
+            if line.startswith("fedgov run ")]
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("command", _readme_runs())
+def test_readme_commands_run_verbatim_from_a_clean_clone(tmp_path: Path, command: str) -> None:
     root = clean_copy(tmp_path / "clone")
-    readme = (root / "README.md").read_text()
-    runs = [line.split("#")[0].strip() for block in bash_blocks(readme) for line in block.splitlines()
-            if line.startswith("fedgov run examples/fate/breast_psi.toml")]
-    assert runs, "README no longer shows the fedgov run example"
-    out = subprocess.run(["bash", "-c", "set -euo pipefail\n" + runs[0]], cwd=root, env=_env(),
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(["bash", "-c", "set -euo pipefail\n" + command], cwd=root, env=_env(),
+                         capture_output=True, text=True, timeout=800)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])
-    assert summary["ok"] is True and summary["intersection_size"] > 0
+    assert summary["ok"] is True
+
+
+def test_readme_shows_the_fate_examples() -> None:
+    runs = _readme_runs()
+    assert any("breast_psi.toml" in r for r in runs) and any("default_credit_vlr.toml" in r for r in runs)
