@@ -348,10 +348,14 @@ def cmd_node(ns: argparse.Namespace) -> None:
         else:
             for r in rows:
                 print(
-                    f"{r['job_id']}  {r['kind']}  purpose={r['purpose']}  requester={r['requester']}  "
-                    f"dataset={r['dataset']} fields={','.join(r['fields'])}  "
-                    f"approvals {len(r['approved_by'])}/{r['required']}"
+                    r["summary"]
+                    or f"{r['job_id']}  {r['kind']}  purpose={r['purpose']}  requester={r['requester']}  "
+                    f"dataset={r['dataset']} fields={','.join(r['fields'])}  approvals {r['approvals']}"
                 )
+            print("see one in full: fedgov node show JOB --config ...")
+    elif ns.action == "show":
+        brief = approvals.show(config, ns.job_id)
+        _print_json(brief.to_dict()) if ns.json else print(brief.text())
     elif ns.action in ("approve", "reject"):
         msg = approvals.decide(
             config, ns.job_id, ns.kit, approve=ns.action == "approve", reason=ns.reason or ""
@@ -563,9 +567,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_coordinator)
 
     p = sub.add_parser("node", help="run or administer a department node")
-    p.add_argument("action", choices=["start", "check", "pending", "approve", "reject", "audit"],
+    p.add_argument("action", choices=["start", "check", "pending", "show", "approve", "reject", "audit"],
                    help="check: validate config, policy, schemas, data and kit without starting (lists every problem)")
-    p.add_argument("job_id", nargs="?", help="job to approve/reject")
+    p.add_argument("job_id", nargs="?", help="job to show/approve/reject")
     p.add_argument("--config", type=Path, required=True, help="node.toml")
     p.add_argument("--kit", type=Path, help="approver's startup kit (approve/reject)")
     p.add_argument("--reason", help="reason recorded with the decision")

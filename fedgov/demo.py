@@ -66,8 +66,10 @@ description = "Which applicants does each department know? (entity alignment)"
 [parameters]
 mode = "align"
 
+# the aligned order stays with civil affairs; the departments' policies
+# (psi_id_recipients, psi_size_release) decide who else may learn it and its sizes
 [results]
-recipients = ["requester", "tax", "hrss", "housing", "vehicles", "medical"]
+recipients = ["requester"]
 """ + "".join(
     f"""
 [[participants]]
@@ -413,9 +415,12 @@ def run_demo(
                 must_succeed="PSI",
             )
             pres = aligned["result"]["civil_affairs"]
-            for node, n in sorted(pres["pairwise_sizes"].items()):
-                story.say(f"   applicants known to {node:<9} {n:>6}")
-            story.say(f"   known to all six departments: {pres['intersection_size']}")
+            if "pairwise_sizes" in pres:
+                for node, n in sorted(pres["pairwise_sizes"].items()):
+                    story.say(f"   applicants known to {node:<9} {n if n is not None else 'suppressed':>6}")
+                story.say(f"   known to all six departments: {pres['intersection_size']}")
+            else:
+                story.say("   the overlap sizes stay with civil affairs: no department's policy releases them")
             story.say(
                 "7. The eligibility model: civil affairs' past verification outcomes (labels) with five"
             )
@@ -523,10 +528,7 @@ def run_demo(
                     **{k: cres[k] for k in ("applicants", "eligible", "not_eligible", "failed_by_rule")},
                     "decisions_changed_vs_declared_income": changed,
                 },
-                "psi": {
-                    "pairwise_sizes": pres["pairwise_sizes"],
-                    "intersection_size": pres["intersection_size"],
-                },
+                "psi": {k: pres[k] for k in ("size_release", "pairwise_sizes", "intersection_size") if k in pres},
                 "refused": {"state": refused["job"]["state"], "reason": refused["job"]["reason"]},
             }
             # the contribution ledger, verified as an auditor would

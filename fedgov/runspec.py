@@ -149,6 +149,9 @@ def _schema_toml(dataset: str, party: Party) -> str:
 
 def _policy_toml(spec: RunSpec, party: Party, datasets: list[str]) -> str:
     lines = ["[defaults]", f"min_cohort = {int(spec.parameters.get('min_cohort', 11))}", 'approval = "auto"']
+    if spec.kind == "psi":
+        # the local operator owns every party's data: it sees exact sizes and every aligned order
+        lines += ["[defaults.disclosure]", 'psi_size_release = "exact"', 'psi_id_recipients = ["*"]']
     for ds in datasets:
         lines += [
             "",
@@ -194,6 +197,8 @@ def manifest_for(spec: RunSpec) -> str:
     if spec.kind in ("vertical-lr", "vertical-lr-score"):
         lines += ["", "[[participants]]", 'node = "arbiter"', 'role = "arbiter"']
     params = {k: v for k, v in spec.parameters.items() if k != "min_cohort"}
+    if spec.kind == "psi":
+        params.setdefault("size_release", "exact")  # allowed by the local policies above
     if params:
         lines += ["", "[parameters]"]
         lines += [f"{k} = {json.dumps(v)}" for k, v in params.items()]

@@ -20,6 +20,7 @@ from fedgov.scenarios.social_assistance_jobs import (
     plaintext_eligibility,
     read_decisions,
     read_reference,
+    with_disclosure,
 )
 
 pytestmark = pytest.mark.slow
@@ -29,10 +30,15 @@ NODES = ("civil_affairs", "tax", "hrss", "housing", "vehicles", "arbiter")
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalFederation, Path]]:
+    """The departments of this module re-check the same applicants in five jobs; their
+    owners allow 12 checks per applicant per quarter (the default, 2, would refuse the
+    third: tests/test_disclosure_stack.py)."""
     root = tmp_path_factory.mktemp("el-stack")
     data = root / "data"
     generate(data, households=600)
-    with LocalFederation(root / "fed", [s for s in node_specs(data) if s.name in NODES]) as fed:
+    specs = with_disclosure([s for s in node_specs(data) if s.name in NODES], root / "policies",
+                            ("tax", "hrss", "housing", "vehicles"), elig_checks_per_applicant=12)
+    with LocalFederation(root / "fed", specs) as fed:
         yield fed, data
 
 

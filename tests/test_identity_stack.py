@@ -52,7 +52,9 @@ STEP = "cohort-count/count"
 
 def _policy(path: Path) -> Path:
     path.write_text(
-        '[defaults]\nmin_cohort = 11\nrequesters = ["*"]\napproval = "auto"\n\n'
+        '[defaults]\nmin_cohort = 11\nrequesters = ["*"]\napproval = "auto"\n'
+        # these owners let the PSI jobs below release exact sizes and deliver the aligned IDs
+        '[defaults.disclosure]\npsi_size_release = "exact"\npsi_id_recipients = ["*"]\n\n'
         "[[datasets.data.rules]]\n"
         f'purposes = ["{PURPOSE}"]\nkinds = ["cohort-count", "psi"]\nfields = ["id", "x"]\n'
     )
@@ -83,6 +85,7 @@ def psi_manifest() -> str:
         f'[job]\nkind = "psi"\npurpose = "{PURPOSE}"\n'
         '[[participants]]\nnode = "alpha"\ndataset = "data"\nfields = ["id"]\nrole = "guest"\n'
         '[[participants]]\nnode = "beta"\ndataset = "data"\nfields = ["id"]\nrole = "host"\n'
+        '[parameters]\nsize_release = "exact"\n'
         '[results]\nrecipients = ["requester", "alpha", "beta"]\n'
     )
 

@@ -101,3 +101,42 @@ def test_dataset_settings_override_defaults_and_are_validated(monkeypatch: pytes
     assert pol.datasets["other"].disclosure["toy_mask_bits_min"] == 30
     with pytest.raises(ConfigError, match=r"'toy_mask_bits_min' must be >= 1"):
         parse_policy({"datasets": {"income": {"disclosure": {"toy_mask_bits_min": 0}}}}, "policy.toml")
+
+
+def test_nested_tables_are_checked_key_by_key_with_a_suggestion() -> None:
+    """A typo inside a table parameter is refused at submit, not after approval when the protocol reads it."""
+    with pytest.raises(ConfigError, match=r"'dp' has unknown key 'epsilonn' \(did you mean 'epsilon'\?\)"):
+        params.check_parameters("he-stats", {"dp": {"mechanism": "laplace", "epsilonn": 0.5}})
+    with pytest.raises(ConfigError, match=r"'dp' key 'epsilon' must be >= 0, got -1"):
+        params.check_parameters("he-stats", {"dp": {"epsilon": -1}})
+    with pytest.raises(ConfigError, match=r"'dp' key 'mechanism' must be one of 'laplace', 'gaussian'"):
+        params.check_parameters("he-stats", {"dp": {"mechanism": "none"}})
+    with pytest.raises(ConfigError, match=r"'ckks' has unknown key 'poly_modulus' \(did you mean 'poly_modulus_degree'"):
+        params.check_parameters("vertical-lr", {"ckks": {"poly_modulus": 8192}})
+    with pytest.raises(ConfigError, match=r"'ckks' key 'coeff_mod_bit_sizes' must be a list of integers"):
+        params.check_parameters("vertical-lr", {"ckks": {"coeff_mod_bit_sizes": [40, 40.5]}})
+    with pytest.raises(ConfigError, match=r"'baseline' key 'compare' must be one of"):
+        params.check_parameters("eligibility-check", {"baseline": {"field": "x", "compare": "=="}})
+    ok = {"dp": {"mechanism": "gaussian", "epsilon": 0.5, "delta": 1e-6}}
+    assert params.check_parameters("he-stats", ok)["dp"] == ok["dp"]
+
+
+#: table parameters whose content the protocol parses itself (a rules file, a weight spec)
+FREE_FORM = {("eligibility-check", "rules"), ("vertical-lr", "class_weight")}
+
+
+def test_every_table_parameter_declares_its_keys() -> None:
+    for kind, s in params.SCHEMAS.items():
+        for p in s.params:
+            if "table" in p.type and (kind, p.key) not in FREE_FORM:
+                assert p.fields, f"{kind}: parameters.{p.key} is a table with no declared keys"
+
+
+def test_list_parameters_hold_only_known_elements() -> None:
+    from fedgov.params.he_stats import STATS
+    from fedgov.protocols.he_stats import STATS as PROTOCOL_STATS
+
+    assert STATS == PROTOCOL_STATS
+    with pytest.raises(ConfigError, match=r"'stats' may hold only .* got 'varience' \(did you mean 'variance'\?\)"):
+        params.check_parameters("he-stats", {"stats": ["count", "varience"]})
+    assert params.check_parameters("he-stats", {"stats": ["count", "variance"]})["stats"] == ["count", "variance"]

@@ -1,7 +1,10 @@
 """PostgreSQL data source through the same SQLAlchemy code path as SQLite.
 
-Starts a throwaway PostgreSQL server on loopback when its binaries are on
-this machine (Debian's postgresql package); skipped otherwise.
+Uses the server named by ``FEDGOV_TEST_POSTGRES`` (a SQLAlchemy URL; ``.ci/run``
+starts Debian's cluster and sets it), else starts a throwaway PostgreSQL server
+on loopback when its binaries are on this machine (Debian's postgresql
+package). Without either it is skipped — except under ``CI=true``, where a
+missing server is a failure: CI must read from a real database.
 """
 
 from __future__ import annotations
@@ -35,12 +38,35 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason}: CI must run this test against a real PostgreSQL server (.ci/run starts one)")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[str]:
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        _unavailable("psycopg is not installed")
+    given = os.environ.get("FEDGOV_TEST_POSTGRES")
+    if given:
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(given)
+        try:
+            with engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        except Exception as exc:  # noqa: BLE001 - any failure to reach the named server
+            pytest.fail(f"FEDGOV_TEST_POSTGRES={given} is unreachable: {exc}")
+        finally:
+            engine.dispose()
+        yield given
+        return
     initdb, pg_ctl = _bin("initdb"), _bin("pg_ctl")
     if not initdb or not pg_ctl:
-        pytest.skip("PostgreSQL server binaries not installed")
-    pytest.importorskip("psycopg")
+        _unavailable("PostgreSQL server binaries not installed")
     base = Path(tempfile.mkdtemp(prefix="fedgov-pg-", dir="/tmp"))
     prefix: list[str] = []
     if os.geteuid() == 0:  # postgres refuses to run as root

@@ -97,3 +97,17 @@ def test_signatures_are_domain_separated(fed: Path) -> None:
     approval = sign_approval(_key(fed, "li"), "job-1", DIGEST, True, "ok")
     with pytest.raises(BadSignature):
         verify_manifest(_pem(fed, "li"), ca, approval_bytes, approval)
+
+
+def test_an_approval_can_cover_the_brief_the_approver_was_shown(fed: Path) -> None:
+    """Signed over a brief digest, an approval verifies only against that brief (and the same manifest)."""
+    ca = pki.load_ca_cert(fed / "ca" / "ca.crt")
+    brief = "b" * 64
+    sig = sign_approval(_key(fed, "ann"), "job-1", DIGEST, True, "", brief_digest=brief)
+    assert verify_approval(_pem(fed, "ann"), ca, "job-1", DIGEST, True, "", sig, brief_digest=brief).name == "ann"
+    for other in ("", "c" * 64):
+        with pytest.raises(BadSignature):
+            verify_approval(_pem(fed, "ann"), ca, "job-1", DIGEST, True, "", sig, brief_digest=other)
+    plain = sign_approval(_key(fed, "ann"), "job-1", DIGEST, True, "")
+    with pytest.raises(BadSignature):  # an approval without the brief does not pass for one with it
+        verify_approval(_pem(fed, "ann"), ca, "job-1", DIGEST, True, "", plain, brief_digest=brief)

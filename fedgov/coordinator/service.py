@@ -31,7 +31,7 @@ from fedgov.manifest import check_fresh, parse_manifest
 from fedgov.node.witness import head_from_pb, head_to_pb
 from fedgov.params import check_parameters
 from fedgov.transport.chunks import relay_chunks
-from fedgov.transport.tls import caller_identity
+from fedgov.transport.tls import SESSION_METADATA, caller_identity
 from fedgov.v1 import (
     common_pb2,
     jobs_pb2,
@@ -57,6 +57,14 @@ def _require(context: grpc.ServicerContext, *roles: str) -> Identity:
             f"'{ident.name}' has role '{ident.role}'; this call needs {' or '.join(roles)}",
         )
     return ident
+
+
+def _session_of(context: grpc.ServicerContext) -> str | None:
+    """The caller's per-process session id (``fedgov-session`` metadata), or None."""
+    for key, value in context.invocation_metadata() or ():
+        if key == SESSION_METADATA:
+            return str(value) or None
+    return None
 
 
 def job_status(job: JobRow) -> jobs_pb2.JobStatus:
@@ -111,10 +119,17 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
             )
         cert_pem = context.auth_context()["x509_pem_cert"][0]
         der = x509.load_pem_x509_certificate(cert_pem).public_bytes(serialization.Encoding.DER)
-        broken = self.store.register_node(ident.name, request.key_bundle, hashlib.sha256(der).hexdigest())
+        session = _session_of(context)
+        broken = self.store.register_node(
+            ident.name, request.key_bundle, hashlib.sha256(der).hexdigest(), session=session
+        )
         for job_id in broken:
-            self.store.finish_job(job_id, "failed", f"node '{ident.name}' restarted during the job")
-        log.info("node %s registered", ident.name)
+            self.store.finish_job(
+                job_id, "failed",
+                f"node '{ident.name}' restarted during the job (a new process registered; "
+                "the old one's protocol state is lost)",
+            )
+        log.info("node %s registered (session %s)", ident.name, (session or "-")[:8])
         return registry_pb2.RegisterReply(node=ident.name, coordinator_version=__version__)
 
     def PublishCatalog(self, request, context):  # noqa: N802

@@ -202,6 +202,9 @@ class CoordinatorStore:
             self._db.execute("ALTER TABLE participants ADD COLUMN public_json TEXT NOT NULL DEFAULT ''")
         if "sealed_result" not in cols:  # databases from before results sealed to the requester
             self._db.execute("ALTER TABLE participants ADD COLUMN sealed_result BLOB NOT NULL DEFAULT x''")
+        node_cols = {r[1] for r in self._db.execute("PRAGMA table_info(nodes)")}
+        if "session" not in node_cols:  # the registered process (h14a: restart attribution)
+            self._db.execute("ALTER TABLE nodes ADD COLUMN session TEXT")
         self._lock = threading.RLock()
         #: notified on every change, for long polls
         self.changed = threading.Condition(self._lock)
@@ -453,24 +456,35 @@ class CoordinatorStore:
                 delay = min(delay * 2, 30.0)
 
     # -- nodes -----------------------------------------------------------
-    def register_node(self, name: str, bundle: bytes, cert_sha256: str | None = None) -> list[str]:
+    def register_node(
+        self, name: str, bundle: bytes, cert_sha256: str | None = None, session: str | None = None
+    ) -> list[str]:
         """Upsert a node; returns the running jobs it was part of (now broken).
 
         With ``cert_sha256`` (SHA-256 of the node's TLS certificate, DER) a
         ``node_registered`` ledger entry is written the first time and whenever
         the certificate changes (not on every reconnect).
+
+        ``session`` is the registering process's random session id (persisted).
+        The same session registering again is the same process reconnecting —
+        after a coordinator restart or a network outage — and breaks nothing:
+        its jobs carry on. A different (or unknown) session is a new process,
+        which lost the old one's in-memory protocol state: its running jobs are
+        returned as broken.
         """
         now = time.time()
         with self.tx() as db:
             if cert_sha256 is not None and self._changed(db, f"node:{name}", cert_sha256):
                 self._ledger(db, lambda: le.node_registered(name, cert_sha256))
+            row = db.execute("SELECT session FROM nodes WHERE name=?", (name,)).fetchone()
+            same_process = row is not None and same_process_session(row[0], session)
             db.execute(
-                "INSERT INTO nodes(name, bundle, registered_at, last_seen) VALUES (?,?,?,?) "
+                "INSERT INTO nodes(name, bundle, registered_at, last_seen, session) VALUES (?,?,?,?,?) "
                 "ON CONFLICT(name) DO UPDATE SET bundle=excluded.bundle, "
-                "registered_at=excluded.registered_at, last_seen=excluded.last_seen",
-                (name, bundle, now, now),
+                "registered_at=excluded.registered_at, last_seen=excluded.last_seen, session=excluded.session",
+                (name, bundle, now, now, session),
             )
-            broken = [
+            broken = [] if same_process else [
                 r[0]
                 for r in db.execute(
                     "SELECT j.job_id FROM jobs j JOIN participants p ON p.job_id=j.job_id "
@@ -809,6 +823,15 @@ class CoordinatorStore:
 
 
 # -- ledger entry builders ---------------------------------------------------------
+
+
+def same_process_session(registered: str | None, session: str | None) -> bool:
+    """True iff ``session`` is the registered node process (``registered``) reconnecting.
+
+    Both must be known and equal: a process that sends no session id, or a new
+    one, counts as a new process (which lost the old one's protocol state).
+    """
+    return bool(session) and registered == session
 
 
 def _same(row: tuple[int, str, bytes], stored: bytes) -> bool:

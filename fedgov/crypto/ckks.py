@@ -24,6 +24,11 @@ other parties, and packs data so that few SEAL operations are needed:
   requested size fits the modulus left after the circuit and that the
   decoded result keeps the requested precision; reports how many bits of
   statistical hiding the mask gives.
+* :func:`flood_imaginary` / :func:`flood_imaginary_seal` /
+  :meth:`CkksContext.flood_imaginary` - adds fresh uniform imaginary noise to
+  every slot so that a key holder who decodes slots as complex numbers learns
+  nothing from the imaginary parts (real masks and blinding factors multiply
+  the encryption noise there too).
 
 Leakage of the verbs themselves: a ciphertext reveals its level, scale and
 size (i.e. which step of a circuit produced it), nothing about the slots.
@@ -54,6 +59,10 @@ __all__ = [
     "MaskBudget",
     "PackedMatrix",
     "bsgs_steps",
+    "ciphertext_bytes",
+    "flood_imaginary",
+    "flood_imaginary_seal",
+    "load_ciphertext",
     "mask_budget",
     "random_mask",
 ]
@@ -199,6 +208,72 @@ def random_mask(n: int, mask_bits: int) -> np.ndarray:
     """``n`` i.i.d. uniform reals in ``[-2^mask_bits, 2^mask_bits)`` from a generator seeded by ``os.urandom``."""
     rng = np.random.default_rng(int.from_bytes(os.urandom(32), "little"))
     return rng.uniform(-(2.0**mask_bits), 2.0**mask_bits, size=n)
+
+
+def _fresh_rng() -> np.random.Generator:
+    return np.random.default_rng(int.from_bytes(os.urandom(32), "little"))
+
+
+def flood_imaginary_seal(
+    seal_context: Any, ct: Any, bound: float, rng: np.random.Generator | None = None
+) -> Any:
+    """Add ``i*u`` to every slot of the SEAL ciphertext ``ct`` (in place; returns it),
+    ``u`` i.i.d. uniform in ``[-bound, bound]`` (fresh per slot, from ``os.urandom``
+    unless ``rng`` is given).
+
+    Why: CKKS slots are complex. Masks and blinding factors are real, so the
+    imaginary part of a decrypted slot is encryption/rescaling noise times the
+    same real factors that multiply the secret (``Im = s*r*eta``), and the key
+    holder can divide them out of the real part. Run this on a ciphertext just
+    before it goes to a key holder.
+
+    Guarantees: after it, ``Im(slot) = Im_before + u``. For any two values
+    ``a, b`` of ``Im_before`` the distributions of ``Im`` differ in total
+    variation by at most ``|a - b| / (2*bound)``; so when
+    ``|Im_before| <= 2^-k * bound`` the imaginary part carries at most ``2^-k``
+    (statistical distance per slot) about anything that shaped the
+    ciphertext. The real parts are untouched except for decoding precision:
+    the decoded error grows with the largest slot magnitude, so the caller
+    picks ``bound`` no larger than its precision budget allows (at most
+    doubling the largest magnitude costs one bit). Leaks nothing itself (the
+    key holder learns ``u`` only mixed with ``Im_before``).
+    """
+    if not (math.isfinite(bound) and bound > 0):
+        raise CryptoError(f"imaginary flooding bound must be > 0, got {bound!r}", where="ckks")
+    gen = rng if rng is not None else _fresh_rng()
+    encoder = sealapi.CKKSEncoder(seal_context)
+    u = gen.uniform(-bound, bound, encoder.slot_count())
+    pt = sealapi.Plaintext()
+    encoder.encode((1j * u).tolist(), ct.parms_id(), ct.scale, pt)
+    sealapi.Evaluator(seal_context).add_plain_inplace(ct, pt)
+    return ct
+
+
+def flood_imaginary(vec: Any, bound: float, rng: np.random.Generator | None = None) -> list[Any]:
+    """:func:`flood_imaginary_seal` on the ciphertexts of a TenSEAL ``CKKSVector``.
+
+    TenSEAL hands out *copies* of a vector's SEAL ciphertexts, so the vector
+    itself is left as it was: the flooded copies are returned (same
+    guarantee, per slot). Send those (:func:`ciphertext_bytes`), never the
+    vector's own serialisation.
+    """
+    sc = vec.context().data.seal_context()
+    gen = rng if rng is not None else _fresh_rng()
+    return [flood_imaginary_seal(sc, ct, bound, gen) for ct in vec.ciphertext()]
+
+
+def ciphertext_bytes(ct: Any) -> bytes:
+    """SEAL's own serialisation of one ciphertext (no secret material)."""
+    return _save(ct)
+
+
+def load_ciphertext(seal_context: Any, blob: bytes, where: str = "ckks") -> Any:
+    """A SEAL ciphertext from :func:`ciphertext_bytes`, checked by SEAL against
+    ``seal_context`` (CryptoError naming ``where`` if it is not one)."""
+    try:
+        return _load(sealapi.Ciphertext(), seal_context, blob)
+    except CryptoError as exc:
+        raise CryptoError(str(exc.args[0]) if exc.args else "malformed ciphertext", where=where) from None
 
 
 def bsgs_steps(p: int, slots: int, *, reduce: bool = False) -> tuple[int, int, int, list[int]]:
@@ -471,6 +546,10 @@ class CkksContext:
         pt = sealapi.Plaintext()
         self._decryptor.decrypt(ct, pt)
         return np.asarray(self._encoder.decode_double(pt), dtype=np.float64)
+
+    def flood_imaginary(self, ct: Any, bound: float, rng: np.random.Generator | None = None) -> Any:
+        """:func:`flood_imaginary_seal` under this context (in place; returns ``ct``)."""
+        return flood_imaginary_seal(self._ctx, ct, bound, rng)
 
     def ct_to_bytes(self, ct: Any) -> bytes:
         return _save(ct)

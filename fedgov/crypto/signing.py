@@ -100,18 +100,21 @@ def verify_manifest(
     )
 
 
-def _approval_bytes(job_id: str, manifest_digest: str, approve: bool, reason: str) -> bytes:
-    body = json.dumps(
-        {"job_id": job_id, "manifest_sha256": manifest_digest, "approve": approve, "reason": reason},
-        sort_keys=True,
-        separators=(",", ":"),
-    )
+def _approval_bytes(job_id: str, manifest_digest: str, approve: bool, reason: str, brief_digest: str = "") -> bytes:
+    fields: dict[str, object] = {
+        "job_id": job_id, "manifest_sha256": manifest_digest, "approve": approve, "reason": reason
+    }
+    if brief_digest:  # the approver's brief (fedgov.node.brief) they read before deciding
+        fields["brief_sha256"] = brief_digest
+    body = json.dumps(fields, sort_keys=True, separators=(",", ":"))
     return APPROVAL_DOMAIN + body.encode("utf-8")
 
 
-def sign_approval(key_pem: bytes, job_id: str, manifest_digest: str, approve: bool, reason: str) -> bytes:
-    """An approver's signed decision on one exact manifest."""
-    return _sign(key_pem, _approval_bytes(job_id, manifest_digest, approve, reason))
+def sign_approval(
+    key_pem: bytes, job_id: str, manifest_digest: str, approve: bool, reason: str, *, brief_digest: str = ""
+) -> bytes:
+    """An approver's signed decision on one exact manifest (and, if given, the brief they were shown)."""
+    return _sign(key_pem, _approval_bytes(job_id, manifest_digest, approve, reason, brief_digest))
 
 
 def verify_approval(
@@ -124,8 +127,10 @@ def verify_approval(
     signature: bytes,
     *,
     revocations: RevocationCheck | None = None,
+    brief_digest: str = "",
 ) -> Identity:
-    """Approver identity if the signed decision covers exactly this job, manifest, decision and reason.
+    """Approver identity if the signed decision covers exactly this job, manifest, decision and reason
+    (and ``brief_digest``, the sha256 of the brief the node showed, when given).
 
     Raises BadSignature when any of them differs from what was signed, or a
     CertificateError for a foreign, expired or revoked approver certificate.
@@ -133,7 +138,7 @@ def verify_approval(
     return _verify(
         cert_pem,
         ca_cert,
-        _approval_bytes(job_id, manifest_digest, approve, reason),
+        _approval_bytes(job_id, manifest_digest, approve, reason, brief_digest),
         signature,
         "approval",
         revocations,

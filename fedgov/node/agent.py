@@ -17,7 +17,9 @@ Guarantees:
   requester's per-job key, so the coordinator relays only their sizes;
 - every payload that leaves the node (relay envelope digests and sizes,
   result JSON, decisions) is appended to the local hash-chained audit log;
-- when the coordinator goes away the node reconnects with jittered backoff.
+- when the coordinator goes away the node reconnects with jittered backoff;
+  its running jobs keep their protocol state and carry on once it is back
+  (same session id: the coordinator knows it is the same process).
 """
 
 from __future__ import annotations
@@ -48,17 +50,19 @@ from fedgov.crypto.signing import verify_approval, verify_manifest
 from fedgov.datasources import read_dataset
 from fedgov.errors import FedgovError
 from fedgov.manifest import Manifest, check_fresh, manifest_digest, parse_manifest
+from fedgov.node import approvals as approval_rules
+from fedgov.node.brief import build_brief
 from fedgov.node.channel import JobChannel, PeerDirectory
 from fedgov.node.config import NodeConfig
 from fedgov.node.context import default_public_facts
-from fedgov.node.handlers import HANDLERS, TaskContext
+from fedgov.node.handlers import HANDLERS, PRECHECKS, TaskContext
 from fedgov.node.quality_publish import quality_json, quality_scores
 from fedgov.node.store import NodeStore
 from fedgov.node.witness import NodeWitness, WitnessError
 from fedgov.params import check_parameters, disclosure_refusals
 from fedgov.policy import Decision
 from fedgov.privatefs import private_dir, private_umask
-from fedgov.transport.rpc import describe, with_retry
+from fedgov.transport.rpc import JOB_PATIENCE, describe, with_retry
 from fedgov.transport.tls import TlsMaterial, secure_channel
 from fedgov.v1 import (
     common_pb2,
@@ -106,6 +110,11 @@ class NodeAgent:
         self.stop = threading.Event()
         self._running: dict[str, threading.Event] = {}
         self._evaluated: set[str] = set()
+        #: dataset -> rows, read at registration (for the approvers' size estimates)
+        self._rows: dict[str, int] = {}
+        #: job -> approvers counted at the last check (audited when it changes)
+        self._counted: dict[str, tuple[str, ...]] = {}
+        self._ignored: set[str] = set()
 
     def _check_own_kit(self) -> None:
         """Exit (FedgovError) before dialling if this node's own kit cannot work; log expiry warnings."""
@@ -205,6 +214,7 @@ class NodeAgent:
         datasets = []
         for ds in self.config.datasets.values():
             table = tables[ds.name]
+            self._rows[ds.name] = table.num_rows
             datasets.append(
                 common_pb2.DatasetInfo(
                     name=ds.name,
@@ -229,24 +239,32 @@ class NodeAgent:
         )
 
     def run(self) -> None:
-        """Serve until :attr:`stop` is set; reconnect with backoff on failure."""
+        """Serve until :attr:`stop` is set; reconnect with backoff on failure.
+
+        One gRPC channel serves the whole process (gRPC re-dials it by itself),
+        so a coordinator restart or a dropped link never leaves a running job
+        holding a closed channel: job threads keep their protocol state and
+        retry their relay calls, and the poll loop re-registers with the same
+        session id, which tells the coordinator this is the same process.
+        """
         delay = 0.5
-        while not self.stop.is_set():
-            channel = self._connect()
-            try:
-                self._register()
-                delay = 0.5
-                self._poll_loop()
-            except grpc.RpcError as exc:
-                err = describe(exc)
-                log.warning("coordinator connection lost (%s); retrying in %.1f s", err, delay)
-            finally:
-                channel.close()
-            if self.stop.wait(delay * (0.5 + random.random())):
-                break
-            delay = min(delay * 2, 10.0)
-        for ev in self._running.values():
-            ev.set()
+        channel = self._connect()
+        try:
+            while not self.stop.is_set():
+                try:
+                    self._register()
+                    delay = 0.5
+                    self._poll_loop()
+                except grpc.RpcError as exc:
+                    err = describe(exc)
+                    log.warning("coordinator connection lost (%s); retrying in %.1f s", err, delay)
+                if self.stop.wait(delay * (0.5 + random.random())):
+                    break
+                delay = min(delay * 2, 10.0)
+        finally:
+            for ev in list(self._running.values()):
+                ev.set()
+            channel.close()
 
     def _poll_loop(self) -> None:
         while not self.stop.is_set():
@@ -292,6 +310,9 @@ class NodeAgent:
         manifest = parse_manifest(task.manifest_toml)
         self._check_replay(task.job_id, manifest)
         check_parameters(manifest.kind, manifest.parameters)
+        precheck = PRECHECKS.get(manifest.kind)
+        if precheck is not None:  # the protocol's own bounds, before anyone is asked to approve
+            precheck(manifest)
         if manifest.requester is not None and manifest.requester != signer.name:
             raise FedgovError(
                 f"manifest names requester '{manifest.requester}' but was signed by '{signer.name}'"
@@ -379,9 +400,12 @@ class NodeAgent:
         elif decision.approval == "auto":
             self._decide(task.job_id, True, "policy: automatic approval", [], digest)
         else:
-            self.store.add_pending(
-                task.job_id, task.manifest_toml, manifest.requester or "", decision.approvers_required
-            )
+            requester = identity_from_cert(x509.load_pem_x509_certificate(task.requester_cert_pem)).name
+            me = manifest.participant(self.config.name)
+            brief = build_brief(manifest, self.config.name, decision, job_id=task.job_id, requester=requester,
+                                rows=self._rows.get(me.dataset))
+            self.store.set_brief(task.job_id, task.requester_cert_pem, json.dumps(brief.to_dict(), sort_keys=True))
+            self.store.add_pending(task.job_id, task.manifest_toml, requester, decision.approvers_required)
             self.store.audit(task.job_id, "awaiting-approval", required=decision.approvers_required)
             log.info(
                 "job %s awaits manual approval (%d approver(s) needed): fedgov node approve %s",
@@ -395,7 +419,11 @@ class NodeAgent:
             manifest = parse_manifest(pending.manifest)
             me = manifest.participant(self.config.name)
             allowed_names = self.config.policy.datasets[me.dataset].approvers
+            rec = self.store.brief(pending.job_id)
+            requester_cert = rec[0] if rec else None
+            brief_sha = approval_rules.brief_digest(self.store, pending.job_id)
             approvers: list[str] = []
+            counted: list[tuple[str, bytes]] = []
             for name, approve, reason, cert_pem, sig in self.store.approvals(pending.job_id):
                 try:
                     ident = verify_approval(
@@ -407,15 +435,23 @@ class NodeAgent:
                         reason,
                         sig,
                         revocations=self.revocations,
+                        brief_digest=brief_sha,
                     )
                 except FedgovError as exc:
-                    log.warning("ignoring approval of %s by %s: %s", pending.job_id, name, exc)
+                    self._ignore_approval(pending.job_id, name, str(exc))
                     continue
                 if ident.role != "approver" or ident.department != self.config.name or ident.name != name:
-                    log.warning("ignoring approval by %s: not an approver of %s", name, self.config.name)
+                    self._ignore_approval(pending.job_id, name, f"not an approver of {self.config.name}")
                     continue
                 if allowed_names and ident.name not in allowed_names:
-                    log.warning("ignoring approval by %s: not listed in policy approvers", name)
+                    self._ignore_approval(pending.job_id, name, "not listed in policy approvers")
+                    continue
+                why = approval_rules.self_approval(
+                    pending.job_id, pending.requester, requester_cert, ident, cert_pem
+                ) if approve else None
+                why = why or (approval_rules.duplicate_approver(ident, cert_pem, counted) if approve else None)
+                if why:
+                    self._ignore_approval(pending.job_id, name, why)
                     continue
                 if not approve:
                     self.store.set_pending_status(pending.job_id, "rejected")
@@ -425,8 +461,9 @@ class NodeAgent:
                     break
                 if name not in approvers:
                     approvers.append(name)
+                    counted.append((name, cert_pem))
             else:
-                if len(approvers) >= pending.required:
+                if approval_rules.enough(approvers, pending.required):
                     self.store.set_pending_status(pending.job_id, "approved")
                     self._decide(
                         pending.job_id,
@@ -435,6 +472,20 @@ class NodeAgent:
                         approvers,
                         manifest.digest,
                     )
+                if tuple(approvers) != self._counted.get(pending.job_id, ()):
+                    # after the decision: whoever reads "1 of 2" here knows the job did not proceed on it
+                    self._counted[pending.job_id] = tuple(approvers)
+                    self.store.audit(pending.job_id, "approvals-counted", approvers=approvers,
+                                     count=f"{len(approvers)} of {pending.required}")
+
+    def _ignore_approval(self, job_id: str, name: str, why: str) -> None:
+        """Log and audit (once per approver and reason) an approval the rules do not count."""
+        key = f"{job_id}/{name}/{why}"
+        if key in self._ignored:
+            return
+        self._ignored.add(key)
+        log.warning("ignoring approval of %s by %s: %s", job_id, name, why)
+        self.store.audit(job_id, "approval-ignored", approver=name, reason=why)
 
     def output_dir(self, job_id: str) -> Path:
         """This node's private output area for a job (never sent anywhere)."""
@@ -502,13 +553,15 @@ class NodeAgent:
             sealed_bytes=len(sealed),
             sealed_sha256=hashlib.sha256(sealed).hexdigest() if sealed else "",
         )
-        with_retry(
+        with_retry(  # idempotent: a repeated report of a finished participant changes nothing
             lambda: self.jobs.Report(
                 jobs_pb2.TaskReport(
                     job_id=job_id, ok=ok, error=error, public_json=public_json, sealed_result=sealed
                 ),
                 timeout=30,
-            )
+            ),
+            patience=JOB_PATIENCE,
+            idempotent=True,
         )
 
     def _start_job_key(self, job_id: str) -> JobKey:
@@ -518,7 +571,9 @@ class NodeAgent:
         with_retry(
             lambda: self.registry.PublishJobKey(
                 registry_pb2.JobKey(job_id=job_id, node=self.config.name, statement=statement), timeout=10
-            )
+            ),
+            patience=JOB_PATIENCE,
+            idempotent=True,
         )
         self.store.audit(job_id, "job-key", sha256=hashlib.sha256(job_key.public_bytes).hexdigest())
         return job_key
@@ -530,8 +585,7 @@ class NodeAgent:
             manifest, decision = self._check_task(task)
             if not decision.allowed:
                 raise FedgovError("; ".join(decision.reasons))
-            if self.store.approved_digest(job_id) != manifest.digest:
-                raise FedgovError("the manifest to run is not the one this node approved")
+            approval_rules.check_approved(self.store, job_id, manifest)
             if not self.store.claim_run(job_id):
                 raise FedgovError(f"job {job_id} already ran here: refusing to run it twice")
             requester = identity_from_cert(x509.load_pem_x509_certificate(task.requester_cert_pem)).name

@@ -39,8 +39,11 @@ from fedgov.crypto.pki import RevocationCheck
 from fedgov.errors import FedgovError, JobFailed
 from fedgov.node.store import NodeStore
 from fedgov.transport.chunks import relay_chunks
-from fedgov.transport.rpc import with_retry
+from fedgov.transport.rpc import JOB_PATIENCE, with_retry
 from fedgov.v1 import registry_pb2, registry_pb2_grpc, relay_pb2, relay_pb2_grpc
+
+#: Deadline of one relay upload (a hung call on a dead link ends here and is retried).
+SEND_TIMEOUT = 300.0
 
 
 class PeerDirectory:
@@ -75,7 +78,10 @@ class PeerDirectory:
     def __call__(self, name: str) -> PeerKeys:
         if name not in self._cache:
             reply = with_retry(
-                lambda: self._registry.GetKeyBundle(registry_pb2.GetKeyBundleRequest(node=name))
+                lambda: self._registry.GetKeyBundle(registry_pb2.GetKeyBundleRequest(node=name), timeout=30),
+                patience=JOB_PATIENCE,
+                stop=self._abort.is_set if self._abort else None,
+                idempotent=True,
             )
             peer = verify_bundle(reply.bundle, self._ca, name, revocations=self._revocations)
             if self._store is not None:
@@ -103,8 +109,9 @@ class PeerDirectory:
                 req = registry_pb2.GetJobKeyRequest(job_id=self._job_id, node=name,
                                                     wait_seconds=min(10.0, remaining))
                 try:
-                    reply = with_retry(lambda r=req: self._registry.GetJobKey(r, timeout=30),
-                                       stop=self._abort.is_set if self._abort else None)
+                    reply = with_retry(lambda r=req: self._registry.GetJobKey(r, timeout=45),
+                                       stop=self._abort.is_set if self._abort else None,
+                                       patience=JOB_PATIENCE, idempotent=True)
                 except FedgovError as exc:
                     if "no job key" in str(exc):
                         continue
@@ -151,9 +158,14 @@ class JobChannel:
         header = Header(job_id=self.job_id, step=step, sender=self.keys.name, recipient=to, seq=seq)
         target = self.peers.job_key(to) if self.job_key is not None else self.peers(to)
         blob = seal(header, payload, self.keys, target)
+        # idempotent: the coordinator stores (job, step, sender, recipient, seq) once, so a send
+        # retried across a coordinator restart or a dropped link is never relayed twice
         with_retry(
-            lambda: self.relay.Send(relay_chunks(blob, job_id=self.job_id, step=step, recipient=to, seq=seq)),
+            lambda: self.relay.Send(relay_chunks(blob, job_id=self.job_id, step=step, recipient=to, seq=seq),
+                                    timeout=SEND_TIMEOUT),
             stop=self.abort.is_set,
+            patience=JOB_PATIENCE,
+            idempotent=True,
         )
         self._next_seq[(to, step)] = seq + 1
         self.bytes_sent += len(blob)
@@ -209,7 +221,15 @@ class JobChannel:
             request = relay_pb2.ReceiveRequest(
                 job_id=self.job_id, step=step, sender=frm, seq=seq, wait_seconds=min(10.0, remaining)
             )
-            parts = with_retry(lambda r=request: list(self.relay.Receive(r)), stop=self.abort.is_set)
+            # the relay keeps every envelope durably until the job ends, addressed by seq: after a
+            # coordinator restart the same request fetches it again (redelivery), and the replay
+            # counters in this node's store refuse any envelope already accepted
+            parts = with_retry(
+                lambda r=request: list(self.relay.Receive(r, timeout=r.wait_seconds + 30)),
+                stop=self.abort.is_set,
+                patience=JOB_PATIENCE,
+                idempotent=True,
+            )
             if parts:
                 break
         blob = b"".join(p.data for p in sorted(parts, key=lambda p: p.index))

@@ -9,12 +9,17 @@ allowed) and messages through ``ctx.channel``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from fedgov.manifest import Manifest
 from fedgov.node.context import Handler, TaskContext
 from fedgov.node.kinds.cohort_count import run_cohort_count
+from fedgov.node.kinds.eligibility import parse_job as _eligibility_job
 from fedgov.node.kinds.eligibility import run_eligibility_check
 from fedgov.node.kinds.he_stats import run_he_stats
 from fedgov.node.kinds.horizontal_fl import run_horizontal_fl
 from fedgov.node.kinds.psi import run_psi
+from fedgov.node.kinds.vertical_lr import NODE_PARAMS as _VLR_NODE_PARAMS
 from fedgov.node.kinds.vertical_lr import run_vertical_lr, run_vertical_lr_score
 
 HANDLERS: dict[str, Handler] = {
@@ -27,4 +32,21 @@ HANDLERS: dict[str, Handler] = {
     "eligibility-check": run_eligibility_check,
 }
 
-__all__ = ["HANDLERS", "Handler", "TaskContext"]
+
+
+def _vlr_params(m: Manifest) -> None:
+    from fedgov.protocols.vertical_lr import VlrParams
+
+    VlrParams.from_json({k: v for k, v in m.parameters.items() if k not in _VLR_NODE_PARAMS})
+
+
+#: The protocol's own parameter checks, run by the node on the signed manifest before it asks
+#: anyone to approve (the kind schema checks names and types; these check what only the protocol
+#: knows: batch size against CKKS slots, the CKKS chain, mask budgets, the rules file). Each
+#: raises ConfigError naming the parameter.
+PRECHECKS: dict[str, Callable[[Manifest], object]] = {
+    "vertical-lr": _vlr_params,
+    "eligibility-check": _eligibility_job,
+}
+
+__all__ = ["HANDLERS", "PRECHECKS", "Handler", "TaskContext"]

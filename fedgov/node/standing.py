@@ -92,6 +92,11 @@ def _workers(ctx: TaskContext) -> int | None:
     return int(ctx.manifest.parameters.get("psi_workers", 0)) or None
 
 
+def _standing_allowed(ctx: TaskContext) -> bool:
+    """The department's policy opts this dataset in (``standing_alignment = true``)."""
+    return bool(ctx.decision.standing_alignment)
+
+
 def align_standing(
     ctx: TaskContext, *, tag: str, dataset: str, guest: str, hosts: list[str]
 ) -> tuple[pa.Table, np.ndarray, int]:
@@ -105,7 +110,7 @@ def align_standing(
     prefix = f"standing/{tag}"
     if ctx.me == guest:
         return _guest(ctx, table, ids, root, prefix, hosts, tag)
-    if not ctx.decision.standing_alignment:
+    if not _standing_allowed(ctx):
         raise PolicyDenied(
             f"dataset '{dataset}' does not allow standing alignment (policy: standing_alignment = true)",
             where=ctx.me,

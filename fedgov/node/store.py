@@ -64,6 +64,11 @@ CREATE TABLE IF NOT EXISTS approvals (
     ts REAL NOT NULL,
     PRIMARY KEY (job_id, approver)
 );
+CREATE TABLE IF NOT EXISTS pending_briefs (
+    job_id TEXT PRIMARY KEY,
+    requester_cert BLOB NOT NULL,
+    brief TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS approved (
     job_id TEXT PRIMARY KEY,
     manifest_digest TEXT NOT NULL
@@ -224,6 +229,22 @@ class NodeStore:
                 (job_id,),
             ).fetchall()
         return [(a, bool(ok), r, c, s) for a, ok, r, c, s in rows]
+
+    def set_brief(self, job_id: str, requester_cert: bytes, brief_json: str) -> None:
+        """Keep the approver's brief (fedgov.node.brief) and the requester's certificate of a pending job."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO pending_briefs(job_id, requester_cert, brief) VALUES (?,?,?)",
+                (job_id, requester_cert, brief_json),
+            )
+
+    def brief(self, job_id: str) -> tuple[bytes, str] | None:
+        """(requester certificate PEM, brief JSON) of a pending job, if the node recorded them."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT requester_cert, brief FROM pending_briefs WHERE job_id=?", (job_id,)
+            ).fetchone()
+        return (bytes(row[0]), str(row[1])) if row else None
 
     def mark_approved(self, job_id: str, manifest_digest: str) -> None:
         with self._lock:

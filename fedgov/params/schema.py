@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from fedgov.manifest import Manifest, Participant
 
 #: Value types a Param or Setting may declare.
-TYPES = ("int", "float", "bool", "str", "list[str]", "list[float]", "table", "str|table", "any")
+TYPES = ("int", "float", "bool", "str", "list[str]", "list[int]", "list[float]", "table", "str|table", "any")
 
 
 def _is_number(v: Any) -> bool:
@@ -47,6 +47,7 @@ def type_error(value: Any, type_: str) -> str | None:
         "bool": lambda v: isinstance(v, bool),
         "str": lambda v: isinstance(v, str),
         "list[str]": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+        "list[int]": lambda v: isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v),
         "list[float]": lambda v: isinstance(v, list) and all(_is_number(x) for x in v),
         "table": lambda v: isinstance(v, dict),
         "str|table": lambda v: isinstance(v, str | dict),
@@ -60,6 +61,7 @@ def type_error(value: Any, type_: str) -> str | None:
         "bool": "true or false",
         "str": "a string",
         "list[str]": "a list of strings",
+        "list[int]": "a list of integers",
         "list[float]": "a list of numbers",
         "table": "a table",
         "str|table": "a string or a table",
@@ -80,17 +82,38 @@ class Param:
     max: float | None = None
     #: disclosure settings (policy keys) that bound this parameter, for approvers' views
     governed_by: tuple[str, ...] = ()
+    #: for a table (or the table form of ``str|table``): its keys; unknown ones are refused.
+    #: Empty means the table is free-form (checked by the protocol module).
+    fields: tuple[Param, ...] = ()
 
     def __post_init__(self) -> None:
         if self.type not in TYPES:
             raise ValueError(f"unknown param type {self.type!r}")
+        if self.fields and "table" not in self.type:
+            raise ValueError(f"param {self.key!r}: only tables have fields")
 
     def problem(self, value: Any) -> str | None:
         """Why ``value`` is not acceptable for this parameter (None when it is)."""
         err = type_error(value, self.type)
         if err:
             return err
-        if self.choices and value not in self.choices:
+        if self.fields and isinstance(value, dict):
+            known = [f.key for f in self.fields]
+            for k, v in value.items():
+                if k not in known:
+                    hint = difflib.get_close_matches(k, known, n=1)
+                    extra = f"did you mean '{hint[0]}'?" if hint else f"allowed: {', '.join(known)}"
+                    return f"has unknown key '{k}' ({extra})"
+                sub = next(f for f in self.fields if f.key == k).problem(v)
+                if sub:
+                    return f"key '{k}' {sub}"
+        if self.choices and isinstance(value, list):  # a list: each element is one of the choices
+            bad = [v for v in value if v not in self.choices]
+            if bad:
+                hint = difflib.get_close_matches(str(bad[0]), [str(c) for c in self.choices], n=1)
+                extra = f" (did you mean '{hint[0]}'?)" if hint else ""
+                return f"may hold only {', '.join(repr(c) for c in self.choices)}, got {bad[0]!r}{extra}"
+        elif self.choices and value not in self.choices:
             return f"must be one of {', '.join(repr(c) for c in self.choices)}, got {value!r}"
         if _is_number(value):
             if self.min is not None and value < self.min:

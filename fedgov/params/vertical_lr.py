@@ -10,6 +10,14 @@ from __future__ import annotations
 from fedgov.params.psi import WORKERS
 from fedgov.params.schema import KindSchema, Param
 
+#: keys of ``parameters.ckks`` (CkksParams.validate checks the combination)
+CKKS_FIELDS = (
+    Param("poly_modulus_degree", "int", min=1024),
+    Param("coeff_mod_bit_sizes", "list[int]"),
+    Param("scale_bits", "int", min=1),
+    Param("decrypt_primes", "int", min=1),
+)
+
 _TRAINING = (
     Param("epochs", "int", doc="passes over the training rows", min=1),
     Param("batch_size", "int", doc="rows per batch (at most the CKKS slots)", min=1),
@@ -28,6 +36,7 @@ _TRAINING = (
         "ckks",
         "table",
         doc="CKKS parameters {poly_modulus_degree, coeff_mod_bit_sizes, scale_bits, decrypt_primes}",
+        fields=CKKS_FIELDS,
     ),
     Param("mask_bits", "int", doc="statistical mask size over each decrypted value"),
     Param("precision_bits", "int", doc="bits of precision kept under the mask"),

@@ -26,6 +26,19 @@ sign is a fair coin independent of the outcome and whose magnitude is the
 applicant's margin times an unknown factor spanning ``2^r_bits``.
 
 Rules come from a declarative TOML file (:func:`parse_rules`).
+
+Disclosure bounds this module enforces itself (the node checks the owner's
+policy too, before any computation):
+
+* **rule ladders** - a department refuses a job whose rules read one of its
+  figures in more than ``max_rules_per_figure`` rules (threshold and fact
+  rules alike; :func:`figure_uses`; default :data:`DEFAULT_MAX_RULES_PER_FIGURE`):
+  each rule on a figure is one more bit about it per applicant.
+* **imaginary parts** - every blinded ciphertext gets fresh uniform
+  imaginary flooding of magnitude :func:`imaginary_flood_bound` before it goes
+  to K (:func:`fedgov.crypto.ckks.flood_imaginary`): otherwise ``Im`` of each
+  slot is ``s*r*eta`` (encryption noise times the same blinding) and
+  ``|Re/Im|`` estimates ``|margin|`` to about a bit.
 """
 
 from __future__ import annotations
@@ -38,9 +51,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tenseal.sealapi as sealapi
 
+from fedgov.crypto.ckks import ciphertext_bytes, load_ciphertext
+from fedgov.crypto.ckks import flood_imaginary as _flood_imaginary
 from fedgov.crypto.ckks_stats import SLOTS, KeyOwner, PublicKey, job_tag, pack, unpack
-from fedgov.errors import ConfigError, CryptoError, FedgovError
+from fedgov.errors import ConfigError, CryptoError, FedgovError, PolicyDenied
 from fedgov.tomlutil import check_keys, get_str, get_table, load_toml, parse_toml
 
 __all__ = [
@@ -52,7 +68,11 @@ __all__ = [
     "Rules",
     "Term",
     "ThresholdRule",
+    "DEFAULT_MAX_RULES_PER_FIGURE",
+    "check_figure_uses",
     "evaluate_plain",
+    "figure_uses",
+    "imaginary_flood_bound",
     "load_rules",
     "parse_rules",
     "run_local",
@@ -66,6 +86,8 @@ _FACT_OPS = ("==", "!=", "<", "<=", ">", ">=")
 _PRECISION_BITS = 46
 _MAX_R_BITS = 30
 _MIN_R_BITS = 8
+#: Most rules (threshold or fact) that may read one department figure in one job.
+DEFAULT_MAX_RULES_PER_FIGURE = 1
 
 
 # --------------------------------------------------------------------------
@@ -287,6 +309,50 @@ def load_rules(path: Path) -> Rules:
     return parse_rules(load_toml(path), str(path))
 
 
+def figure_uses(rules: Rules, node: str | None = None) -> dict[tuple[str, str], list[str]]:
+    """``(node, field) -> names of the rules that read it`` (threshold terms and facts).
+
+    Each rule on a figure tells civil affairs one more bit about it per
+    applicant (which side of that rule's threshold it lies), so the number of
+    rules per figure bounds what one job reveals about the figure.
+    """
+    out: dict[tuple[str, str], list[str]] = {}
+    for r in rules.rules:
+        keys = {(t.node, t.field) for t in r.terms} if isinstance(r, ThresholdRule) else {(r.node, r.field)}
+        for k in sorted(keys):
+            if node is None or k[0] == node:
+                out.setdefault(k, []).append(r.name)
+    return out
+
+
+def check_figure_uses(rules: Rules, node: str, max_rules_per_figure: int) -> None:
+    """Raise :class:`PolicyDenied` when a figure of ``node`` is read by more than
+    ``max_rules_per_figure`` rules (a rule ladder), naming the figure and the rules."""
+    for (_, fld), names in figure_uses(rules, node).items():
+        if len(names) > max_rules_per_figure:
+            raise PolicyDenied(
+                f"{len(names)} rules ({', '.join(names)}) read {node}.{fld}; at most "
+                f"{max_rules_per_figure} rule(s) may read one figure per job",
+                where=f"eligibility: {node}",
+            )
+
+
+def imaginary_flood_bound(rules: Rules) -> float:
+    """Magnitude ``B`` of the imaginary flooding added to every blinded slot.
+
+    ``B = 2^_PRECISION_BITS * tie_tolerance``: by construction of
+    :meth:`Rules.r_bits` every blinded real part is at most about that large,
+    so flooding at most doubles the largest slot (one of the five spare
+    precision bits; decisions stay exact, tests/test_disclosure_checks.py).
+    Without it K would see ``Im = s*r*eta`` with ``|eta| < 2^-13`` (encryption
+    and rescaling noise, measured); with it, per slot, the imaginary part's
+    distribution moves by at most ``|Im_before| / (2B) <= 2^(r_bits-60) / tie``
+    in statistical distance (``2^-33`` for the example's income rule,
+    ``2^-28`` for floor area).
+    """
+    return float(2.0**_PRECISION_BITS * rules.tie_tolerance)
+
+
 # --------------------------------------------------------------------------
 # shared arithmetic
 
@@ -400,8 +466,10 @@ class KeyHolder:
     """Holds the CKKS key; decrypts blinded margins and returns sign bits only.
 
     Learns: the number of tests and slots, and for every slot a value
-    ``s*r*margin + s*e`` (random sign, unknown log-uniform factor); no
-    applicant identity, no batch order, no department figure.
+    ``s*r*margin + s*e`` (random sign, unknown log-uniform factor) whose
+    imaginary part (if it decodes slots as complex) is uniform noise
+    independent of the margin; no applicant identity, no batch order, no
+    department figure.
     """
 
     def __init__(self, job_id: str) -> None:
@@ -417,6 +485,17 @@ class KeyHolder:
     def hello(self) -> bytes:
         return pack(_MAGIC, _HELLO, self._key.key_id, self._tag, {}, [self._key.public_bytes()])
 
+    def _decrypt(self, blob: bytes, where: str) -> np.ndarray:
+        """Real parts of one blinded ciphertext (SEAL serialisation, :func:`ciphertext_bytes`)."""
+        sc = self._key.ctx.data.seal_context()
+        ct = load_ciphertext(sc, blob, where)
+        pt = sealapi.Plaintext()
+        try:
+            sealapi.Decryptor(sc, self._key.ctx.data.secret_key()).decrypt(ct, pt)
+        except Exception as exc:  # SEAL: ciphertext not valid for this key's parameters
+            raise CryptoError(f"ciphertext rejected: {exc}", where=where) from None
+        return np.asarray(sealapi.CKKSEncoder(sc).decode_double(pt), dtype=np.float64)
+
     def signs(self, blinded: bytes) -> bytes:
         """Decrypt each blinded ciphertext; reply with 1 bit per slot (1 = negative)."""
         w = "eligibility: blinded values"
@@ -428,7 +507,7 @@ class KeyHolder:
         out = []
         self.view = {}
         for i, t in enumerate(tests):
-            vals = np.concatenate([self._key.decrypt(b, w) for b in msg.blobs[i * m : (i + 1) * m]])
+            vals = np.concatenate([self._decrypt(b, w) for b in msg.blobs[i * m : (i + 1) * m]])
             self.view[str(t)] = vals
             out.append(np.packbits(vals < 0).tobytes())
         return pack(_MAGIC, _SIGNS, self._key.key_id, self._tag, {"tests": tests, "chunks": m}, out)
@@ -439,9 +518,13 @@ class Department:
 
     ``values[field]`` is over the batch order (NaN where it has no record).
     Learns nothing (holds no secret key; receives only the public context).
+    Refuses (:class:`PolicyDenied`) rules that read one of its figures in more
+    than ``max_rules_per_figure`` rules.
     """
 
-    def __init__(self, job_id: str, name: str, rules: Rules, values: Mapping[str, np.ndarray]) -> None:
+    def __init__(self, job_id: str, name: str, rules: Rules, values: Mapping[str, np.ndarray], *,
+                 max_rules_per_figure: int = DEFAULT_MAX_RULES_PER_FIGURE) -> None:
+        check_figure_uses(rules, name, max_rules_per_figure)
         self.name = name
         self.rules = rules
         self.values = {k: np.asarray(v, dtype=np.float64) for k, v in values.items()}
@@ -496,7 +579,8 @@ class CivilAffairs:
 
     def blind(self, hello: bytes, contributions: Sequence[bytes]) -> bytes:
         """Sum the departments' ciphertexts per test, subtract the threshold
-        term, multiply by ``s*r`` and add ``s*e``; return the message for K."""
+        term, multiply by ``s*r``, add ``s*e`` and flood the imaginary parts
+        (:func:`imaginary_flood_bound`); return the message for K."""
         w = "eligibility: civil affairs"
         h = unpack(hello, magic=_MAGIC, kind=_HELLO, tag=self._tag, key_id=None, where=w)
         pk = PublicKey(h.blobs[0], where=w)
@@ -537,6 +621,7 @@ class CivilAffairs:
         valid = _valid_sizes(self.rules, self.sizes)
         sz = np.where(valid, self.sizes, 1.0)
         total_slots = m * SLOTS
+        flood = imaginary_flood_bound(self.rules)
         blobs: list[bytes] = []
         for r in self.rules.threshold_rules:
             T = np.zeros(total_slots)
@@ -559,7 +644,8 @@ class CivilAffairs:
                 if acc is None:
                     raise FedgovError(f"no department contributed to test '{r.name}'", where=w)
                 blinded = (acc - T[sl]) * mult[sl] + e[sl]
-                blobs.append(blinded.serialize())
+                # Im would be s*r*noise: flood it so K's |Re/Im| says nothing about the margin
+                blobs += [ciphertext_bytes(ct) for ct in _flood_imaginary(blinded, flood, rng)]
         meta = {"tests": [r.name for r in self.rules.threshold_rules], "chunks": m}
         return pack(_MAGIC, _BLINDED, pk.key_id, self._tag, meta, blobs)
 

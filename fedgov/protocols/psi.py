@@ -29,6 +29,10 @@ Guarantees
 * Equality is tested on 16-byte truncations of the double-masked values; a
   false match among n*m pairs has probability <= n*m / 2^128 (2^-88 for
   10^6 x 10^6).
+* Sizes leave the guest only through :func:`release_sizes`: nothing by
+  default (:data:`DEFAULT_SIZE_RELEASE`), else rounded to a multiple of at
+  least :data:`MIN_ROUNDING` and suppressed below a minimum, or exact where
+  every owner's policy says so.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ __all__ = [
     "PsiHost",
     "PsiResult",
     "normalize_ids",
+    "release_sizes",
     "run_local",
 ]
 
@@ -72,6 +77,12 @@ POINT_WIDTH = _w.POINT
 MATCH_WIDTH = 16
 #: Default number of elements per streamed chunk (2 MiB of points).
 CHUNK_ELEMS = 65536
+
+#: What leaves the guest of intersection sizes when nobody says otherwise.
+DEFAULT_SIZE_RELEASE = "none"
+#: Coarsest-allowed floor: "rounded" never rounds to less than this.
+MIN_ROUNDING = 1
+SIZE_LEVELS = ("none", "rounded", "exact")
 
 _VERSION = 1
 _RESULT_MAGIC = b"FPSR"
@@ -158,6 +169,40 @@ class PsiResult:
     n_rows: int
     n_distinct: int
     pairwise_sizes: dict[str, int] = field(default_factory=dict)
+
+
+def release_sizes(
+    size: int,
+    pairwise: Mapping[str, int],
+    *,
+    level: str = DEFAULT_SIZE_RELEASE,
+    rounding: int = 10,
+    minimum: int = 11,
+) -> dict[str, object]:
+    """What of the guest's sizes may go to the requester.
+
+    ``level``: ``"none"`` -> ``{}`` (nothing); ``"rounded"`` -> each size
+    rounded to the nearest multiple of ``rounding`` (>= :data:`MIN_ROUNDING`),
+    ``None`` (suppressed) when the true size is below ``minimum``;
+    ``"exact"`` -> the sizes. Keys: ``intersection_size``, ``pairwise_sizes``.
+    Leaks: exactly the returned values. Rounded sizes of repeated jobs over
+    changing data still reveal a change that crosses a rounding boundary;
+    owners who care keep ``"none"``.
+    """
+    if level not in SIZE_LEVELS:
+        raise FedgovError(f"unknown size release {level!r} (allowed: {', '.join(SIZE_LEVELS)})", where="psi")
+    if level == "none":
+        return {}
+    if level == "exact":
+        return {"intersection_size": int(size), "pairwise_sizes": {h: int(v) for h, v in pairwise.items()}}
+    if rounding < MIN_ROUNDING or minimum < 1:
+        raise FedgovError("size rounding and minimum must be >= 1", where="psi")
+
+    def one(v: int) -> int | None:
+        return None if v < minimum else int(rounding * round(v / rounding))
+
+    return {"intersection_size": one(size), "pairwise_sizes": {h: one(v) for h, v in pairwise.items()},
+            "rounded_to": rounding, "suppressed_below": minimum}
 
 
 # --------------------------------------------------------------------------

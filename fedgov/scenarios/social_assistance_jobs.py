@@ -14,8 +14,9 @@ those of the reference profiles in ``nodes/``.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -25,6 +26,9 @@ from fedgov.errors import FedgovError
 from fedgov.protocols.eligibility import ApplicantResult, Rules, evaluate_plain, parse_rules
 from fedgov.protocols.psi import normalize_ids
 from fedgov.schema import load_schema
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fedgov.runner import NodeSpec
 
 REPO = Path(__file__).resolve().parents[2]
 RULES_FILE = REPO / "examples" / "social_assistance" / "eligibility_rules.toml"
@@ -298,3 +302,27 @@ def plaintext_eligibility(
         for k, r in enumerate(batch)
     ])
     return evaluate_plain(rules, regions, sizes, depts), base
+
+
+def with_disclosure(specs: Sequence[NodeSpec], where: Path, nodes: Sequence[str], **settings: object) -> list[NodeSpec]:
+    """``specs`` with the policies of ``nodes`` extended by ``[defaults.disclosure]`` ``settings``
+    (an owner's choice, e.g. ``elig_checks_per_applicant = 12`` for a world that re-checks the
+    same applicants many times); the policies are rewritten under ``where``."""
+    from fedgov.runner import NodeSpec as _NodeSpec
+
+    out: list[NodeSpec] = []
+    lines = "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
+    for spec in specs:
+        if spec.name not in nodes:
+            out.append(spec)
+            continue
+        text = spec.policy.read_text()
+        if "\n[defaults.disclosure]\n" in text:
+            text = text.replace("\n[defaults.disclosure]\n", "\n[defaults.disclosure]\n" + lines, 1)
+        else:
+            i = text.index("\n[datasets.")
+            text = text[:i] + "\n[defaults.disclosure]\n" + lines + text[i:]
+        where.mkdir(parents=True, exist_ok=True)
+        (where / f"{spec.name}.toml").write_text(text)
+        out.append(_NodeSpec(spec.name, where / f"{spec.name}.toml", spec.datasets))
+    return out

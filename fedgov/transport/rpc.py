@@ -34,20 +34,41 @@ def describe(exc: grpc.RpcError) -> FedgovError:
     return TransportError(f"{details} [{name}]")
 
 
-def with_retry(fn: Callable[[], T], *, patience: float = 60.0, stop: Callable[[], bool] | None = None) -> T:
+#: How long a job's relay and key calls keep retrying while the coordinator is
+#: unreachable (restarting, or a link down) before the node gives the job up.
+JOB_PATIENCE = 600.0
+#: Also retried for idempotent calls (relay send/receive, key fetches): a call that
+#: hung on a dead link ends at its deadline; the next attempt goes over a fresh connection.
+IDEMPOTENT_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def with_retry(
+    fn: Callable[[], T],
+    *,
+    patience: float = 60.0,
+    stop: Callable[[], bool] | None = None,
+    idempotent: bool = False,
+) -> T:
     """Run ``fn``; retry with jittered backoff while the coordinator is unavailable.
 
     Gives up after ``patience`` seconds (raising TransportError) or when
     ``stop()`` becomes true. Other gRPC errors are raised at once as
-    fedgov errors.
+    fedgov errors. With ``idempotent`` a call that ran into its deadline is
+    retried too. A call on a channel this process already closed (it is
+    shutting down) raises TransportError, never a bare ValueError.
     """
+    codes = IDEMPOTENT_RETRYABLE if idempotent else RETRYABLE
     deadline = time.monotonic() + patience
     delay = 0.2
     while True:
         try:
             return fn()
         except grpc.RpcError as exc:
-            if exc.code() not in RETRYABLE or time.monotonic() >= deadline or (stop and stop()):
+            if exc.code() not in codes or time.monotonic() >= deadline or (stop and stop()):
                 raise describe(exc) from None
+        except ValueError as exc:
+            if "closed channel" not in str(exc):
+                raise
+            raise TransportError("the connection to the coordinator was closed (this process is stopping)") from None
         time.sleep(delay * (0.5 + random.random()))
         delay = min(delay * 2, 5.0)

@@ -42,6 +42,14 @@ GRPC_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.http2.max_pings_without_data", 0),
 ]
 
+#: Client side: reconnect within a few seconds once the coordinator is back (gRPC's
+#: default backoff grows to two minutes), so jobs resume soon after a restart.
+CLIENT_OPTIONS: list[tuple[str, int | str]] = [
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.min_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 4_000),
+]
+
 SERVER_OPTIONS: list[tuple[str, int | str]] = [
     *GRPC_OPTIONS,
     ("grpc.so_reuseport", 0),
@@ -102,7 +110,7 @@ def secure_channel(material: TlsMaterial, target: str, *, session: str | None = 
         private_key=material.key,
         certificate_chain=material.cert,
     )
-    channel = grpc.secure_channel(target, creds, options=GRPC_OPTIONS)
+    channel = grpc.secure_channel(target, creds, options=[*GRPC_OPTIONS, *CLIENT_OPTIONS])
     if session:
         channel = grpc.intercept_channel(channel, _MetadataInterceptor(((SESSION_METADATA, session),)))
     return channel

@@ -53,10 +53,12 @@ import pyarrow as pa
 
 from fedgov.errors import ConfigError
 from fedgov.manifest import Manifest
+from fedgov.node.check_budget import CheckBudget
 from fedgov.node.context import TaskContext, id_column, numeric
 from fedgov.node.kinds.vertical_lr import align
 from fedgov.node.standing import align_standing
 from fedgov.protocols import eligibility as el
+from fedgov.protocols.psi import normalize_ids
 
 _W = "eligibility-check"
 PARAM_KEYS = ("rules", "baseline", "psi_workers", "alignment")
@@ -161,11 +163,30 @@ def _key_holder(ctx: TaskContext, guest: str, hosts: list[str]) -> dict[str, Any
     return {}
 
 
+def _spend_check_budget(ctx: TaskContext, rules: el.Rules, table: pa.Table, slot: np.ndarray) -> None:
+    """Charge one check per field the rules read, for each of this department's records
+    in the batch (it knows which they are from the alignment); refuse the job once some
+    record's budget for the period is spent (policy key ``elig_checks_per_applicant``)."""
+    settings = ctx.decision.disclosure
+    id_col = id_column(ctx)
+    ids = table.column(id_col).to_pylist()
+    matched = set(normalize_ids([ids[i] for i in np.nonzero(slot >= 0)[0]]))
+    CheckBudget(ctx.notes["state_dir"]).spend(
+        ctx.participant.dataset, rules.fields(ctx.me), sorted(matched),
+        limit=int(settings["elig_checks_per_applicant"]), period=str(settings["elig_check_period"]),
+        job_id=ctx.job_id, source=ctx.decision.disclosure_source,
+    )
+
+
 def _department(ctx: TaskContext, rules: el.Rules, guest: str, hosts: list[str], arbiter: str) -> dict[str, Any]:
     me = ctx.participant
+    # the owner's ladder limit, checked again by the protocol module before anything is aligned
+    limit = int(ctx.decision.disclosure["elig_max_rules_per_figure"])
+    el.check_figure_uses(rules, ctx.me, limit)
     table, slot, n = _align(ctx, dataset=me.dataset, guest=guest, hosts=hosts)
+    _spend_check_budget(ctx, rules, table, slot)
     values = {f: _over_batch(numeric(table.column(f).to_pylist()), slot, n) for f in rules.fields(ctx.me)}
-    dept = el.Department(ctx.job_id, ctx.me, rules, values)
+    dept = el.Department(ctx.job_id, ctx.me, rules, values, max_rules_per_figure=limit)
     ctx.channel.send(guest, "elig/contribution", dept.contribute(ctx.channel.recv(arbiter, "elig/hello")))
     return {}
 

@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from fedgov.errors import ConfigError
 from fedgov.node.context import TaskContext, id_column
+from fedgov.params.psi import asked_release
 from fedgov.protocols import psi
 
 
@@ -116,15 +117,30 @@ def _host_side(
         return host.finish(msg)
 
 
+def _ledger_facts(parameters: Any, released: dict[str, Any]) -> dict[str, Any]:
+    """What this node lets the ledger record: the released size only when the manifest
+    asked ``size_on_ledger`` (every owner allowed it, ``psi_size_ledger``); else a
+    non-numeric marker (never the node's default summary figures)."""
+    if parameters.get("size_on_ledger") and released.get("intersection_size") is not None:
+        return {"intersection_size": released["intersection_size"]}
+    return {"sizes_published": False}
+
+
 def run_psi(ctx: TaskContext) -> dict[str, Any]:
     """The ``psi`` job kind: align (or just count) the participants' IDs.
 
-    Parameters: ``mode = "align" | "cardinality"``. Hosts named in
-    ``[results] recipients`` receive the aligned order; each party that learns
-    it keeps it in its private output area (never sent to the requester).
-    The requester receives only the intersection size.
+    Parameters: ``mode = "align" | "cardinality"``; ``size_release``,
+    ``size_rounding``, ``size_min``, ``size_on_ledger`` (docs/protocols/psi.md).
+    Hosts named in ``[results] recipients`` receive the aligned order (every
+    participant's policy ``psi_id_recipients`` must allow them: checked before
+    the job by :func:`fedgov.params.psi.refusals`); each party that learns it
+    keeps it in its private output area (never sent to the requester). The
+    requester receives sizes only as the manifest asked and every owner allowed
+    (nothing by default); the ledger records them only when ``size_on_ledger``
+    was asked and allowed.
     """
-    mode = str(ctx.manifest.parameters.get("mode", "align"))
+    p = ctx.manifest.parameters
+    mode = str(p.get("mode", "align"))
     if mode not in ("align", "cardinality"):
         raise ConfigError(f"psi mode must be 'align' or 'cardinality', got '{mode}'", where="parameters")
     deliver = [r for r in ctx.manifest.recipients if r in ctx.manifest.nodes]
@@ -133,10 +149,15 @@ def run_psi(ctx: TaskContext) -> dict[str, Any]:
     ids = ctx.load([id_col]).column(id_col).to_pylist()
     result = psi_steps(ctx, ids, guest=guest, hosts=hosts, mode=mode, deliver_to=deliver)
     if result is None:
+        ctx.public = _ledger_facts(p, {})
         return {}
     out: dict[str, Any] = {}
     if result.role == "guest":
-        out = {"intersection_size": result.size, "mode": mode, "pairwise_sizes": dict(result.pairwise_sizes)}
+        level = asked_release(p)
+        out = {"mode": mode, "size_release": level, **psi.release_sizes(
+            result.size, result.pairwise_sizes, level=level,
+            rounding=int(p.get("size_rounding", 10)), minimum=int(p.get("size_min", 11)))}
+    ctx.public = _ledger_facts(p, out)
     if mode == "align" and result.ids is not None:
         ctx.save_output(
             "aligned_ids",
