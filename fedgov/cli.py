@@ -385,11 +385,14 @@ def cmd_job(ns: argparse.Namespace) -> None:
                 st = c.wait(st.job_id, timeout=ns.timeout)
             _print_json(st.to_dict()) if ns.json else print(f"{st.job_id} {st.state} {st.reason}".rstrip())
         elif ns.action == "status":
+            from fedgov.opsview import iso
+
             st = c.status(ns.job_id)
             if ns.json:
-                _print_json(st.to_dict())
+                _print_json(st.to_dict() | {"created": iso(st.created_at), "updated": iso(st.updated_at)})
             else:
                 print(f"{st.job_id} {st.kind} {st.state} {st.reason}".rstrip())
+                print(f"  submitted {iso(st.created_at)} by {st.requester}; last change {iso(st.updated_at)}")
                 for p in st.participants:
                     print(f"  {p.node}: {p.decision} {p.task_state} {p.reason}".rstrip())
         elif ns.action == "list":

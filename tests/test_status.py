@@ -108,6 +108,8 @@ def test_job_follow_streams_changes_until_done(fed: LocalFederation) -> None:
         c.cancel(job2.job_id)
     bad = fedgov(fed, "analyst", "job", "follow", job2.job_id)
     assert bad.returncode == 2 and "cancelled" in bad.stderr and "Traceback" not in bad.stderr
+    shown = fedgov(fed, "analyst", "job", "status", job.job_id)
+    assert re.search(r"submitted \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ by analyst", shown.stdout), shown.stdout
     listed = fedgov(fed, "analyst", "job", "list")
     assert job.job_id in listed.stdout and re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", listed.stdout)
 
