@@ -90,6 +90,7 @@ def test_deployment_walkthrough_runs_from_a_clean_clone(tmp_path: Path) -> None:
     result = next(json.loads(line) for line in out.splitlines() if line.startswith("{") and "counts" in line)
     assert set(result["civil_affairs"]["counts"]) == {"civil_affairs", "tax", "hrss", "housing", "vehicles",
                                                      "medical"}
+    assert "total_released" not in result["civil_affairs"]  # six departments' counts are never summed
     assert 'fedgov_jobs{state="succeeded"} 1.0' in out
     assert "coordinator stopped" in out and "node tax stopped (SIGTERM)" in out
     assert re.search(r"civil_affairs\s+online\s+last contact \d{4}-\d\d-\d\dT", out)
