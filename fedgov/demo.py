@@ -509,7 +509,7 @@ def run_demo(
                     "eval_rows": mres["eval"]["rows"],
                     "epochs": mres["epochs"],
                     "seconds_per_epoch": mres["seconds_per_epoch"],
-                    "shapley_auc": {d: round(float(v), MODEL_DECIMALS) for d, v in sorted(phi.items())},
+                    "shapley_auc": {d: round(float(v), MODEL_DECIMALS) + 0.0 for d, v in sorted(phi.items())},  # no -0.0
                 },
                 "world": {
                     "seed": seed,
