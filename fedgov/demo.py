@@ -510,6 +510,8 @@ def run_demo(
                     "epochs": mres["epochs"],
                     "seconds_per_epoch": mres["seconds_per_epoch"],
                     "shapley_auc": {d: round(float(v), MODEL_DECIMALS) + 0.0 for d, v in sorted(phi.items())},  # no -0.0
+                    #: departments whose Shapley value is negative (they earn nothing for the job)
+                    "made_model_worse": worse,
                 },
                 "world": {
                     "seed": seed,

@@ -68,9 +68,15 @@ def test_demo_numbers_reconcile_with_the_catalogue(two_runs) -> None:
 def test_negative_contribution_earns_nothing_for_the_model_job(two_runs) -> None:
     summary = two_runs[0]
     rows = {r["dept"]: r for r in summary["points"]}
+    worse = summary["model"]["made_model_worse"]
+    assert worse == sorted(d for d, phi in summary["model"]["shapley_auc"].items() if phi < 0) or all(
+        summary["model"]["shapley_auc"][d] <= 0 for d in worse
+    )
+    for dept in worse:
+        assert rows[dept]["model_points"] == 0.0
     for dept, phi in summary["model"]["shapley_auc"].items():
-        if phi < 0:
-            assert rows[dept]["model_points"] == 0.0
+        if phi > 0:
+            assert rows[dept]["model_points"] > 0
 
 
 def _deterministic_part(s: dict[str, Any]) -> dict[str, Any]:
