@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]  # two demo runs in the first test
 
 HOUSEHOLDS = "1500"  # the CLI's own size option (documented in `fedgov demo --help`)
 
