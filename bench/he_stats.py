@@ -125,8 +125,8 @@ def bench_stack(applicants: int, seed: int) -> dict[str, Any]:
     """Full stack: the eligibility check as a signed job through node processes, three times
     in one federation: fresh PSI alignment, then standing alignment twice (the first run
     builds the departments' caches, the second reuses them: registers unchanged)."""
-    from fedgov.demo import node_specs
     from fedgov.runner import LocalFederation
+    from fedgov.scenarios.profiles import node_specs
     from fedgov.scenarios.social_assistance import generate
     from fedgov.scenarios.social_assistance_jobs import (
         RULES_WITHOUT_MEDICAL,

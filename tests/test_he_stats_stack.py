@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from fedgov.datasources import read_dataset
-from fedgov.demo import node_specs
 from fedgov.protocols.psi import normalize_ids
 from fedgov.runner import LocalFederation, run_job
+from fedgov.scenarios.profiles import node_specs
 from fedgov.scenarios.social_assistance import generate
 from fedgov.scenarios.social_assistance_jobs import stats_manifest
 from fedgov.schema import load_schema

@@ -110,11 +110,19 @@ def decode_count(payload: bytes, sender: str) -> int | None:
     return value
 
 
-def combine(counts: Mapping[str, int | None]) -> dict[str, Any]:
-    """Result released to the requester."""
+def combine(counts: Mapping[str, int | None], *, one_population: bool = True) -> dict[str, Any]:
+    """Result released to the requester.
+
+    ``total_released`` (the sum of the released counts) is included only when
+    ``one_population``: every participant counts the same dataset (a
+    horizontally partitioned population, e.g. regions). Counts of different
+    datasets (applicants, taxpayers, pensioners) are never added up.
+    """
     released = {n: c for n, c in counts.items() if c is not None}
-    return {
+    out: dict[str, Any] = {
         "counts": {n: counts[n] for n in counts},
         "suppressed": sorted(n for n, c in counts.items() if c is None),
-        "total_released": sum(released.values()),
     }
+    if one_population:
+        out["total_released"] = sum(released.values())
+    return out

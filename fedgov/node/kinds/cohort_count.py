@@ -22,4 +22,6 @@ def run_cohort_count(ctx: TaskContext) -> dict[str, Any]:
             counts[p.node] = mine
         else:
             counts[p.node] = cohort_count.decode_count(ctx.channel.recv(p.node, "cohort-count/count"), p.node)
-    return cohort_count.combine(counts)
+    # a total only across partitions of one dataset, never across different populations
+    same = len({p.dataset for p in ctx.manifest.participants}) == 1
+    return cohort_count.combine(counts, one_population=same)
