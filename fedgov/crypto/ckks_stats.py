@@ -25,13 +25,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import tenseal as ts
+import tenseal.sealapi as sealapi
 
 from fedgov.errors import CryptoError
 
@@ -41,6 +44,7 @@ __all__ = [
     "KeyOwner",
     "Message",
     "PublicKey",
+    "flood_imaginary",
     "job_tag",
     "pack",
     "unpack",
@@ -93,6 +97,62 @@ class _Keyed:
             raise CryptoError(f"ciphertext rejected: {exc}", where=where) from None
 
 
+    # raw SEAL ciphertexts (what a key holder decrypts after another party's blinding) ----------
+    def load_raw(self, blob: bytes, where: str) -> Any:
+        """A raw SEAL ciphertext (from :func:`flood_imaginary`) under this key's context."""
+        with tempfile.TemporaryDirectory(prefix="fedgov-ckks-") as d:
+            path = os.path.join(d, "ct")
+            with open(path, "wb") as f:
+                f.write(blob)
+            ct = sealapi.Ciphertext()
+            try:
+                ct.load(self.ctx.data.seal_context(), path)
+            except Exception as exc:
+                raise CryptoError(f"ciphertext rejected: {exc}", where=where) from None
+        return ct
+
+    def add_raw(self, blobs: Sequence[bytes], where: str) -> bytes:
+        """Sum of raw SEAL ciphertexts (same level and scale), as raw bytes."""
+        if not blobs:
+            raise CryptoError("nothing to add", where=where)
+        acc = self.load_raw(blobs[0], where)
+        ev = sealapi.Evaluator(self.ctx.data.seal_context())
+        for b in blobs[1:]:
+            ct = self.load_raw(b, where)
+            if ct.parms_id() != acc.parms_id() or abs(ct.scale / acc.scale - 1) > 1e-9:
+                raise CryptoError("ciphertexts at different levels or scales", where=where)
+            ev.add_inplace(acc, ct)
+        return _dump(acc)
+
+
+def _dump(ct: Any) -> bytes:
+    with tempfile.TemporaryDirectory(prefix="fedgov-ckks-") as d:
+        path = os.path.join(d, "ct")
+        ct.save(path)
+        with open(path, "rb") as f:
+            return f.read()
+
+
+def flood_imaginary(key: _Keyed, vec: ts.CKKSVector, sigma: float, rng: np.random.Generator) -> bytes:
+    """``vec`` plus a fresh imaginary part ``i * N(0, sigma^2)`` in every slot; raw SEAL bytes.
+
+    Guarantees: the real parts are unchanged (up to CKKS encoding error of
+    about ``2^-52 * sigma``); the imaginary part the key holder decrypts is
+    the sender's encryption/multiplication noise plus an independent Gaussian
+    of standard deviation ``sigma``, so it says nothing useful about the
+    sender's plaintext multipliers (the imaginary-part channel of
+    docs/protocols/he-stats.md). Real-valued TenSEAL vectors cannot carry an
+    imaginary part, hence SEAL's complex encoder and a raw ciphertext.
+    """
+    ct = vec.ciphertext()[0]
+    sc = key.ctx.data.seal_context()
+    pt = sealapi.Plaintext()
+    noise = rng.normal(0.0, sigma, SLOTS)
+    sealapi.CKKSEncoder(sc).encode([complex(0.0, float(x)) for x in noise], ct.parms_id(), ct.scale, pt)
+    sealapi.Evaluator(sc).add_plain_inplace(ct, pt)
+    return _dump(ct)
+
+
 class KeyOwner(_Keyed):
     """Holds a fresh CKKS key pair for one job; the secret key never leaves it."""
 
@@ -114,6 +174,31 @@ class KeyOwner(_Keyed):
     def decrypt(self, blob: bytes, where: str) -> np.ndarray:
         """Decrypt one serialised ciphertext to a float vector of SLOTS values."""
         return np.asarray(self.load(blob, where).decrypt(), dtype=np.float64)
+
+    def _decode_raw(self, blob: bytes, where: str) -> tuple[Any, Any]:
+        sc = self.ctx.data.seal_context()
+        pt = sealapi.Plaintext()
+        sealapi.Decryptor(sc, self.ctx.data.secret_key()).decrypt(self.load_raw(blob, where), pt)
+        return sealapi.CKKSEncoder(sc), pt
+
+    def decrypt_raw(self, blob: bytes, where: str) -> np.ndarray:
+        """Real parts of a raw SEAL ciphertext's slots (what the protocols use)."""
+        enc, pt = self._decode_raw(blob, where)
+        return np.asarray(enc.decode_double(pt), dtype=np.float64)
+
+    def decrypt_complex_raw(self, blob: bytes, where: str) -> np.ndarray:
+        """Complex slots of a raw ciphertext: what a curious key holder can read
+        (tests of the imaginary-part channel use it)."""
+        enc, pt = self._decode_raw(blob, where)
+        return np.asarray(enc.decode_complex(pt), dtype=np.complex128)
+
+    def decrypt_complex(self, blob: bytes, where: str) -> np.ndarray:
+        """Complex slots of a TenSEAL ciphertext (own encryptions; tests)."""
+        ct = self.load(blob, where).ciphertext()[0]
+        sc = self.ctx.data.seal_context()
+        pt = sealapi.Plaintext()
+        sealapi.Decryptor(sc, self.ctx.data.secret_key()).decrypt(ct, pt)
+        return np.asarray(sealapi.CKKSEncoder(sc).decode_complex(pt), dtype=np.complex128)
 
 
 class PublicKey(_Keyed):
