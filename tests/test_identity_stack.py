@@ -53,6 +53,7 @@ STEP = "cohort-count/count"
 def _policy(path: Path) -> Path:
     path.write_text(
         '[defaults]\nmin_cohort = 11\nrequesters = ["*"]\napproval = "auto"\n\n'
+        "[defaults.disclosure]\nstats_dp = false\n\n"  # exact counts (the owners' choice): plumbing tests
         "[[datasets.data.rules]]\n"
         f'purposes = ["{PURPOSE}"]\nkinds = ["cohort-count", "psi"]\nfields = ["id", "x"]\n'
     )
