@@ -122,6 +122,9 @@ node = "medical"
 dataset = "claims"
 fields = ["chronic_illness"]
 where = [{ field = "chronic_illness", op = "==", value = true }]
+
+[parameters]
+dp = { epsilon = 1.0 }   # each department noises its own count (DP is every owner's default)
 """
 
 SMALL_CELL_MANIFEST = """
@@ -139,6 +142,9 @@ where = [
   { field = "household_size", op = ">=", value = 4 },
   { field = "eligible", op = "==", value = 1 },
 ]
+
+[parameters]
+dp = { epsilon = 1.0 }
 """
 
 PSI_MANIFEST = """
@@ -402,7 +408,7 @@ def run_demo(*, keep: Path | None = None, households: int = 6000, quiet: bool = 
             story.say(
                 "5. A tiny cohort (eligible households of four or more in Togtoh): "
                 + (
-                    "suppressed by civil affairs' policy (fewer than 11 people)."
+                    "suppressed by civil affairs' policy (noisy count below 11)."
                     if sres.get("suppressed")
                     else f"{sres.get('total_released')} households (large enough to release)."
                 )
@@ -456,7 +462,7 @@ def run_demo(*, keep: Path | None = None, households: int = 6000, quiet: bool = 
             story.say(
                 "   by district. HRSS holds the key, checks every cell itself and suppresses small ones:"
             )
-            stats = _submit(fed, stats_manifest(), must_succeed="statistics")
+            stats = _submit(fed, stats_manifest(dp_epsilon=1.0), must_succeed="statistics")
             for line in stats_lines(stats["result"]):
                 story.say(f"   {line}")
             story.say(

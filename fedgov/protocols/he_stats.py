@@ -941,6 +941,13 @@ def _empty(query: StatsQuery, n: int) -> dict[str, float]:
     return {m: 0.0 for m in query.moments} | {"count": float(n)}
 
 
+def check_mask_floor(query: StatsQuery, mask_bits_min: int) -> None:
+    """Refuse (:class:`PolicyDenied`, naming the policy key) masks below the holder's floor."""
+    if query.mask_bits < max(mask_bits_min, MASK_BITS_FLOOR):
+        raise PolicyDenied(f"mask_bits {query.mask_bits} is below the cohort holder's floor "
+                           f"{mask_bits_min} (policy key disclosure.stats_mask_bits_min)", where="he-stats")
+
+
 class CohortHolder:
     """The department that defines the cohort (group id per aligned row, -1 = out).
 
@@ -956,10 +963,7 @@ class CohortHolder:
 
     def __init__(self, query: StatsQuery, codes: np.ndarray, labels: Sequence[str], *,
                  mask_bits_min: int = 40) -> None:
-        if query.mask_bits < max(mask_bits_min, MASK_BITS_FLOOR):
-            raise PolicyDenied(f"mask_bits {query.mask_bits} is below the cohort holder's floor "
-                               f"{mask_bits_min} (policy key disclosure.stats_mask_bits_min)",
-                               where="he-stats")
+        check_mask_floor(query, mask_bits_min)
         self.query = query
         self.codes = np.asarray(codes, dtype=np.int64)
         self.labels = [str(x) for x in labels]

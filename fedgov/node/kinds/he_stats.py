@@ -187,6 +187,21 @@ def _labels(ctx: TaskContext, table: pa.Table, group_by: str | None) -> list[str
     return sorted({str(v) for v in table.column(group_by).to_pylist() if v is not None})
 
 
+def small_cohort_as_empty(codes: np.ndarray, min_cell: int) -> np.ndarray:
+    """Civil affairs' own minimum cohort, applied silently: a cohort of 1..min_cell-1 aligned
+    rows is computed as empty — never a refusal, which would tell an analyst "1 to 10 align"
+    apart from "none do" at no ε (the owner's answer is then the same as for nobody)."""
+    in_cohort = int((codes >= 0).sum())
+    if 0 < in_cohort < min_cell:
+        return np.full_like(codes, -1)
+    return codes
+
+
+def budget_scope(ctx: TaskContext) -> str:
+    """The owner's ε budget key: its dataset — one budget for every requester and field."""
+    return f"{ctx.me}.{ctx.participant.dataset}"
+
+
 def _holder(ctx: TaskContext, query: hs.StatsQuery, group_by: str | None, owner: str) -> dict[str, Any]:
     me = ctx.participant
     table, slot, n = align(ctx, tag="stats", dataset=me.dataset, guest=ctx.me, hosts=[owner], join="inner")
@@ -207,10 +222,7 @@ def _holder(ctx: TaskContext, query: hs.StatsQuery, group_by: str | None, owner:
         if lab in index:
             codes[s] = index[lab]
     min_cell = _min_cell(ctx, query)
-    in_cohort = int((codes >= 0).sum())
-    if 0 < in_cohort < min_cell:
-        # silently computed as empty (never a refusal an analyst could tell from "nobody aligns")
-        codes[:] = -1
+    codes = small_cohort_as_empty(codes, min_cell)
     state_dir = ctx.notes.get("state_dir")
     if not state_dir:
         raise ConfigError("node gave the handler no state_dir (needed for the auditor)", where=_W)
@@ -243,11 +255,11 @@ def _owner(ctx: TaskContext, query: hs.StatsQuery, field: str, holder: str) -> d
     store = PrivacyStore(state_dir)
     disclosure = _disclosure(ctx)
     accountant = _accountant(ctx, store)
-    budget_scope = f"{ctx.me}.{ctx.participant.dataset}"
+    scope = budget_scope(ctx)
     epsilon = disclosure.epsilon_for(query)
     if epsilon is not None:
         # charged before any alignment work, whatever the answer turns out to be
-        accountant.charge(budget_scope, epsilon, query.job_id, query.requester)
+        accountant.charge(scope, epsilon, query.job_id, query.requester)
     me = ctx.participant
     table, slot, n = align(ctx, tag="stats", dataset=me.dataset, guest=holder, hosts=[ctx.me], join="inner")
     raw = numeric(table.column(field).to_pylist())
@@ -257,7 +269,7 @@ def _owner(ctx: TaskContext, query: hs.StatsQuery, field: str, holder: str) -> d
             values[slot[i]] = raw[i]
     owner = hs.DataOwner(query, values, min_cohort=_min_cell(ctx, query), disclosure=disclosure,
                          history=hs.ReleaseHistory(store.history()), accountant=accountant,
-                         budget_scope=budget_scope, prepaid=True)
+                         budget_scope=scope, prepaid=True)
     ctx.channel.send(holder, "he-stats/hello", owner.hello())
     ctx.channel.send(holder, "he-stats/plan", owner.plan(ctx.channel.recv(holder, "he-stats/counts")))
     release = owner.release(ctx.channel.recv(holder, "he-stats/moments"))
@@ -265,7 +277,7 @@ def _owner(ctx: TaskContext, query: hs.StatsQuery, field: str, holder: str) -> d
     out["field"] = field
     out["cohort"] = json.loads(query.cohort)
     if epsilon is not None:
-        out["epsilon_remaining"] = round(accountant.remaining(budget_scope), 9)
+        out["epsilon_remaining"] = round(accountant.remaining(scope), 9)
     return out
 
 
@@ -350,7 +362,7 @@ def _h_region(ctx: TaskContext, query: hs.StatsQuery, field: str, group_by: str 
     )
     region = hs.Region(ctx.me, query, codes, labels, numeric(table.column(field).to_pylist()),
                        min_cohort=_min_cell(ctx, query), disclosure=_disclosure(ctx), accountant=accountant,
-                       budget_scope=f"{ctx.me}.{me.dataset}")
+                       budget_scope=budget_scope(ctx))
     ctx.channel.send(comb, "he-stats-h/counts", region.counts(ctx.channel.recv(kh, "he-stats-h/hello")))
     ctx.channel.send(comb, "he-stats-h/moments", region.moments(ctx.channel.recv(kh, "he-stats-h/plan")))
     return {}
