@@ -160,8 +160,9 @@ def test_dp_is_on_by_default_and_the_budget_refuses_when_spent(world) -> None:
     rel = hs.run_local(q1, codes, labels, pension, accountant=acc)
     assert rel.epsilon_spent == 0.6 and rel.noise == hs.NOISE_LABEL
     assert acc.remaining("hrss.insurance.pension_monthly") == pytest.approx(0.4)
-    big = sorted(labels, key=lambda lab: -want[lab]["count"])[:3]
-    diffs = [abs(rel.cells[lab]["sum"] - want[lab]["sum"]) for lab in labels if lab in rel.cells]
+    # the small districts may all fall below the noisy minimum: the margin (~50 people) passes
+    got = {**rel.cells, **({hs.TOTAL: rel.total} if rel.total else {})}
+    diffs = [abs(got[lab]["sum"] - want[lab]["sum"]) for lab in got]
     assert diffs and max(diffs) > 20000.0 / hs.SUM_GRID  # noise beyond the grid step
     with pytest.raises(PolicyDenied, match=r"privacy budget exhausted.*spent ε=0.6 of ε=1.*needs ε=0.6"):
         hs.run_local(query("j-dp2", "c2", dp=hs.DPConfig("laplace", epsilon=0.6), stats=("count", "sum")),
@@ -174,7 +175,7 @@ def test_dp_is_on_by_default_and_the_budget_refuses_when_spent(world) -> None:
     acc2 = hs.BudgetAccountant(epsilon_limit=3.0)
     answers = [hs.run_local(query(f"j-rep{k}", "c1", stats=("count", "sum")), codes, labels, pension,
                             accountant=acc2) for k in range(3)]
-    sums = {tuple(a.cells.get(b, {}).get("sum") for b in big) for a in answers}
+    sums = {(a.total or {}).get("sum") for a in answers} - {None}
     assert len(sums) > 1
 
 

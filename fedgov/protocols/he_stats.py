@@ -656,15 +656,17 @@ def _finish_stats(query: StatsQuery, m: Mapping[str, float]) -> dict[str, Any]:
     """Statistics from (possibly noised) moment totals."""
     n = max(0, int(round(m["count"])))
     out: dict[str, Any] = {}
+    # post-processing (free under DP): a sum of n clipped values lies in [n*lo, n*hi]
+    total = min(max(float(m["sum"]), n * query.clip[0]), n * query.clip[1]) if "sum" in m else 0.0
     if "count" in query.stats:
         out["count"] = n
     if "sum" in query.stats:
-        out["sum"] = round(float(m["sum"]), 6)
+        out["sum"] = round(total, 6)
     if "mean" in query.stats:
-        out["mean"] = round(float(m["sum"]) / n, 6) if n > 0 else None
+        out["mean"] = round(total / n, 6) if n > 0 else None
     if "variance" in query.stats:
         if n > 1:
-            mean = float(m["sum"]) / n
+            mean = total / n
             out["variance"] = round(max(0.0, float(m["sumsq"]) / n - mean * mean), 6)
         else:
             out["variance"] = None
