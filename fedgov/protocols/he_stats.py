@@ -46,7 +46,16 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import opendp.prelude as _odp
 
-from fedgov.crypto.ckks_stats import SLOTS, KeyOwner, PublicKey, flood_imaginary, job_tag, pack, unpack
+from fedgov.crypto.ckks_stats import (
+    SLOTS,
+    KeyOwner,
+    PublicKey,
+    add_masks,
+    flood_imaginary,
+    job_tag,
+    pack,
+    unpack,
+)
 from fedgov.errors import ConfigError, CryptoError, FedgovError, PolicyDenied
 
 _odp.enable_features("contrib")
@@ -1001,11 +1010,14 @@ class CohortHolder:
             prod = blob * part
             acc = prod if acc is None else acc + prod
         sigma = _mask_sigma(self.query, moment, len(self.codes))
-        enc_mask = pk.load(pk.encrypt(_zero_sum_mask(self._rng, sigma))[0], "he-stats")
-        out = enc_mask if acc is None else acc + enc_mask
+        # a fresh encryption of zero re-randomises the product; the mask rides on a plaintext
+        # whose slot sum is checked to be exactly zero
+        fresh = pk.load(pk.encrypt(np.zeros(SLOTS))[0], "he-stats")
+        out = fresh if acc is None else acc + fresh
         # the imaginary channel carries noise x multipliers of size <= 2^-30 * bound: 2^-20 of the
-        # mask is > 2^50 times that and keeps the real parts' precision
-        return flood_imaginary(pk, out, sigma * 2.0**-IMAG_FLOOD_BELOW_MASK, self._rng)
+        # mask is > 2^50 times that
+        return add_masks(pk, out, lambda: _zero_sum_mask(self._rng, sigma),
+                         sigma * 2.0**-IMAG_FLOOD_BELOW_MASK, self._rng)
 
     def counts(self, hello: bytes) -> bytes:
         """Message 2: per group, masked Enc(count of cohort rows with a value)."""
