@@ -226,7 +226,7 @@ def test_period_keys() -> None:
 
 def test_small_masks_are_refused_by_module_holder_and_policy(world) -> None:
     ids, _ = world
-    with pytest.raises(ConfigError, match=r"mask_bits must be in \[32, 41\]"):
+    with pytest.raises(ConfigError, match=r"mask_bits must be in \[32, 60\]"):
         q("m", mask_bits=16)
     with pytest.raises(PolicyDenied, match="stats_mask_bits_min"):
         hs.CohortHolder(q("m", mask_bits=36), codes_of(ids, set(ids[:50])), ["c"])

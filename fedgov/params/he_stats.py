@@ -36,7 +36,7 @@ STATS_MIN_CELL = Setting("stats_min_cell", "int", 11, "smallest noisy count rele
                          "auditor's smallest isolable set)", kinds=_KINDS, min=1)
 STATS_MASK_BITS_MIN = Setting("stats_mask_bits_min", "int", 40, "smallest statistical mask (bits "
                               "over each slot's bound) the cohort holder uses", kinds=("he-stats",),
-                              min=32, max=41)
+                              min=32, max=60)
 SETTINGS = (STATS_DP, STATS_EPSILON_MIN, STATS_EPSILON_MAX, STATS_BUDGET_EPSILON, STATS_BUDGET_PERIOD,
             STATS_MIN_CELL, STATS_MASK_BITS_MIN)
 COUNT_SETTINGS = SETTINGS[:-1]

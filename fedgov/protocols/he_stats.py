@@ -92,9 +92,12 @@ _HELLO, _COUNTS, _PLAN, _MOMENTS, _REGION = 1, 2, 3, 4, 5
 #: Largest mask standard deviation (log2): 6 sigma stays inside the 2^78 headroom.
 _MAX_MASK_LOG2 = 72
 #: Hard bounds on the mask size, whatever owner or manifest say: below 32 bits a
-#: slot hides too little; above 41 bits the count totals lose exactness.
+#: slot hides too little; above 60 bits no moment fits the CKKS headroom.
 MASK_BITS_FLOOR = 32
-MASK_BITS_CEILING = 41
+MASK_BITS_CEILING = 60
+#: Default mask: >= 40 bits of statistical hiding over a typical job's decrypted slots
+#: (lowered per moment only as far as the CKKS headroom forces).
+DEFAULT_MASK_BITS = 56
 #: The cohort holder's imaginary flood is the real mask's sigma times 2^-IMAG_FLOOD_BELOW_MASK.
 IMAG_FLOOD_BELOW_MASK = 20
 #: A region's imaginary flood (log2 of its sigma).
@@ -262,7 +265,7 @@ class StatsQuery:
     bins: tuple[float, ...] = ()
     include_total: bool = True
     dp: DPConfig | None = None
-    mask_bits: int = 40
+    mask_bits: int = DEFAULT_MASK_BITS
     min_cell: int = 0
 
     def __post_init__(self) -> None:
@@ -771,24 +774,34 @@ def _zero_sum_mask(rng: np.random.Generator, sigma: float) -> np.ndarray:
     return k.astype(np.float64) * quantum
 
 
-def _mask_sigma(query: StatsQuery, moment: str, n_rows: int) -> float:
+def effective_mask_bits(query: StatsQuery, moment: str, n_rows: int) -> int:
+    """The mask size used on ``moment``: the query's, lowered only as far as the CKKS headroom
+    forces (``2^bits * rows per slot * bound <= 2^72``)."""
     per_slot = max(1, -(-n_rows // SLOTS))
-    sigma = 2.0**query.mask_bits * per_slot * query.bound(moment)
-    if sigma > 2.0**_MAX_MASK_LOG2:
-        raise ConfigError(f"clip {query.clip} is too large for a {query.mask_bits}-bit mask on "
-                          f"'{moment}' within the CKKS headroom; narrow the clip", where="he-stats")
-    return sigma
+    room = int(math.floor(_MAX_MASK_LOG2 - math.log2(per_slot * query.bound(moment))))
+    return min(query.mask_bits, room)
 
 
-def mask_security_bits(query: StatsQuery, decrypted_slots: int) -> float:
+def _mask_sigma(query: StatsQuery, moment: str, n_rows: int, floor: int = MASK_BITS_FLOOR) -> float:
+    bits = effective_mask_bits(query, moment, n_rows)
+    if bits < max(floor, MASK_BITS_FLOOR):
+        raise PolicyDenied(f"clip {query.clip} leaves only a {bits}-bit mask on '{moment}' within the "
+                           f"CKKS headroom, below the cohort holder's floor {floor} (policy key "
+                           "disclosure.stats_mask_bits_min); narrow the clip", where="he-stats")
+    return 2.0**bits * max(1, -(-n_rows // SLOTS)) * query.bound(moment)
+
+
+def mask_security_bits(query: StatsQuery, decrypted_slots: int, n_rows: int = 1) -> float:
     """Statistical hiding (bits) of the cohort holder's masks over a whole job.
 
     With Gaussian masks of ``sigma = 2^b * bound`` the owner's view of all
     ``S`` decrypted slots is within statistical distance
     ``sqrt(S) * 2^-(b+1)`` of a view that does not depend on the cohort
-    (Pinsker: ``SD <= sqrt(KL / 2)``, ``KL = sum v_i^2 / (2 sigma^2)``).
+    (Pinsker: ``SD <= sqrt(KL / 2)``, ``KL = sum v_i^2 / (2 sigma^2)``); ``b``
+    is the smallest effective mask over the job's moments.
     """
-    return query.mask_bits + 1 - 0.5 * math.log2(max(1, decrypted_slots))
+    b = min(effective_mask_bits(query, m, n_rows) for m in query.moments)
+    return b + 1 - 0.5 * math.log2(max(1, decrypted_slots))
 
 
 def _decrypt_total(key: KeyOwner, blob: bytes, where: str) -> float:
@@ -951,7 +964,7 @@ class DataOwner:
         return Release(q.job_id, q.scope, q.cohort, cells, total, dict(plan.suppressed),
                        self.epsilon or 0.0, self.min_cohort,
                        NOISE_LABEL if self.epsilon is not None else None,
-                       round(mask_security_bits(q, self._slots), 2))
+                       round(mask_security_bits(q, self._slots, len(self.values)), 2))
 
 
 def _empty(query: StatsQuery, n: int) -> dict[str, float]:
@@ -981,6 +994,7 @@ class CohortHolder:
     def __init__(self, query: StatsQuery, codes: np.ndarray, labels: Sequence[str], *,
                  mask_bits_min: int = 40) -> None:
         check_mask_floor(query, mask_bits_min)
+        self.mask_bits_min = mask_bits_min
         self.query = query
         self.codes = np.asarray(codes, dtype=np.int64)
         self.labels = [str(x) for x in labels]
@@ -1009,7 +1023,7 @@ class CohortHolder:
             # multiply every chunk, even an all-zero one: the noise shape must not depend on the cohort
             prod = blob * part
             acc = prod if acc is None else acc + prod
-        sigma = _mask_sigma(self.query, moment, len(self.codes))
+        sigma = _mask_sigma(self.query, moment, len(self.codes), self.mask_bits_min)
         # a fresh encryption of zero re-randomises the product; the mask rides on a plaintext
         # whose slot sum is checked to be exactly zero
         fresh = pk.load(pk.encrypt(np.zeros(SLOTS))[0], "he-stats")

@@ -103,7 +103,7 @@ def _query_options(ctx: TaskContext, group_by: str | None) -> dict[str, Any]:
     include_total = p.get("include_total", group_by is not None)
     if not isinstance(include_total, bool):
         raise ConfigError("'include_total' must be true or false", where=w)
-    mask_bits = p.get("mask_bits", 40)
+    mask_bits = p.get("mask_bits", hs.DEFAULT_MASK_BITS)
     if isinstance(mask_bits, bool) or not isinstance(mask_bits, int):
         raise ConfigError("'mask_bits' must be an integer", where=w)
     min_cell = p.get("min_cell", 0)
