@@ -266,12 +266,12 @@ def _owner_view(world, members: set[str], n_rows: int = hs.SLOTS) -> tuple[np.nd
 
 def test_range_edge_estimator_learns_nothing_from_gaussian_masks(world) -> None:
     """The owner scores each row's membership by how far its slot lies out (a value at the
-    edge of a uniform mask gives it away): AUC <= 0.55 with the default 40-bit Gaussian mask.
+    edge of a uniform mask gives it away): AUC <= 0.55 with the default 56-bit Gaussian mask.
     Also: every slot is masked at the documented size (a missing mask fails here)."""
     _, _, got_count, got_sum, member = _owner_view(world, set())
     for got, bound in ((got_count, 1.0), (got_sum, CLIP[1])):
         re = got.real
-        assert np.std(re) > 2.0**39 * bound  # masked at 2^40 x the slot's bound
+        assert np.std(re) > 2.0 ** (hs.DEFAULT_MASK_BITS - 1) * bound  # masked at 2^56 x the slot's bound
         assert auc(np.abs(re), member) <= 0.55
         assert auc(re, member) <= 0.55
 
