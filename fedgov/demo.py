@@ -55,6 +55,9 @@ where = [
   { field = "household_size", op = ">=", value = 4 },
   { field = "eligible", op = "==", value = 1 },
 ]
+
+[parameters]
+dp = { epsilon = 1.0 }
 """
 
 PSI_MANIFEST = """
@@ -401,7 +404,7 @@ def run_demo(
             story.say(
                 "5. A tiny cohort (eligible households of four or more in Togtoh): "
                 + (
-                    "suppressed by civil affairs' policy (fewer than 11 people)."
+                    "suppressed by civil affairs' policy (noisy count below 11)."
                     if sres.get("suppressed")
                     else f"{sres['counts']['civil_affairs']} people (large enough to release)."
                 )
@@ -468,7 +471,7 @@ def run_demo(
             story.say(
                 "   by district. HRSS holds the key, checks every cell itself and suppresses small ones:"
             )
-            stats = _submit(fed, stats_manifest(), must_succeed="statistics")
+            stats = _submit(fed, stats_manifest(dp_epsilon=1.0), must_succeed="statistics")
             rel = stats["result"]["hrss"]
             shown = {"hrss": {**rel, "cells": _he_stats_cells(rel["cells"])}}
             if rel.get("total"):

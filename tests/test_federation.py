@@ -39,6 +39,9 @@ def policy(path: Path, fields: list[str], *, manual: int = 0, requesters: str = 
     approval = f'approval = "manual"\napprovers_required = {manual}\n' if manual else 'approval = "auto"\n'
     path.write_text(
         f"[defaults]\nmin_cohort = 11\nrequesters = {requesters}\n{approval}\n"
+        # exact counts (the owners' explicit choice): these tests are about the federation's
+        # plumbing; DP counts are tested in tests/test_disclosure_stats.py
+        "[defaults.disclosure]\nstats_dp = false\n\n"
         "[[datasets.data.rules]]\n"
         f'purposes = ["{PURPOSE}"]\nkinds = ["cohort-count"]\nfields = {json.dumps(fields)}\n'
     )
