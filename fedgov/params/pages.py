@@ -198,7 +198,7 @@ PAGES: dict[str, KindPage] = {
             ("cohort holder (C)", "Nothing from ciphertexts."),
             ("owner (O)", "Not the cohort membership of any row: real parts are masked (above), imaginary parts flooded."),
             ("requester (R)", "the release — per cell noisy count / sum / mean / variance / histogram, the noisy total when it passes, suppression reasons, ε spent, ε remaining."),
-            ("coordinator", "sizes and timing."),
+            ("coordinator", "sizes and timing (results are sealed to the requester)."),
         ),
         {
             "cohort": (
