@@ -374,6 +374,10 @@ def cmd_node(ns: argparse.Namespace) -> None:
             print("audit chain OK" if broken is None else f"audit chain BROKEN at entry #{broken}")
         if broken is not None:
             raise FedgovError(f"audit log chain broken at entry #{broken}", where=str(config.state_dir))
+    elif ns.action == "witness":
+        from fedgov.node.witness import print_status
+
+        print_status(config, as_json=ns.json)
 
 
 # -- jobs ------------------------------------------------------------------------
@@ -570,7 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_coordinator)
 
     p = sub.add_parser("node", help="run or administer a department node")
-    p.add_argument("action", choices=["start", "check", "pending", "show", "approve", "reject", "audit"],
+    p.add_argument("action", choices=["start", "check", "pending", "show", "approve", "reject", "audit", "witness"],
                    help="check: validate config, policy, schemas, data and kit without starting (lists every problem)")
     p.add_argument("job_id", nargs="?", help="job to show/approve/reject")
     p.add_argument("--config", type=Path, required=True, help="node.toml")

@@ -18,6 +18,7 @@ the log key: a source signed by another key fails verification.
 from __future__ import annotations
 
 import argparse
+import base64
 import io
 import json
 import os
@@ -37,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fedgov.errors import ConfigError, CryptoError, FedgovError
 from fedgov.ledger import merkle
 from fedgov.ledger.entries import Entry, EntryError, parse_entry
+from fedgov.ledger.facts import FactCheck, KeyRing, accepted_entries, check_facts
 from fedgov.ledger.log import (
     EXPORT_FORMAT,
     ExportedLog,
@@ -55,7 +57,9 @@ from fedgov.ledger.points import (
     render_json,
     render_png,
     render_table,
+    verify_awards,
 )
+from fedgov.ledger.witness import majority, quorum_head
 
 __all__ = ["add_ledger_parser", "add_quality_parser", "open_readonly", "points_table", "verify_db"]
 
@@ -134,6 +138,7 @@ def verify_db(
     *,
     trusted_key: Ed25519PublicKey | None = None,
     witness_states: Sequence[Path] = (),
+    ca_cert: x509.Certificate | Path | str | None = None,
 ) -> dict[str, Any]:
     """Audit a ``ledger.db`` offline; ``{"size", "verified", "problems", ...}`` (never raises for tampering).
 
@@ -141,6 +146,9 @@ def verify_db(
     signed head, cosignature and points award (:meth:`TransparencyLog.verify_all`);
     ``witness_states`` (nodes' ``ledger-witness.json``) add the heads those
     witnesses verified, so a rewritten database is caught even with fresh heads.
+    With ``ca_cert`` (the federation CA or its PEM file) every department fact
+    must carry its department's signature too (``facts`` in the result), as in
+    ``fedgov ledger verify``; without it the facts are not checked (``facts``: None).
     """
     log = open_readonly(Path(path))
     try:
@@ -150,6 +158,12 @@ def verify_db(
         if trusted_key is not None and public_key_bytes(trusted_key) != public_key_bytes(log.public_key):
             out["problems"].insert(0, "the database is signed by a different log key than the trusted one")
             out["verified"] = False
+        out["facts"] = None
+        if ca_cert is not None:
+            ca = ca_cert if isinstance(ca_cert, x509.Certificate) else x509.load_pem_x509_certificate(Path(ca_cert).read_bytes())
+            src = _Source("db", log.public_key, log.entries(), [], [], ca=ca)
+            out["problems"] += _check_department_facts(src, out)
+            out["verified"] = not out["problems"]
         return out
     finally:
         log.close()
@@ -163,17 +177,26 @@ def _iso_ms(ts: int) -> str | None:
 
 
 def points_table(
-    path: Path | str, period: str = "all", budget: Decimal | int | str = 0
+    path: Path | str,
+    period: str = "all",
+    budget: Decimal | int | str = 0,
+    *,
+    ca_cert: x509.Certificate | Path | str | None = None,
 ) -> list[dict[str, Any]]:
     """One row per department (``dept, points, share, budget_amount, rank, ...``) from a ``ledger.db``.
 
-    Computed from the entries under the latest rule set the log published.
+    Computed from the entries under the latest rule set the log published;
+    with ``ca_cert`` (the federation CA, or its PEM file) only department-signed
+    facts count (:mod:`fedgov.ledger.facts`), as in ``fedgov ledger points``.
     """
     log = open_readonly(Path(path))
     try:
         entries = log.parsed_entries()
     finally:
         log.close()
+    if ca_cert is not None:
+        ca = ca_cert if isinstance(ca_cert, x509.Certificate) else x509.load_pem_x509_certificate(Path(ca_cert).read_bytes())
+        entries = accepted_entries(entries, ca)
     rules = _rules_in(entries) or PointsRules()
     return [r.to_dict() for r in points_report(entries, period, Decimal(str(budget)), rules)]
 
@@ -192,6 +215,8 @@ class _Source:
     cosignatures: list[tuple[str, SignedTreeHead, bytes]]
     log: TransparencyLog | None = None
     witness_keys: dict[str, Ed25519PublicKey] = field(default_factory=dict)
+    #: the federation CA (departments' key bundles are checked against it)
+    ca: x509.Certificate | None = None
 
     def entries(self) -> list[Entry]:
         return [parse_entry(b) for b in self.blobs]
@@ -301,7 +326,27 @@ class _Online:
         self.channel.close()
 
 
+def _load_ca(ns: argparse.Namespace) -> x509.Certificate | None:
+    """The federation CA from ``--ca`` or ``--kit``/``FEDGOV_KIT`` (``ca.crt``), if given."""
+    spec = getattr(ns, "ca", None)
+    kit = getattr(ns, "kit", None) or os.environ.get("FEDGOV_KIT")
+    path = Path(spec) if spec else (Path(kit) / "ca.crt" if kit else None)
+    if path is None:
+        return None
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"not a readable CA certificate (PEM): {exc}", where=str(path)) from None
+
+
 def _source(ns: argparse.Namespace) -> _Source:
+    src = _source_raw(ns)
+    if src.ca is None:
+        src.ca = _load_ca(ns)
+    return src
+
+
+def _source_raw(ns: argparse.Namespace) -> _Source:
     if getattr(ns, "db", None):
         log = open_readonly(ns.db)
         return _Source(
@@ -323,7 +368,7 @@ def _source(ns: argparse.Namespace) -> _Source:
         wkeys = online.witness_keys({w for w, _, _ in cos})
     finally:
         online.close()
-    return _Source("online", key, blobs, [sth], cos, witness_keys=wkeys)
+    return _Source("online", key, blobs, [sth], cos, witness_keys=wkeys, ca=online.ca)
 
 
 def _check_trusted(src: _Source, trusted: Ed25519PublicKey | None) -> list[str]:
@@ -371,10 +416,107 @@ def _verify_source(src: _Source, ns: argparse.Namespace) -> dict[str, Any]:
             problems=problems,
         ).to_dict()
     out["problems"][:0] = _check_trusted(src, trusted)
+    out["problems"] += _check_department_facts(src, out)
+    out["problems"] += _check_quorum(src, out, ns)
     out["verified"] = not out["problems"]
     out["source"] = src.kind
     out["public_key"] = public_key_bytes(src.public_key).hex()
     return out
+
+
+def _check_department_facts(src: _Source, out: dict[str, Any]) -> list[str]:
+    """Every department fact must carry its department's valid signature (:mod:`fedgov.ledger.facts`).
+
+    Problems name index, kind and department; awards are recomputed from the
+    accepted facts alone, so points resting on a forged fact are named too.
+    """
+    entries = _parse_all(src.blobs)
+    if src.ca is None:
+        out["facts"] = None
+        return ["department signatures not checked: give --ca CA_CERT (or --kit) to check them"]
+    check = check_facts(((i, e) for i, e in entries.items()), src.ca)
+    out["facts"] = check.to_dict()
+    problems = list(check.problems)
+    if not check.ok:
+        ordered = [entries[i] for i in sorted(entries)]
+        kept = accepted_entries(ordered, src.ca, _reindexed(check, sorted(entries)))
+        problems += [f"points from signed facts only: {p}" for p in verify_awards(kept)]
+    return problems
+
+
+def _check_quorum(src: _Source, out: dict[str, Any], ns: argparse.Namespace) -> list[str]:
+    """Which head counts: the largest cosigned by k of n departments (each cosignature checked).
+
+    A cosignature counts only if it verifies with the department's key from
+    a CA-checked ``node_key`` entry and its head's root matches the entries.
+    ``--require-quorum`` fails verification while entries lie beyond the
+    counted head (not yet witnessed by a quorum).
+    """
+    entries = _parse_all(src.blobs)
+    ring = KeyRing(src.ca)
+    for i in sorted(entries):
+        e = entries[i]
+        if e.type == "node_key":
+            ring.add_bundle(e["node"], base64.b64decode(e["bundle"]))
+    names = sorted(set(ns.witnesses.split(","))) if getattr(ns, "witnesses", None) else sorted(ring.bundles)
+    k = getattr(ns, "quorum", None) or majority(len(names))
+    tree = merkle.MerkleTree()
+    for b in src.blobs:
+        tree.append(b)
+    latest: dict[str, SignedTreeHead] = {}
+    # each witness's largest valid cosigned head (largest first, so few roots are recomputed)
+    for witness, sth, sig in sorted(src.cosignatures, key=lambda c: (-c[1].size, -c[1].timestamp)):
+        if witness not in names or witness in latest or sth.size > tree.size:
+            continue
+        try:
+            sth.verify(src.public_key)
+        except CryptoError:
+            continue
+        if tree.root(sth.size) != sth.root:
+            continue
+        if not any(_sig_ok(key, sig, cosignature_message(sth)) for key in ring.keys(witness, sth.timestamp)):
+            continue
+        latest[witness] = sth
+    got = quorum_head(latest, k)
+    counted = got[0].size if got else 0
+    out["quorum"] = {
+        "k": k,
+        "n": len(names),
+        "witnesses": names,
+        "counted_size": counted,
+        "cosigners": got[1] if got else [],
+        "unwitnessed": len(src.blobs) - counted,
+    }
+    if getattr(ns, "require_quorum", False) and counted < len(src.blobs):
+        return [
+            f"entries {counted}..{len(src.blobs) - 1} are under no head cosigned by {k} of the "
+            f"{len(names)} departments ({', '.join(names) or 'none known'})"
+        ]
+    return []
+
+
+def _sig_ok(key: Ed25519PublicKey, sig: bytes, msg: bytes) -> bool:
+    try:
+        key.verify(sig, msg)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _parse_all(blobs: Sequence[bytes]) -> dict[int, Entry]:
+    out = {}
+    for i, b in enumerate(blobs):
+        try:
+            out[i] = parse_entry(b)
+        except EntryError:
+            continue  # named by the structural checks
+    return out
+
+
+def _reindexed(check: FactCheck, order: Sequence[int]) -> FactCheck:
+    """``check`` with log indices mapped to positions in ``order`` (for :func:`accepted_entries`)."""
+    pos = {i: k for k, i in enumerate(order)}
+    return FactCheck(facts=check.facts, accepted=[pos[i] for i in check.accepted])
 
 
 def _check_cosignatures(src: _Source) -> list[str]:
@@ -598,6 +740,13 @@ def _cmd_points(ns: argparse.Namespace) -> None:
     src = _source(ns)
     src.close()
     entries = src.entries()
+    # only facts signed by the department they are about count (fedgov.ledger.facts)
+    if src.ca is None:
+        raise ConfigError("points count only department-signed facts: give --ca CA_CERT (or --kit)")
+    check = check_facts(enumerate(entries), src.ca)
+    for line in check.problems:
+        print(f"fedgov: not counted: {line}", file=sys.stderr)
+    entries = accepted_entries(entries, src.ca, check)
     rules = _rules_in(entries) or PointsRules()
     rows = points_report(entries, ns.period, budget, rules)
     if ns.png:
@@ -659,6 +808,9 @@ def _source_opts(p: argparse.ArgumentParser) -> None:
     g.add_argument("--export", type=Path, help="a file written by `fedgov ledger export`")
     g.add_argument("--kit", help="online: your startup kit (or FEDGOV_KIT)")
     g.add_argument("--coordinator", help="online: host:port (or FEDGOV_COORDINATOR)")
+    p.add_argument(
+        "--ca", type=Path, help="federation CA certificate to check departments' signed facts (default: the kit's)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -680,6 +832,15 @@ def add_ledger_parser(sub: Any) -> argparse.ArgumentParser:
         type=Path,
         action="append",
         help="a node's ledger-witness.json: its verified head must still match (repeatable)",
+    )
+    q.add_argument(
+        "--witnesses", help="the federation's departments whose cosignatures count (default: all with a node_key)"
+    )
+    q.add_argument("--quorum", type=int, help="cosignatures a head needs to count (default: a majority)")
+    q.add_argument(
+        "--require-quorum",
+        action="store_true",
+        help="fail unless every entry lies under a head cosigned by the quorum",
     )
     q = lsub.add_parser("head", help="the latest signed tree head")
     _source_opts(q)

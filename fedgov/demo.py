@@ -55,6 +55,9 @@ where = [
   { field = "household_size", op = ">=", value = 4 },
   { field = "eligible", op = "==", value = 1 },
 ]
+
+[parameters]
+dp = { epsilon = 1.0 }
 """
 
 PSI_MANIFEST = """
@@ -402,7 +405,7 @@ def run_demo(
             story.say(
                 "5. A tiny cohort (eligible households of four or more in Togtoh): "
                 + (
-                    "suppressed by civil affairs' policy (fewer than 11 people)."
+                    "suppressed by civil affairs' policy (noisy count below 11)."
                     if sres.get("suppressed")
                     else f"{sres['counts']['civil_affairs']} people (large enough to release)."
                 )
@@ -469,7 +472,7 @@ def run_demo(
             story.say(
                 "   by district. HRSS holds the key, checks every cell itself and suppresses small ones:"
             )
-            stats = _submit(fed, stats_manifest(), must_succeed="statistics")
+            stats = _submit(fed, stats_manifest(dp_epsilon=1.0), must_succeed="statistics")
             rel = stats["result"]["hrss"]
             shown = {"hrss": {**rel, "cells": _he_stats_cells(rel["cells"])}}
             if rel.get("total"):
@@ -536,12 +539,15 @@ def run_demo(
             }
             # the contribution ledger, verified as an auditor would
             db = fed.workdir / "state" / "coordinator" / "ledger.db"
-            verified = verify_db(db)
+            verified = verify_db(db, ca_cert=fed.kits / "auditor" / "ca.crt")  # department signatures too
             summary["ledger"] = {"size": verified["size"], "verified": verified["verified"]}
-            summary["points"] = points_table(db, period="all", budget=1000)
+            summary["points"] = points_table(
+                db, period="all", budget=1000, ca_cert=fed.kits / "auditor" / "ca.crt"
+            )  # department-signed facts only
             if keep:
                 subprocess.run(
                     [sys.executable, "-m", "fedgov", "ledger", "points", "--db", str(db), "--period", "all",
+                     "--ca", str(fed.kits / "auditor" / "ca.crt"),
                      "--budget", "1000", "--png", str(root / "points.png")],
                     capture_output=True, text=True, timeout=120,
                 )

@@ -49,6 +49,15 @@ def last_json(proc: subprocess.CompletedProcess[str]) -> Any:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def open_size(db: Path) -> int:
+    """Entries in a live ledger.db."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return int(con.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
+    finally:
+        con.close()
+
+
 def backup(src: Path, dst: Path) -> Path:
     """A consistent copy of a live WAL database (SQLite online backup)."""
     dst.unlink(missing_ok=True)
@@ -73,11 +82,31 @@ def witness_state(fed: LocalFederation, node: str) -> dict[str, Any]:
         return {}
 
 
+def wait_for(what: str, cond: Any, timeout: float = 60.0, every: float = 0.2) -> Any:
+    """Poll ``cond()`` until it returns something truthy (returned); fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(every)
+
+
+def outbox_empty(fed: LocalFederation) -> bool:
+    """True once the coordinator's drainer has moved every queued entry into the log."""
+    db = sqlite3.connect(f"file:{fed.workdir / 'state' / 'coordinator' / 'coordinator.db'}?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT COUNT(*) FROM ledger_outbox").fetchone()[0] == 0
+    finally:
+        db.close()
+
+
 class World:
     fed: LocalFederation
     db: Path
     online: list[str]
-    old_copy: Path
+    ca: str
     jobs: dict[str, str]
 
 
@@ -89,6 +118,7 @@ def world(tmp_path_factory: pytest.TempPathFactory):
     w.fed = fed
     w.db = fed.workdir / "state" / "coordinator" / "ledger.db"
     w.jobs = {}
+    w.ca = str(fed.kits / "auditor" / "ca.crt")
     with fed:
         w.online = ["--kit", str(fed.kits / "auditor"), "--coordinator", fed.address]
         yield w
@@ -98,8 +128,6 @@ def test_jobs_leave_the_expected_entries(world: World, tmp_path_factory: pytest.
     fed = world.fed
     first = run(fed, [("alpha", ["y"], '{ field = "y", op = "==", value = 1 }'), ("beta", ["x1"], "")])
     assert first.state == "succeeded", first.reason
-    time.sleep(0.5)  # let the drainer append the award
-    world.old_copy = backup(world.db, tmp_path_factory.mktemp("old") / "ledger.db")
     second = run(fed, [("alpha", ["y", "x0"], ""), ("beta", ["x1"], "")])
     assert second.state == "succeeded", second.reason
     refused = run(fed, [("alpha", ["y"], ""), ("beta", ["secret"], "")])
@@ -137,6 +165,14 @@ def test_jobs_leave_the_expected_entries(world: World, tmp_path_factory: pytest.
     )
     assert refusal[-1]["type"] == "job_completed" and refusal[-1]["outcome"] == "rejected"
     assert types.count("points_awarded") == 2  # one per successful job
+    # every department fact is in the department's own signed words
+    facts = [
+        r
+        for r in rows
+        if r["type"] in ("dataset_published", "job_approved", "contribution", "policy_refusal")
+    ]
+    assert facts and all(r.get("signer") == r["node"] and len(r.get("sig", "")) == 128 for r in facts), facts
+    assert sorted(r["node"] for r in rows if r["type"] == "node_key") == ["alpha", "beta"]
 
     # an inclusion proof against the signed head, verified by the client
     proof = last_json(ledger_cli("proof", "3", "--json", *world.online))
@@ -151,13 +187,20 @@ def test_verify_passes_online_and_offline_and_names_an_edited_row(
     pub = (world.db.parent / "ledger.pub").read_text().strip()
     assert out["public_key"] == pub
     copy = backup(world.db, tmp_path_factory.mktemp("copy") / "ledger.db")
-    out = last_json(ledger_cli("verify", "--json", "--db", str(copy), "--trusted-key", pub))
+    out = last_json(ledger_cli("verify", "--json", "--db", str(copy), "--trusted-key", pub, "--ca", world.ca))
     assert out["verified"] is True and out["size"] > 20
+    assert out["facts"]["accepted"] == out["facts"]["facts"] > 0 and not out["facts"]["unsigned"]
+    # without the CA nothing vouches for the departments' facts: verify says so and fails
+    bare = ledger_cli("verify", "--json", "--db", str(copy), check=False)
+    assert bare.returncode == 2 and "department signatures not checked" in bare.stdout
 
     # export, then recompute everything (points included) from the export alone
     export = copy.parent / "ledger.jsonl"
     ledger_cli("export", "--db", str(copy), "--out", str(export))
-    assert last_json(ledger_cli("verify", "--json", "--export", str(export)))["verified"] is True
+    assert (
+        last_json(ledger_cli("verify", "--json", "--export", str(export), "--ca", world.ca))["verified"]
+        is True
+    )
 
     # someone with file access edits entry 5 (dropping the append-only trigger first)
     db = sqlite3.connect(copy)
@@ -168,7 +211,7 @@ def test_verify_passes_online_and_offline_and_names_an_edited_row(
     db.execute("UPDATE entries SET data=? WHERE idx=5", (forged,))
     db.commit()
     db.close()
-    bad = ledger_cli("verify", "--db", str(copy), check=False)
+    bad = ledger_cli("verify", "--db", str(copy), "--ca", world.ca, check=False)
     assert bad.returncode == 2
     assert "entry 5: stored bytes do not match its leaf hash (row edited)" in bad.stdout
     assert bad.stderr.startswith("fedgov: error: ledger verification failed: entry 5")
@@ -222,11 +265,69 @@ def test_rewritten_ledger_is_caught_by_the_node_witnesses(
     out = last_json(ledger_cli("verify", "--json", *world.online))
     assert out["verified"] and out["cosignatures_checked"] >= 3
 
-    # the coordinator swaps its log for an older copy and carries on with a new history
+    # a head counts only once k of n departments cosigned it (default: a majority, here both)
+    def node_witness(n: str) -> dict[str, Any]:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "fedgov",
+                "node",
+                "witness",
+                "--json",
+                "--config",
+                str(fed.workdir / "nodes" / n / "node.toml"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout.splitlines()[0])
+
+    last: dict[str, Any] = {}
+
+    def settled(n: str) -> dict[str, Any] | None:
+        st = last[n] = node_witness(n)
+        q = st["quorum_head"]
+        ok = q and q["cosigners"] == ["alpha", "beta"] and q["size"] >= seen.size and st["pending_facts"] == 0
+        return st if ok else None
+
+    for n in ("alpha", "beta"):
+        try:
+            st = wait_for(f"{n}: own facts under a head both cosigned", lambda n=n: settled(n))
+        except AssertionError:
+            raise AssertionError(json.dumps(last)[:3000]) from None
+        assert st["facts_included"] > 0 and not st["alarms"] and st["last_error"] is None, st
+    out = last_json(ledger_cli("verify", "--json", "--require-quorum", *world.online))
+    assert out["quorum"]["k"] == 2 and out["quorum"]["n"] == 2
+    assert out["quorum"]["cosigners"] == ["alpha", "beta"] and out["quorum"]["counted_size"] >= seen.size
+    # a quorum of 2 is not met if only alpha's cosignatures counted
+    only = ledger_cli(
+        "verify", "--json", "--require-quorum", "--witnesses", "alpha,gamma", *world.online, check=False
+    )
+    assert only.returncode == 2 and "under no head cosigned by 2 of the 2 departments" in only.stdout
+
+    # the coordinator keeps a copy of its log, lets it grow (witnessed), then swaps the
+    # copy back in and carries on with a different history
+    old_copy = backup(world.db, tmp_path_factory.mktemp("old") / "ledger.db")
+    grown = run(fed, [("alpha", ["y", "x0"], ""), ("beta", ["x1"], "")])
+    assert grown.state == "succeeded", grown.reason
+    wait_for("the grown log", lambda: outbox_empty(fed) and open_size(world.db) > seen.size)
+    nw, ch = my_witness()
+    nw.check()  # our witness vouches for the grown history too
+    ch.close()
+    seen = nw.last_head
+    wait_for(
+        "the witnesses to vouch for the grown log",
+        lambda: (
+            min(witness_state(fed, n).get("head", {}).get("size", 0) for n in ("alpha", "beta")) >= seen.size
+        ),
+    )
     fed.kill("coordinator", signal.SIGKILL)
     for suffix in ("", "-wal", "-shm"):
         Path(str(world.db) + suffix).unlink(missing_ok=True)
-    world.db.write_bytes(world.old_copy.read_bytes())
+    world.db.write_bytes(old_copy.read_bytes())
     fed.restart_coordinator_on_same_port()
     with fed.client() as c:
         c.submit(manifest([("alpha", ["y"], ""), ("beta", ["x1"], "")]))
@@ -251,8 +352,59 @@ def test_rewritten_ledger_is_caught_by_the_node_witnesses(
         assert time.monotonic() < deadline, "node witnesses did not raise the alarm"
         time.sleep(0.5)
     assert "ALARM" in fed.tail("alpha", 200)
+
+    def alarms(n: str) -> int:
+        return fed.tail(n, 100_000).count("refuses all tasks")
+
     with fed.client() as c:
         job = c.submit(manifest([("alpha", ["y"], ""), ("beta", ["x1"], "")]))
-        time.sleep(6)
+        seen_alarms = {n: alarms(n) for n in ("alpha", "beta")}
+        # each node has gone round its loop again (raising the alarm instead of polling for tasks)
+        wait_for("another round of alarms", lambda: all(alarms(n) > seen_alarms[n] for n in seen_alarms))
         st = c.status(job.job_id)
     assert st.state == "submitted" and all(p.decision == "pending" for p in st.participants)
+
+
+def test_fact_forged_at_the_coordinator_is_named_by_verify(world: World) -> None:
+    """The coordinator (its database edited while stopped) logs facts no department signed.
+
+    Two forgeries go through the coordinator's own outbox, so the log hashes
+    and signs them like any entry: an unsigned contribution claiming beta
+    brought 10,000 records to a job, and alpha's genuine signed contribution
+    with its record count raised. `ledger verify` names both (index, kind,
+    department); `ledger points` leaves them out.
+    """
+    fed = world.fed
+    before = {r["dept"]: r for r in last_json(ledger_cli("points", "--json", *world.online))["rows"]}
+    rows = last_json(ledger_cli("show", "--json", *world.online))
+    genuine = next(r for r in rows if r["type"] == "contribution" and r["node"] == "alpha")
+    genuine = {k: v for k, v in genuine.items() if k != "index"}
+    altered = dict(genuine, records=genuine["records"] + 50)
+    unsigned = {k: v for k, v in genuine.items() if k not in ("signer", "sig")} | {
+        "node": "beta",
+        "records": 10_000,
+    }
+    fed.kill("coordinator", signal.SIGKILL)
+    db = sqlite3.connect(fed.workdir / "state" / "coordinator" / "coordinator.db")
+    for forged in (unsigned, altered):
+        blob = json.dumps(forged, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        db.execute("INSERT INTO ledger_outbox(kind, data) VALUES ('entry', ?)", (blob,))
+    db.commit()
+    db.close()
+    fed.restart_coordinator_on_same_port()
+    size = len(rows)
+    wait_for("the forged entries in the log", lambda: outbox_empty(fed))
+    bad = ledger_cli("verify", "--json", *world.online, check=False)
+    assert bad.returncode == 2
+    out = json.loads(bad.stdout.splitlines()[0])  # the report (the last line is the error)
+    lines = out["problems"]
+    assert any(line.startswith(f"entry {size}: contribution about beta is unsigned") for line in lines), lines
+    assert any(
+        line.startswith(f"entry {size + 1}: contribution about alpha: signature by alpha does not verify")
+        for line in lines
+    ), lines
+    assert out["facts"]["unsigned"] == [size] and out["facts"]["rejected"] == [size + 1]
+    after = ledger_cli("points", "--json", *world.online)
+    assert "not counted: entry" in after.stderr
+    rows_after = {r["dept"]: r for r in last_json(after)["rows"]}
+    assert {d: r["points"] for d, r in rows_after.items()} == {d: r["points"] for d, r in before.items()}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterator
 
@@ -141,6 +142,7 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
                 "schema": json.loads(d.schema_json or "{}"),
                 "schema_digest": d.schema_digest,
                 "rows": d.rows,
+                "fact": bytes(d.fact),
             }
             if d.quality_json:
                 try:
@@ -401,7 +403,8 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         ident = _require(context, "node")
         self._participant(request.job_id, ident, context)
         new = self.store.record_decision(
-            request.job_id, ident.name, request.approve, request.reason, list(request.approvers)
+            request.job_id, ident.name, request.approve, request.reason, list(request.approvers),
+            bytes(request.fact),
         )
         if new:
             log.info("job %s -> %s", request.job_id, new)
@@ -442,6 +445,7 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
             request.error,
             request.public_json,
             sealed_result=request.sealed_result,
+            facts=[bytes(f) for f in request.facts],
         )
         if new:
             log.info("job %s -> %s", request.job_id, new)
@@ -534,6 +538,10 @@ class RelayService(relay_pb2_grpc.RelayServicer):
 #: A head older than this is re-signed on GetHead, so witnesses see time advance
 #: (and a log restored from an old copy shows a fresh, inconsistent head).
 HEAD_MAX_AGE_MS = 300_000
+#: The freshest head a witness can make the log sign (one signature per second at most).
+MIN_HEAD_AGE_MS = 1_000
+#: Largest gossip envelope relayed between nodes' witnesses.
+MAX_GOSSIP_BYTES = 64 * 1024
 #: Largest page of GetEntries in one call.
 MAX_ENTRIES_PER_CALL = 100_000
 
@@ -552,6 +560,9 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
         self.ledger = ledger
         self.ca_cert = ca_cert
         self.key_statement = key_statement
+        #: latest sealed gossip envelope per (sender, recipient); opaque, in memory only
+        self._gossip: dict[tuple[str, str], bytes] = {}
+        self._gossip_lock = threading.Lock()
 
     def _flush(self, context) -> None:
         try:
@@ -564,7 +575,9 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
         self._flush(context)
         try:
             sth = self.ledger.latest_head()
-            if sth is None or sth.size != self.ledger.size or now_ms() - sth.timestamp > HEAD_MAX_AGE_MS:
+            # a witness may ask for a fresher head (ledger.proto GetHeadRequest.max_age_ms)
+            max_age = max(int(request.max_age_ms), MIN_HEAD_AGE_MS) if request.max_age_ms else HEAD_MAX_AGE_MS
+            if sth is None or sth.size != self.ledger.size or now_ms() - sth.timestamp > min(max_age, HEAD_MAX_AGE_MS):
                 sth = self.ledger.tree_head(fresh=True)
         except FedgovError as exc:
             context.abort(grpc.StatusCode.UNAVAILABLE, f"ledger unavailable: {exc}")
@@ -617,8 +630,32 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
         return ledger_pb2.GetCosignaturesReply(
             cosignatures=[
                 ledger_pb2.Cosignature(witness=c.witness, head=head_to_pb(c.sth), signature=c.signature)
-                for c in self.ledger.cosignatures(request.size or None)
+                for c in (
+                    self.ledger.latest_cosignatures()
+                    if request.latest
+                    else self.ledger.cosignatures(request.size or None)
+                )
             ]
+        )
+
+    def SendGossip(self, request, context):  # noqa: N802
+        """Keep a node's sealed head gossip for one peer (opaque bytes; the latest replaces the last)."""
+        ident = _require(context, "node")
+        if len(request.envelope) > MAX_GOSSIP_BYTES:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"gossip over {MAX_GOSSIP_BYTES} bytes")
+        if self.store.node_bundle(request.recipient) is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no node '{request.recipient}'")
+        with self._gossip_lock:
+            self._gossip[(ident.name, request.recipient)] = bytes(request.envelope)
+        return common_pb2.Ack()
+
+    def GetGossip(self, request, context):  # noqa: N802
+        """The latest gossip envelope from each peer addressed to the caller."""
+        ident = _require(context, "node")
+        with self._gossip_lock:
+            got = [(s, e) for (s, r), e in self._gossip.items() if r == ident.name]
+        return ledger_pb2.GetGossipReply(
+            messages=[ledger_pb2.GossipMessage(sender=s, recipient=ident.name, envelope=e) for s, e in got]
         )
 
 

@@ -202,6 +202,8 @@ class CoordinatorStore:
             self._db.execute("ALTER TABLE participants ADD COLUMN public_json TEXT NOT NULL DEFAULT ''")
         if "sealed_result" not in cols:  # databases from before results sealed to the requester
             self._db.execute("ALTER TABLE participants ADD COLUMN sealed_result BLOB NOT NULL DEFAULT x''")
+        if "facts_json" not in cols:  # the node's own signed ledger facts (fedgov.ledger.facts)
+            self._db.execute("ALTER TABLE participants ADD COLUMN facts_json TEXT NOT NULL DEFAULT '[]'")
         node_cols = {r[1] for r in self._db.execute("PRAGMA table_info(nodes)")}
         if "session" not in node_cols:  # the registered process (h14a: restart attribution)
             self._db.execute("ALTER TABLE nodes ADD COLUMN session TEXT")
@@ -305,6 +307,8 @@ class CoordinatorStore:
         """
         try:
             entry = build()
+        except _Skip:
+            return
         except Exception as exc:  # noqa: BLE001 - never roll back the state change for the ledger
             log.warning("ledger entry not recorded: %s", exc)
             return
@@ -332,8 +336,13 @@ class CoordinatorStore:
                 n: {d["name"]: d for d in json.loads(c)}
                 for n, c in db.execute("SELECT name, catalog_json FROM nodes").fetchall()
             }
+            signed = _signed_job_facts(db, job_id)
+            for entry in signed:
+                self._ledger(db, lambda entry=entry: entry)
             for build in _contribution_entries(job_id, kind, manifest_text, public, catalogs):
-                self._ledger(db, build)
+                # old nodes sign nothing: their facts are logged unsigned (the coordinator's
+                # word, which `fedgov ledger verify` reports and `ledger points` does not count)
+                self._ledger(db, lambda build=build: _unless_signed(build(), signed))
         completed = le.job_completed(job_id, state, metrics)
         self._ledger(db, lambda: completed)
         if state == "succeeded":
@@ -476,6 +485,9 @@ class CoordinatorStore:
         with self.tx() as db:
             if cert_sha256 is not None and self._changed(db, f"node:{name}", cert_sha256):
                 self._ledger(db, lambda: le.node_registered(name, cert_sha256))
+            if bundle and self._changed(db, f"bundle:{name}", hashlib.sha256(bundle).hexdigest()):
+                # the CA-certified keys verifiers check this node's signed facts with
+                self._ledger(db, lambda: le.node_key(name, bundle))
             row = db.execute("SELECT session FROM nodes WHERE name=?", (name,)).fetchone()
             same_process = row is not None and same_process_session(row[0], session)
             db.execute(
@@ -525,7 +537,8 @@ class CoordinatorStore:
         """
         with self.tx() as db:
             db.execute(
-                "UPDATE nodes SET catalog_json=? WHERE name=?", (json.dumps(catalog, sort_keys=True), name)
+                "UPDATE nodes SET catalog_json=? WHERE name=?",
+                (json.dumps([{k: v for k, v in d.items() if k != "fact"} for d in catalog], sort_keys=True), name),
             )
             for d in catalog:
                 digest = d.get("schema_digest")
@@ -538,9 +551,10 @@ class CoordinatorStore:
                 if self._changed(db, f"dataset:{name}/{d['name']}", state):
                     self._ledger(
                         db,
-                        lambda d=d, digest=digest, rows=rows, quality=quality: le.dataset_published(
-                            name, d["name"], digest, rows, quality
-                        ),
+                        lambda d=d, digest=digest, rows=rows, quality=quality: _own_fact(
+                            d.get("fact"), name, ("dataset_published",), dataset=d["name"]
+                        )
+                        or le.dataset_published(name, d["name"], digest, rows, quality),
                     )
             self._event(db, None, "catalog-published", name)
 
@@ -646,7 +660,7 @@ class CoordinatorStore:
             return True
 
     def record_decision(
-        self, job_id: str, node: str, approve: bool, reason: str, approvers: list[str]
+        self, job_id: str, node: str, approve: bool, reason: str, approvers: list[str], fact: bytes = b""
     ) -> str | None:
         """Store a node's decision; returns the job's new state if it changed."""
         with self.tx() as db:
@@ -661,7 +675,10 @@ class CoordinatorStore:
             self._event(
                 db, job_id, "node-approved" if approve else "node-rejected", f"{node} {reason} {approvers}"
             )
-            if approve:
+            own = _own_fact(fact, node, ("job_approved",) if approve else ("policy_refusal",), job=job_id)
+            if own is not None:
+                self._ledger(db, lambda: own)
+            elif approve:
                 self._ledger(db, lambda: le.job_approved(job_id, node, approvers))
             else:
                 reasons = [reason or "refused"] + (
@@ -689,6 +706,7 @@ class CoordinatorStore:
         public_json: str = "",
         *,
         sealed_result: bytes = b"",
+        facts: list[bytes] | None = None,
     ) -> str | None:
         """Store a node's outcome; ``public_json`` holds the facts it lets the ledger record.
 
@@ -704,6 +722,14 @@ class CoordinatorStore:
                 "WHERE job_id=? AND node=?",
                 ("succeeded" if ok else "failed", result_json if ok else error, public_json if ok else "",
                  sealed_result if ok else b"", job_id, node),
+            )
+            own = [
+                e.encode().decode("utf-8")
+                for f in (facts or [])
+                if ok and (e := _own_fact(f, node, ("contribution", "model_contribution"), job=job_id))
+            ]
+            db.execute(
+                "UPDATE participants SET facts_json=? WHERE job_id=? AND node=?", (json.dumps(own), job_id, node)
             )
             if not ok:
                 self._set_state(db, job_id, "failed", f"{node}: {error}")
@@ -825,6 +851,52 @@ class CoordinatorStore:
 # -- ledger entry builders ---------------------------------------------------------
 
 
+def _own_fact(
+    blob: bytes | None, node: str, types: tuple[str, ...], *, job: str | None = None, dataset: str | None = None
+) -> le.Entry | None:
+    """The signed fact ``node`` sent, if it is a well-formed fact of ``types`` about itself (else None).
+
+    The coordinator cannot check more than the shape: the department's
+    signature is what verifiers check (:mod:`fedgov.ledger.facts`).
+    """
+    if not blob:
+        return None
+    try:
+        e = le.parse_entry(bytes(blob))
+    except FedgovError as exc:
+        log.warning("signed fact from %s refused: %s", node, exc)
+        return None
+    if (
+        e.type not in types
+        or e.signer != node
+        or (job is not None and e["job"] != job)
+        or (dataset is not None and e["dataset"] != dataset)
+        or (e.type != "model_contribution" and e["node"] != node)
+    ):
+        log.warning("signed fact from %s refused: a %s that is not its own fact here", node, e.type)
+        return None
+    return e
+
+
+def _signed_job_facts(db: sqlite3.Connection, job_id: str) -> list[le.Entry]:
+    """The signed contribution facts the participants of ``job_id`` reported, in position order."""
+    out = []
+    for (text,) in db.execute("SELECT facts_json FROM participants WHERE job_id=? ORDER BY position", (job_id,)):
+        for blob in json.loads(text or "[]"):
+            out.append(le.parse_entry(blob.encode("utf-8")))
+    return out
+
+
+def _unless_signed(entry: le.Entry, signed: list[le.Entry]) -> le.Entry:
+    """``entry`` unless its department already signed a fact of that kind (raises to skip it)."""
+    for s in signed:
+        if s.type == entry.type and (entry.type == "model_contribution" or s["node"] == entry["node"]):
+            raise _Skip(f"{entry.type} of {s.signer} is signed by it")
+    return entry
+
+
+class _Skip(Exception):
+    """The node signed this fact itself; the coordinator's unsigned version is not logged."""
 def same_process_session(registered: str | None, session: str | None) -> bool:
     """True iff ``session`` is the registered node process (``registered``) reconnecting.
 

@@ -26,6 +26,8 @@ Guarantees:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import math
@@ -40,6 +42,7 @@ from fedgov.errors import ConfigError
 __all__ = [
     "ENTRY_TYPES",
     "ENTRY_VERSION",
+    "FACT_TYPES",
     "JOB_OUTCOMES",
     "Entry",
     "EntryError",
@@ -53,6 +56,7 @@ __all__ = [
     "job_started",
     "job_submitted",
     "model_contribution",
+    "node_key",
     "node_registered",
     "now_ms",
     "parse_coalition_key",
@@ -170,6 +174,17 @@ def _coalition(k: Any, w: str) -> None:
     parse_coalition_key(k, w)
 
 
+def _b64(v: Any, w: str) -> None:
+    if not isinstance(v, str) or not v:
+        raise _fail(w, "expected non-empty standard base64")
+    try:
+        raw = base64.b64decode(v, validate=True)
+    except (ValueError, binascii.Error):
+        raise _fail(w, "expected standard base64") from None
+    if base64.b64encode(raw).decode("ascii") != v:
+        raise _fail(w, "base64 is not in canonical form")
+
+
 def _json_object(v: Any, w: str) -> None:
     if not isinstance(v, dict):
         raise _fail(w, "expected an object")
@@ -180,6 +195,7 @@ _scores = _map_of(_name, _number, "name: number")
 #: type → {field: checker}. The envelope keys v, type and ts come on top.
 ENTRY_TYPES: dict[str, dict[str, _Check]] = {
     "node_registered": {"node": _name, "cert_sha256": _hex64},
+    "node_key": {"node": _name, "bundle": _b64},
     "dataset_published": {
         "node": _name,
         "dataset": _name,
@@ -225,6 +241,13 @@ ENTRY_TYPES: dict[str, dict[str, _Check]] = {
 }
 
 
+#: Entry types that state what one department did; in the ledger they carry that
+#: department's signature (``signer``, ``sig``; see :mod:`fedgov.ledger.facts`).
+FACT_TYPES = frozenset(
+    {"dataset_published", "job_approved", "policy_refusal", "contribution", "model_contribution"}
+)
+
+
 def coalition_key(members: Iterable[str]) -> str:
     """Canonical text key of a coalition: sorted member names joined by ``+`` (``""`` = empty)."""
     names = sorted(set(members))
@@ -252,13 +275,21 @@ class Entry:
     ts: int
     fields: Mapping[str, Any]
     v: int = ENTRY_VERSION
+    #: the department that signed this fact (:mod:`fedgov.ledger.facts`); "" if unsigned
+    signer: str = ""
+    #: hex Ed25519 signature of that department over :func:`fedgov.ledger.facts.fact_message`
+    sig: str = ""
 
     def __getitem__(self, key: str) -> Any:
         return self.fields[key]
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object (envelope + fields)."""
-        return {"v": self.v, "type": self.type, "ts": self.ts, **self.fields}
+        """The JSON object (envelope + fields, plus ``signer``/``sig`` on a signed fact)."""
+        out = {"v": self.v, "type": self.type, "ts": self.ts, **self.fields}
+        if self.signer or self.sig:
+            out["signer"] = self.signer
+            out["sig"] = self.sig
+        return out
 
     def encode(self) -> bytes:
         """Canonical bytes — what the log hashes and stores (validated first)."""
@@ -292,9 +323,16 @@ def parse_entry(data: bytes) -> Entry:
     where = f"{etype} entry"
     _count(obj.get("ts"), f"{where}.ts")
     spec = ENTRY_TYPES[etype]
+    signed = etype in FACT_TYPES and ("signer" in obj or "sig" in obj)
+    envelope = ("v", "type", "ts", "signer", "sig") if signed else ("v", "type", "ts")
     for key in obj:
-        if key not in spec and key not in ("v", "type", "ts"):
+        if key not in spec and key not in envelope:
             raise EntryError(f"unknown field {key!r}", where=where)
+    if signed:
+        for key, check in (("signer", _name), ("sig", _hex128)):
+            if key not in obj:
+                raise EntryError(f"a signed fact needs both 'signer' and 'sig' (missing {key!r})", where=where)
+            check(obj[key], f"{where}.{key}")
     for key, check in spec.items():
         if key not in obj:
             raise EntryError(f"missing field {key!r}", where=where)
@@ -304,6 +342,8 @@ def parse_entry(data: bytes) -> Entry:
     if canonical_json(obj) != bytes(data):
         raise EntryError("not in canonical form (sorted keys, no whitespace)", where=where)
     fields = {k: obj[k] for k in spec}
+    if signed:
+        return Entry(type=etype, ts=obj["ts"], fields=fields, signer=obj["signer"], sig=obj["sig"])
     return Entry(type=etype, ts=obj["ts"], fields=fields)
 
 
@@ -319,6 +359,11 @@ def _make(etype: str, ts: int | None, **fields: Any) -> Entry:
 def node_registered(node: str, cert_sha256: str, *, ts: int | None = None) -> Entry:
     """A node joined the federation with the certificate whose SHA-256 is given."""
     return _make("node_registered", ts, node=node, cert_sha256=cert_sha256)
+
+
+def node_key(node: str, bundle: bytes, *, ts: int | None = None) -> Entry:
+    """The CA-certified key bundle ``node`` registered with (verifiers check its facts with it)."""
+    return _make("node_key", ts, node=node, bundle=base64.b64encode(bytes(bundle)).decode("ascii"))
 
 
 def dataset_published(

@@ -516,6 +516,19 @@ class TransparencyLog:
             for r in rows
         ]
 
+    def latest_cosignatures(self) -> list[Cosignature]:
+        """Each witness's latest cosignature (largest head, then newest timestamp)."""
+        best: dict[str, Cosignature] = {}
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT c.witness, c.size, c.root, c.ts, c.head_signature, c.signature, c.received "
+                "FROM cosignatures c JOIN (SELECT witness, MAX(size) AS size FROM cosignatures GROUP BY witness) m "
+                "ON c.witness = m.witness AND c.size = m.size ORDER BY c.witness, c.ts"
+            ).fetchall()
+        for r in rows:
+            best[r[0]] = Cosignature(r[0], SignedTreeHead(r[1], bytes(r[2]), r[3], bytes(r[4])), bytes(r[5]), r[6])
+        return [best[w] for w in sorted(best)]
+
     # --------------------------------------------------------------------- reads
 
     def _root_locked(self, size: int) -> bytes:

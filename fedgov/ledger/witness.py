@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from fedgov.errors import ConfigError, CryptoError
 from fedgov.ledger import merkle
 from fedgov.ledger.log import SignedTreeHead, cosignature_message, public_key_bytes
 
-__all__ = ["LogForked", "LogRewritten", "Witness", "WitnessError"]
+__all__ = ["LogForked", "LogRewritten", "Witness", "WitnessError", "majority", "quorum_head"]
 
 _STATE_VERSION = 1
 
@@ -237,3 +237,29 @@ class Witness:
         if self._head is None:
             raise merkle.ProofError("no verified head yet", where="ledger witness")
         merkle.verify_inclusion(merkle.leaf_hash(entry), index, self._head.size, proof, self._head.root)
+
+
+# --------------------------------------------------------------------- quorum
+
+
+def majority(n: int) -> int:
+    """The default quorum of ``n`` witnesses: more than half."""
+    return n // 2 + 1
+
+
+def quorum_head(vouched: Mapping[str, SignedTreeHead], k: int) -> tuple[SignedTreeHead, list[str]] | None:
+    """The largest head that at least ``k`` witnesses vouch for, and those witnesses.
+
+    ``vouched`` maps each witness to the latest head it cosigned, **already
+    checked** by the caller: the cosignature verifies with that witness's
+    certified key and the head is consistent with the caller's view of the log
+    (same root as the entries, or a consistency proof to the caller's head), so
+    all of them are prefixes of one history. A witness whose head is at least
+    as large vouches for every prefix of it. ``None`` if fewer than ``k``
+    witnesses vouch for anything (or ``k < 1``).
+    """
+    if k < 1 or len(vouched) < k:
+        return None
+    ordered = sorted(vouched.items(), key=lambda kv: (-kv[1].size, kv[0]))
+    head = ordered[k - 1][1]
+    return head, sorted(w for w, h in vouched.items() if h.size >= head.size)

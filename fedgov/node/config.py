@@ -19,6 +19,12 @@
     [hfl]                                     # optional; aggregator of horizontal-fl jobs
     listen = "0.0.0.0"                        # default 127.0.0.1 (SuperNodes on this host only)
     advertise = "fedgov-hub.example.gov.cn"   # what other hosts' SuperNodes dial (in its TLS cert)
+
+    [ledger]                                  # optional; the node's witness of the coordinator's log
+    witness_interval = 10                     # seconds between checks (and head gossip with peers)
+    starve_after = 900                        # alarm when no new tree head arrives for this long
+    witnesses = ["tax", "health", "civil"]    # the federation's departments (default: as listed by the coordinator)
+    quorum = 2                                # cosignatures a head needs to count (default: a majority)
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from pathlib import Path
 
 from fedgov.errors import ConfigError
 from fedgov.hfl._superlink import listen_addresses
+from fedgov.node.witness import WitnessSettings
 from fedgov.policy import Policy, load_policy
 from fedgov.schema import DatasetSchema, load_schema
 from fedgov.tomlutil import check_keys, get_str, get_table, load_toml
@@ -57,13 +64,16 @@ class NodeConfig:
     hfl_advertise: str = "127.0.0.1"
     #: how often the node fetches the CA's revocation list from the coordinator
     crl_refresh_seconds: float = 60.0
+    #: the ledger witness: interval, starvation limit, the federation's witnesses and quorum
+    ledger: WitnessSettings = WitnessSettings()
 
     @classmethod
     def load(cls, path: Path) -> NodeConfig:
         """Load node.toml with its policy and schemas; every error names file and key."""
         doc = load_toml(path)
         where = str(path)
-        check_keys(doc, ("node", "datasets", "hfl"), where, required=("node",))
+        check_keys(doc, ("node", "datasets", "hfl", "ledger"), where, required=("node",))
+        ledger = WitnessSettings.from_table(get_table(doc, "ledger", where), f"{where}: ledger")
         hfl = get_table(doc, "hfl", where)
         check_keys(hfl, ("listen", "advertise"), f"{where}: hfl")
         hfl_listen, hfl_advertise = listen_addresses(
@@ -121,4 +131,5 @@ class NodeConfig:
             hfl_listen=hfl_listen,
             hfl_advertise=hfl_advertise,
             crl_refresh_seconds=float(crl_refresh),
+            ledger=ledger,
         )

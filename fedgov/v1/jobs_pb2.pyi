@@ -118,29 +118,33 @@ class PollTasksReply(_message.Message):
     def __init__(self, tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ...) -> None: ...
 
 class TaskDecision(_message.Message):
-    __slots__ = ("job_id", "approve", "reason", "approvers")
+    __slots__ = ("job_id", "approve", "reason", "approvers", "fact")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     APPROVE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     APPROVERS_FIELD_NUMBER: _ClassVar[int]
+    FACT_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     approve: bool
     reason: str
     approvers: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, job_id: _Optional[str] = ..., approve: _Optional[bool] = ..., reason: _Optional[str] = ..., approvers: _Optional[_Iterable[str]] = ...) -> None: ...
+    fact: bytes
+    def __init__(self, job_id: _Optional[str] = ..., approve: _Optional[bool] = ..., reason: _Optional[str] = ..., approvers: _Optional[_Iterable[str]] = ..., fact: _Optional[bytes] = ...) -> None: ...
 
 class TaskReport(_message.Message):
-    __slots__ = ("job_id", "ok", "result_json", "error", "public_json", "sealed_result")
+    __slots__ = ("job_id", "ok", "result_json", "error", "public_json", "sealed_result", "facts")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     OK_FIELD_NUMBER: _ClassVar[int]
     RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_JSON_FIELD_NUMBER: _ClassVar[int]
     SEALED_RESULT_FIELD_NUMBER: _ClassVar[int]
+    FACTS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     ok: bool
     result_json: str
     error: str
     public_json: str
     sealed_result: bytes
-    def __init__(self, job_id: _Optional[str] = ..., ok: _Optional[bool] = ..., result_json: _Optional[str] = ..., error: _Optional[str] = ..., public_json: _Optional[str] = ..., sealed_result: _Optional[bytes] = ...) -> None: ...
+    facts: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, job_id: _Optional[str] = ..., ok: _Optional[bool] = ..., result_json: _Optional[str] = ..., error: _Optional[str] = ..., public_json: _Optional[str] = ..., sealed_result: _Optional[bytes] = ..., facts: _Optional[_Iterable[bytes]] = ...) -> None: ...

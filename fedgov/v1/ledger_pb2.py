@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from fedgov.v1 import common_pb2 as fedgov_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66\x65\x64gov/v1/ledger.proto\x12\tfedgov.v1\x1a\x16\x66\x65\x64gov/v1/common.proto\"L\n\x08TreeHead\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12\x0c\n\x04root\x18\x02 \x01(\x0c\x12\x11\n\ttimestamp\x18\x03 \x01(\x04\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"O\n\x06LogKey\x12\x12\n\npublic_key\x18\x01 \x01(\x0c\x12\x13\n\x0b\x65ndorsement\x18\x02 \x01(\x0c\x12\x1c\n\x14\x63oordinator_cert_pem\x18\x03 \x01(\x0c\"\x10\n\x0eGetHeadRequest\"Q\n\x0cGetHeadReply\x12!\n\x04head\x18\x01 \x01(\x0b\x32\x13.fedgov.v1.TreeHead\x12\x1e\n\x03key\x18\x02 \x01(\x0b\x32\x11.fedgov.v1.LogKey\"=\n\x17\x43onsistencyProofRequest\x12\x10\n\x08old_size\x18\x01 \x01(\x04\x12\x10\n\x08new_size\x18\x02 \x01(\x04\"\x17\n\x05Proof\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\"4\n\x15InclusionProofRequest\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04size\x18\x02 \x01(\x04\"L\n\x0eInclusionProof\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\r\n\x05\x65ntry\x18\x03 \x01(\x0c\x12\x0e\n\x06hashes\x18\x04 \x03(\x0c\"/\n\x11GetEntriesRequest\x12\r\n\x05start\x18\x01 \x01(\x04\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x04\"*\n\x0bLedgerEntry\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"M\n\x15\x41\x64\x64\x43osignatureRequest\x12!\n\x04head\x18\x01 \x01(\x0b\x32\x13.fedgov.v1.TreeHead\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"&\n\x16GetCosignaturesRequest\x12\x0c\n\x04size\x18\x01 \x01(\x04\"T\n\x0b\x43osignature\x12\x0f\n\x07witness\x18\x01 \x01(\t\x12!\n\x04head\x18\x02 \x01(\x0b\x32\x13.fedgov.v1.TreeHead\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"D\n\x14GetCosignaturesReply\x12,\n\x0c\x63osignatures\x18\x01 \x03(\x0b\x32\x16.fedgov.v1.Cosignature2\xc7\x03\n\x06Ledger\x12=\n\x07GetHead\x12\x19.fedgov.v1.GetHeadRequest\x1a\x17.fedgov.v1.GetHeadReply\x12K\n\x13GetConsistencyProof\x12\".fedgov.v1.ConsistencyProofRequest\x1a\x10.fedgov.v1.Proof\x12P\n\x11GetInclusionProof\x12 .fedgov.v1.InclusionProofRequest\x1a\x19.fedgov.v1.InclusionProof\x12\x44\n\nGetEntries\x12\x1c.fedgov.v1.GetEntriesRequest\x1a\x16.fedgov.v1.LedgerEntry0\x01\x12\x42\n\x0e\x41\x64\x64\x43osignature\x12 .fedgov.v1.AddCosignatureRequest\x1a\x0e.fedgov.v1.Ack\x12U\n\x0fGetCosignatures\x12!.fedgov.v1.GetCosignaturesRequest\x1a\x1f.fedgov.v1.GetCosignaturesReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66\x65\x64gov/v1/ledger.proto\x12\tfedgov.v1\x1a\x16\x66\x65\x64gov/v1/common.proto\"L\n\x08TreeHead\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12\x0c\n\x04root\x18\x02 \x01(\x0c\x12\x11\n\ttimestamp\x18\x03 \x01(\x04\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"O\n\x06LogKey\x12\x12\n\npublic_key\x18\x01 \x01(\x0c\x12\x13\n\x0b\x65ndorsement\x18\x02 \x01(\x0c\x12\x1c\n\x14\x63oordinator_cert_pem\x18\x03 \x01(\x0c\"$\n\x0eGetHeadRequest\x12\x12\n\nmax_age_ms\x18\x01 \x01(\x04\"Q\n\x0cGetHeadReply\x12!\n\x04head\x18\x01 \x01(\x0b\x32\x13.fedgov.v1.TreeHead\x12\x1e\n\x03key\x18\x02 \x01(\x0b\x32\x11.fedgov.v1.LogKey\"=\n\x17\x43onsistencyProofRequest\x12\x10\n\x08old_size\x18\x01 \x01(\x04\x12\x10\n\x08new_size\x18\x02 \x01(\x04\"\x17\n\x05Proof\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\"4\n\x15InclusionProofRequest\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04size\x18\x02 \x01(\x04\"L\n\x0eInclusionProof\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\r\n\x05\x65ntry\x18\x03 \x01(\x0c\x12\x0e\n\x06hashes\x18\x04 \x03(\x0c\"/\n\x11GetEntriesRequest\x12\r\n\x05start\x18\x01 \x01(\x04\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x04\"*\n\x0bLedgerEntry\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"M\n\x15\x41\x64\x64\x43osignatureRequest\x12!\n\x04head\x18\x01 \x01(\x0b\x32\x13.fedgov.v1.TreeHead\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"6\n\x16GetCosignaturesRequest\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12\x0e\n\x06latest\x18\x02 \x01(\x08\"T\n\x0b\x43osignature\x12\x0f\n\x07witness\x18\x01 \x01(\t\x12!\n\x04head\x18\x02 \x01(\x0b\x32\x13.fedgov.v1.TreeHead\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"D\n\x14GetCosignaturesReply\x12,\n\x0c\x63osignatures\x18\x01 \x03(\x0b\x32\x16.fedgov.v1.Cosignature\"D\n\rGossipMessage\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x11\n\trecipient\x18\x02 \x01(\t\x12\x10\n\x08\x65nvelope\x18\x03 \x01(\x0c\"\x12\n\x10GetGossipRequest\"<\n\x0eGetGossipReply\x12*\n\x08messages\x18\x01 \x03(\x0b\x32\x18.fedgov.v1.GossipMessage2\xc4\x04\n\x06Ledger\x12=\n\x07GetHead\x12\x19.fedgov.v1.GetHeadRequest\x1a\x17.fedgov.v1.GetHeadReply\x12K\n\x13GetConsistencyProof\x12\".fedgov.v1.ConsistencyProofRequest\x1a\x10.fedgov.v1.Proof\x12P\n\x11GetInclusionProof\x12 .fedgov.v1.InclusionProofRequest\x1a\x19.fedgov.v1.InclusionProof\x12\x44\n\nGetEntries\x12\x1c.fedgov.v1.GetEntriesRequest\x1a\x16.fedgov.v1.LedgerEntry0\x01\x12\x42\n\x0e\x41\x64\x64\x43osignature\x12 .fedgov.v1.AddCosignatureRequest\x1a\x0e.fedgov.v1.Ack\x12U\n\x0fGetCosignatures\x12!.fedgov.v1.GetCosignaturesRequest\x1a\x1f.fedgov.v1.GetCosignaturesReply\x12\x36\n\nSendGossip\x12\x18.fedgov.v1.GossipMessage\x1a\x0e.fedgov.v1.Ack\x12\x43\n\tGetGossip\x12\x1b.fedgov.v1.GetGossipRequest\x1a\x19.fedgov.v1.GetGossipReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,29 +37,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOGKEY']._serialized_start=139
   _globals['_LOGKEY']._serialized_end=218
   _globals['_GETHEADREQUEST']._serialized_start=220
-  _globals['_GETHEADREQUEST']._serialized_end=236
-  _globals['_GETHEADREPLY']._serialized_start=238
-  _globals['_GETHEADREPLY']._serialized_end=319
-  _globals['_CONSISTENCYPROOFREQUEST']._serialized_start=321
-  _globals['_CONSISTENCYPROOFREQUEST']._serialized_end=382
-  _globals['_PROOF']._serialized_start=384
-  _globals['_PROOF']._serialized_end=407
-  _globals['_INCLUSIONPROOFREQUEST']._serialized_start=409
-  _globals['_INCLUSIONPROOFREQUEST']._serialized_end=461
-  _globals['_INCLUSIONPROOF']._serialized_start=463
-  _globals['_INCLUSIONPROOF']._serialized_end=539
-  _globals['_GETENTRIESREQUEST']._serialized_start=541
-  _globals['_GETENTRIESREQUEST']._serialized_end=588
-  _globals['_LEDGERENTRY']._serialized_start=590
-  _globals['_LEDGERENTRY']._serialized_end=632
-  _globals['_ADDCOSIGNATUREREQUEST']._serialized_start=634
-  _globals['_ADDCOSIGNATUREREQUEST']._serialized_end=711
-  _globals['_GETCOSIGNATURESREQUEST']._serialized_start=713
-  _globals['_GETCOSIGNATURESREQUEST']._serialized_end=751
-  _globals['_COSIGNATURE']._serialized_start=753
-  _globals['_COSIGNATURE']._serialized_end=837
-  _globals['_GETCOSIGNATURESREPLY']._serialized_start=839
-  _globals['_GETCOSIGNATURESREPLY']._serialized_end=907
-  _globals['_LEDGER']._serialized_start=910
-  _globals['_LEDGER']._serialized_end=1365
+  _globals['_GETHEADREQUEST']._serialized_end=256
+  _globals['_GETHEADREPLY']._serialized_start=258
+  _globals['_GETHEADREPLY']._serialized_end=339
+  _globals['_CONSISTENCYPROOFREQUEST']._serialized_start=341
+  _globals['_CONSISTENCYPROOFREQUEST']._serialized_end=402
+  _globals['_PROOF']._serialized_start=404
+  _globals['_PROOF']._serialized_end=427
+  _globals['_INCLUSIONPROOFREQUEST']._serialized_start=429
+  _globals['_INCLUSIONPROOFREQUEST']._serialized_end=481
+  _globals['_INCLUSIONPROOF']._serialized_start=483
+  _globals['_INCLUSIONPROOF']._serialized_end=559
+  _globals['_GETENTRIESREQUEST']._serialized_start=561
+  _globals['_GETENTRIESREQUEST']._serialized_end=608
+  _globals['_LEDGERENTRY']._serialized_start=610
+  _globals['_LEDGERENTRY']._serialized_end=652
+  _globals['_ADDCOSIGNATUREREQUEST']._serialized_start=654
+  _globals['_ADDCOSIGNATUREREQUEST']._serialized_end=731
+  _globals['_GETCOSIGNATURESREQUEST']._serialized_start=733
+  _globals['_GETCOSIGNATURESREQUEST']._serialized_end=787
+  _globals['_COSIGNATURE']._serialized_start=789
+  _globals['_COSIGNATURE']._serialized_end=873
+  _globals['_GETCOSIGNATURESREPLY']._serialized_start=875
+  _globals['_GETCOSIGNATURESREPLY']._serialized_end=943
+  _globals['_GOSSIPMESSAGE']._serialized_start=945
+  _globals['_GOSSIPMESSAGE']._serialized_end=1013
+  _globals['_GETGOSSIPREQUEST']._serialized_start=1015
+  _globals['_GETGOSSIPREQUEST']._serialized_end=1033
+  _globals['_GETGOSSIPREPLY']._serialized_start=1035
+  _globals['_GETGOSSIPREPLY']._serialized_end=1095
+  _globals['_LEDGER']._serialized_start=1098
+  _globals['_LEDGER']._serialized_end=1678
 # @@protoc_insertion_point(module_scope)

@@ -30,8 +30,10 @@ class LogKey(_message.Message):
     def __init__(self, public_key: _Optional[bytes] = ..., endorsement: _Optional[bytes] = ..., coordinator_cert_pem: _Optional[bytes] = ...) -> None: ...
 
 class GetHeadRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("max_age_ms",)
+    MAX_AGE_MS_FIELD_NUMBER: _ClassVar[int]
+    max_age_ms: int
+    def __init__(self, max_age_ms: _Optional[int] = ...) -> None: ...
 
 class GetHeadReply(_message.Message):
     __slots__ = ("head", "key")
@@ -100,10 +102,12 @@ class AddCosignatureRequest(_message.Message):
     def __init__(self, head: _Optional[_Union[TreeHead, _Mapping]] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class GetCosignaturesRequest(_message.Message):
-    __slots__ = ("size",)
+    __slots__ = ("size", "latest")
     SIZE_FIELD_NUMBER: _ClassVar[int]
+    LATEST_FIELD_NUMBER: _ClassVar[int]
     size: int
-    def __init__(self, size: _Optional[int] = ...) -> None: ...
+    latest: bool
+    def __init__(self, size: _Optional[int] = ..., latest: _Optional[bool] = ...) -> None: ...
 
 class Cosignature(_message.Message):
     __slots__ = ("witness", "head", "signature")
@@ -120,3 +124,23 @@ class GetCosignaturesReply(_message.Message):
     COSIGNATURES_FIELD_NUMBER: _ClassVar[int]
     cosignatures: _containers.RepeatedCompositeFieldContainer[Cosignature]
     def __init__(self, cosignatures: _Optional[_Iterable[_Union[Cosignature, _Mapping]]] = ...) -> None: ...
+
+class GossipMessage(_message.Message):
+    __slots__ = ("sender", "recipient", "envelope")
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    RECIPIENT_FIELD_NUMBER: _ClassVar[int]
+    ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    sender: str
+    recipient: str
+    envelope: bytes
+    def __init__(self, sender: _Optional[str] = ..., recipient: _Optional[str] = ..., envelope: _Optional[bytes] = ...) -> None: ...
+
+class GetGossipRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetGossipReply(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[GossipMessage]
+    def __init__(self, messages: _Optional[_Iterable[_Union[GossipMessage, _Mapping]]] = ...) -> None: ...

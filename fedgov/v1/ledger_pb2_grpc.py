@@ -65,6 +65,16 @@ class LedgerStub:
                 request_serializer=fedgov_dot_v1_dot_ledger__pb2.GetCosignaturesRequest.SerializeToString,
                 response_deserializer=fedgov_dot_v1_dot_ledger__pb2.GetCosignaturesReply.FromString,
                 _registered_method=True)
+        self.SendGossip = channel.unary_unary(
+                '/fedgov.v1.Ledger/SendGossip',
+                request_serializer=fedgov_dot_v1_dot_ledger__pb2.GossipMessage.SerializeToString,
+                response_deserializer=fedgov_dot_v1_dot_common__pb2.Ack.FromString,
+                _registered_method=True)
+        self.GetGossip = channel.unary_unary(
+                '/fedgov.v1.Ledger/GetGossip',
+                request_serializer=fedgov_dot_v1_dot_ledger__pb2.GetGossipRequest.SerializeToString,
+                response_deserializer=fedgov_dot_v1_dot_ledger__pb2.GetGossipReply.FromString,
+                _registered_method=True)
 
 
 class LedgerServicer:
@@ -113,6 +123,23 @@ class LedgerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SendGossip(self, request, context):
+        """Node only: relay a sealed, signed envelope (a fedgov envelope, job
+        "ledger-gossip") carrying the sender's latest cosigned head to one peer.
+        The coordinator keeps the latest message per (sender, recipient) and
+        cannot read or alter it; the sender is the caller's certificate name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetGossip(self, request, context):
+        """Node only: the latest gossip message from each peer addressed to the caller.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LedgerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +172,16 @@ def add_LedgerServicer_to_server(servicer, server):
                     servicer.GetCosignatures,
                     request_deserializer=fedgov_dot_v1_dot_ledger__pb2.GetCosignaturesRequest.FromString,
                     response_serializer=fedgov_dot_v1_dot_ledger__pb2.GetCosignaturesReply.SerializeToString,
+            ),
+            'SendGossip': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendGossip,
+                    request_deserializer=fedgov_dot_v1_dot_ledger__pb2.GossipMessage.FromString,
+                    response_serializer=fedgov_dot_v1_dot_common__pb2.Ack.SerializeToString,
+            ),
+            'GetGossip': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetGossip,
+                    request_deserializer=fedgov_dot_v1_dot_ledger__pb2.GetGossipRequest.FromString,
+                    response_serializer=fedgov_dot_v1_dot_ledger__pb2.GetGossipReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -309,6 +346,60 @@ class Ledger:
             '/fedgov.v1.Ledger/GetCosignatures',
             fedgov_dot_v1_dot_ledger__pb2.GetCosignaturesRequest.SerializeToString,
             fedgov_dot_v1_dot_ledger__pb2.GetCosignaturesReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendGossip(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedgov.v1.Ledger/SendGossip',
+            fedgov_dot_v1_dot_ledger__pb2.GossipMessage.SerializeToString,
+            fedgov_dot_v1_dot_common__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetGossip(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedgov.v1.Ledger/GetGossip',
+            fedgov_dot_v1_dot_ledger__pb2.GetGossipRequest.SerializeToString,
+            fedgov_dot_v1_dot_ledger__pb2.GetGossipReply.FromString,
             options,
             channel_credentials,
             insecure,
