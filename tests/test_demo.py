@@ -79,16 +79,23 @@ def test_negative_contribution_earns_nothing_for_the_model_job(two_runs) -> None
             assert rows[dept]["model_points"] > 0
 
 
+#: releases the data owners noise with differential privacy (every owner's default): the noise
+#: comes from a CSPRNG on purpose (a seeded one could be subtracted), so these differ between runs
+DP_RELEASES = ("cohort_count", "small_cell", "he_stats")
+
+
 def _deterministic_part(s: dict[str, Any]) -> dict[str, Any]:
-    """Everything but wall-clock times and the model's AUC digits."""
+    """Everything but wall-clock times, the model's AUC digits and the DP-noised releases."""
     model = {k: v for k, v in s["model"].items() if k not in ("seconds_per_epoch", "auc_joint")}
-    return {**{k: v for k, v in s.items() if k not in ("seconds", "model")}, "model": model}
+    rest = {k: v for k, v in s.items() if k not in ("seconds", "model", *DP_RELEASES)}
+    shapes = {k: sorted(s[k].get("counts", s[k].get("cells", {}))) for k in DP_RELEASES}
+    return {**rest, "model": model, "dp_release_keys": shapes}
 
 
 def test_same_seed_same_numbers(two_runs) -> None:
     a, b = two_runs
-    # identical: world, catalogue, counts, PSI, he-stats (at the resolution their error supports),
-    # eligibility decisions, the ledger, Shapley values at the published resolution, and so every
+    # identical: world, catalogue, PSI, eligibility decisions, the ledger, which cells and counts
+    # were released, Shapley values at the published resolution, and so every
     # department's points, share and budget amount (model points are earned on Shapley values
     # rounded to the metric's resolution: docs/points.md)
     da, db = _deterministic_part(a), _deterministic_part(b)
