@@ -340,9 +340,10 @@ def run_demo(
     Guarantees: for one ``(seed, households)`` every field except ``seconds``,
     ``model.seconds_per_epoch`` and ``model.auc_joint`` is identical across
     runs unless a Shapley value lies within the CKKS noise (~3e-4) of a
-    rounding boundary (the world, counts, PSI, he-stats at the resolution
-    their error supports, eligibility decisions, the ledger, Shapley values,
-    points and budget shares). ``auc_joint`` is published at
+    rounding boundary (the world, PSI, eligibility decisions, the ledger,
+    Shapley values, points and budget shares), except the releases the owners
+    noise with differential privacy (counts, the small cell, he-stats: fresh
+    CSPRNG noise each run, by design). ``auc_joint`` is published at
     :data:`MODEL_DECIMALS` and agrees to that resolution.
     """
     story = Story(quiet)
