@@ -67,3 +67,18 @@ def test_no_row_for_a_data_less_node_with_no_points() -> None:
     depts = [r.dept for r in rows]
     assert "arbiter" not in depts
     assert sorted(depts) == ["civil_affairs", "medical", "tax"]  # medical keeps its row at 0
+
+
+def test_shapley_values_earn_points_at_the_metric_resolution() -> None:
+    # 0.1 less 0.0004 of noise earns what 0.1 does; a value of -0.0004 is zero, not negative
+    rules = PointsRules()
+    led = _ledger(rules)
+    noisy = [e for e in led if e.type != "model_contribution"]
+    coal = {frozenset(): 0.60, frozenset({"tax"}): 0.6996, frozenset({"medical"}): 0.5996,
+            frozenset({"tax", "medical"}): 0.6992}
+    noisy.insert(-1, E.model_contribution("vlr-1", "auc", "holdout", coal, ts=TS))
+    pts = compute_points(noisy, "all", rules)
+    assert pts["tax"].model == 0.1 * 10_000  # round(0.0996, 2) = 0.1
+    assert pts["medical"].model == 0.0 and pts["medical"].data == 500 * 0.01  # -0.0004 rounds to 0: kept
+    exact = compute_points(noisy, "all", PointsRules(shapley_decimals=-1))
+    assert exact["tax"].model == pytest.approx(0.0996 * 10_000) and exact["medical"].data == 0.0

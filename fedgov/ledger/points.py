@@ -21,7 +21,7 @@ Per job that **succeeded**, completed inside the period, and is **joint**
   at the dataset's published row count.
 * **model term** from the job's first ``model_contribution`` entry: the exact
   Shapley value of each participant's features on the held-out metric,
-  ``max(φ, 0) × model_points_per_unit``, when every ``2**n`` coalition of
+  ``max(round(φ, shapley_decimals), 0) × model_points_per_unit``, when every ``2**n`` coalition of
   participants is present; when the entry holds exactly the **leave-one-out
   family** (the full set and every set missing one participant, as
   horizontal FL measures it — a one-region model would expose that region's
@@ -108,6 +108,11 @@ class PointsRules:
     #: negative contribution earns nothing for that job. 1 in rule sets
     #: published before this rule existed (see from_dict).
     negative_model_value_data_factor: float = 0.0
+    #: Shapley values are rounded to this many decimals (the held-out metric's
+    #: published resolution) before they earn points or count as negative:
+    #: differences below it are CKKS / flooding noise, not contribution. -1 (no
+    #: rounding) in rule sets published before this rule existed.
+    shapley_decimals: int = 2
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (every field, stable key set)."""
@@ -122,11 +127,12 @@ class PointsRules:
         """Strict inverse of :meth:`to_dict`: unknown or mistyped keys raise :class:`ConfigError`.
 
         A rule set published before ``leave_one_out_points_per_unit`` existed
-        reads as 0 for it, one before ``negative_model_value_data_factor`` as 1,
-        so its old awards recompute unchanged.
+        reads as 0 for it, one before ``negative_model_value_data_factor`` as 1
+        and one before ``shapley_decimals`` as -1, so its old awards recompute unchanged.
         """
         known = {f.name: f for f in fields(cls)}
-        d = {"leave_one_out_points_per_unit": 0.0, "negative_model_value_data_factor": 1.0, **d}
+        d = {"leave_one_out_points_per_unit": 0.0, "negative_model_value_data_factor": 1.0,
+             "shapley_decimals": -1, **d}
         for key in d:
             if key not in known:
                 raise ConfigError(f"unknown key {key!r}", where="points rules")
@@ -457,7 +463,10 @@ def _model_values(
         if p not in counted:
             say(f"job {name}: {p} has a {method} but no counted data contribution; no model points")
             continue
-        out[p] = (float(phi[p]), unit)
+        value = float(phi[p])
+        if method == "Shapley value" and rules.shapley_decimals >= 0:
+            value = round(value, rules.shapley_decimals) + 0.0  # + 0.0: no -0.0
+        out[p] = (value, unit)
     return out
 
 
