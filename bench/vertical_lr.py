@@ -1,7 +1,18 @@
 """Vertical LR benchmark: fedgov CKKS protocol vs centralised scikit-learn, numpy and Paillier (FATE-style).
 
-    python bench/vertical_lr.py --json          # default_credit (30,000 rows) + synthetic 100,000 x 30
+    python bench/vertical_lr.py --json          # default_credit (30,000 rows) + synthetic 100,000 x 30 + fate_shape
     python bench/vertical_lr.py --quick --json  # small run (subsets, 3 epochs)
+    python bench/vertical_lr.py --case fate_shape --json   # only FATE 2.0's shape (1 epoch; --fate-epochs N)
+
+``fate_shape`` is FATE 2.0's published benchmark shape (guest 100,000 x 30 with
+the label, host 100,000 x 300; same synthetic generator, guest gets the first
+30 columns), run through the full stack only for ``--fate-epochs`` epochs
+(default 1), next to FATE's published 2 min 16 s per epoch (Coordinated LR,
+Paillier, 16 cores; ``doc/2.0/fate/performance/performance_comparison.md``).
+Its full-stack run takes FATE_SHAPE_WALL on 2 cores (writing the CSVs, PSI
+alignment of 100,000 ids, setup, one epoch), so it is part of the default run.
+Every full-stack case reports ``stack_peak_rss_mib``: the peak resident memory
+(``VmHWM``) of each node process and the coordinator.
 
 Progress goes to stderr; the last stdout line is one JSON object
 ``{"default_credit": {...}, "synthetic_100k": {...}}``. Per data set:
@@ -147,7 +158,7 @@ class PeakRss:
             cmd = [a.decode(errors="replace") for a in argv]
             name = next((Path(a).parent.name for a in cmd if a.endswith("node.toml")), None)
             if name is None:
-                name = "coordinator" if "coordinator" in cmd else f"pid{pid}"
+                name = "coordinator" if "coordinator" in cmd else "other_max"  # short-lived helpers
             hwm = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
             self.peak_mib[name] = max(self.peak_mib.get(name, 0.0), round(hwm / 1024, 1))
 

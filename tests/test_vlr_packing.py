@@ -40,3 +40,21 @@ def test_lazy_packing_is_bounded_and_gives_identical_ciphertexts() -> None:
     none.prepare()
     assert none._packed == {}
     assert none.ctx.ct_to_bytes(none.ctx.matvec(none._packed_for(4), ct)) == b
+
+
+def test_prefetched_batch_is_used_once_and_gives_the_same_ciphertext() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(320, 20))
+    arb = vlr.Arbiter(PARAMS, {"guest": 3, "host": 20})
+    pub = arb.public_context()
+    ref = vlr.Host("host", PARAMS, x, pub)
+    lazy = vlr.Host("host", PARAMS, x, pub)
+    lazy.pack_cache_bytes = 0
+    ct = _level2(lazy.ctx, rng.normal(size=64) * 0.1)
+    for b in range(len(lazy.batches)):
+        bid, _ = lazy._batch_rows(1, b)
+        lazy.prefetch(1, b)
+        assert lazy._prefetched is not None and lazy._prefetched[0] == bid
+        got = lazy.ctx.ct_to_bytes(lazy.ctx.matvec(lazy._packed_for(bid), ct))
+        assert lazy._prefetched is None and lazy._packed == {}  # consumed, nothing kept
+        assert got == ref.ctx.ct_to_bytes(ref.ctx.matvec(ref._packed_for(bid), ct))

@@ -492,6 +492,7 @@ class _Party:
         self.block = bsgs_steps(self.dim, self.ctx.slots)[0]
         self._packed: dict[int, PackedMatrix] = {}
         self.pack_cache_bytes = PACK_CACHE_BYTES
+        self._prefetched: tuple[int, PackedMatrix] | None = None
         self._mask_sum: np.ndarray | None = None
         self._pending: tuple[int, int] | None = None
         self.gradients_seen = 0
@@ -556,12 +557,28 @@ class _Party:
         whichever batches are cached.
         """
         pm = self._packed.get(bid)
+        if pm is None and self._prefetched is not None and self._prefetched[0] == bid:
+            pm, self._prefetched = self._prefetched[1], None
         if pm is None:
             rows = self.train_rows[self.batches[bid]]
             pm = self.ctx.pack_matrix(self.x[rows].T, rescales=2)
             if bid < self.packed_cache_batches():
                 self._packed[bid] = pm
         return pm
+
+    def prefetch(self, epoch: int, batch: int) -> None:
+        """Encode the diagonals of batch ``(epoch, batch)`` now if they are not cached.
+
+        Call while waiting on the network (the host does, while the guest
+        computes the residual): the next gradient for that batch then skips
+        the encoding. Holds at most one such batch; involves only this
+        party's own data and changes nothing anyone receives.
+        """
+        bid, _ = self._batch_rows(epoch, batch)
+        if bid in self._packed or (self._prefetched is not None and self._prefetched[0] == bid):
+            return
+        self._prefetched = None  # free the old one before encoding the next
+        self._prefetched = (bid, self._packed_for(bid))
 
     def prepare(self) -> None:
         """Pre-encode the cached batches' diagonals (optional; otherwise done lazily on first use).
