@@ -9,10 +9,13 @@ the label, host 100,000 x 300; same synthetic generator, guest gets the first
 30 columns), run through the full stack only for ``--fate-epochs`` epochs
 (default 1), next to FATE's published 2 min 16 s per epoch (Coordinated LR,
 Paillier, 16 cores; ``doc/2.0/fate/performance/performance_comparison.md``).
-Its full-stack run takes FATE_SHAPE_WALL on 2 cores (writing the CSVs, PSI
-alignment of 100,000 ids, setup, one epoch), so it is part of the default run.
-Every full-stack case reports ``stack_peak_rss_mib``: the peak resident memory
-(``VmHWM``) of each node process and the coordinator.
+Its full-stack run takes about 2-3 minutes of wall time on 2 cores (writing the
+CSVs, PSI alignment of 100,000 ids, setup, one epoch), so it is part of the
+default run. Every full-stack case reports ``stack_peak_rss_mib``: the peak
+resident memory (``VmHWM``) of each node process and the coordinator, plus
+``stack_cpu_seconds`` (user + system CPU of each process over the whole job)
+and ``stack_loadavg`` (1-minute load average before and after): on a shared
+machine the wall-clock epoch time grows with the load.
 
 Progress goes to stderr; the last stdout line is one JSON object
 ``{"default_credit": {...}, "synthetic_100k": {...}}``. Per data set:
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -126,6 +130,7 @@ class PeakRss:
 
         self.interval = interval
         self.peak_mib: dict[str, float] = {}
+        self.cpu_seconds: dict[str, dict[int, float]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -142,8 +147,6 @@ class PeakRss:
         return out
 
     def sample(self) -> None:
-        import os
-
         parents = self._children()
         mine, frontier = set(), {os.getpid()}
         while frontier:
@@ -160,11 +163,21 @@ class PeakRss:
             if name is None:
                 name = "coordinator" if "coordinator" in cmd else "other_max"  # short-lived helpers
             hwm = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+                self.cpu_seconds.setdefault(name, {})[pid] = cpu
+            except (OSError, ValueError, IndexError):
+                pass
             self.peak_mib[name] = max(self.peak_mib.get(name, 0.0), round(hwm / 1024, 1))
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             self.sample()
+
+    def cpu(self) -> dict[str, float]:
+        """User + system CPU seconds per name, as last sampled (summed over that name's processes)."""
+        return {k: round(sum(v.values()), 1) for k, v in sorted(self.cpu_seconds.items())}
 
     def __enter__(self) -> PeakRss:
         self._thread.start()
@@ -210,10 +223,13 @@ def stack_run(
             '[[parties]]\nname = "host"\nrole = "host"\ndata = "h.csv"\neval_data = "he.csv"\nid = "id"\n'
         )
         t0 = time.perf_counter()
+        load0 = os.getloadavg()[0]
         with PeakRss() as rss:
             summary = run_spec(d / "spec.toml")
         summary["wall_seconds"] = time.perf_counter() - t0
         summary["peak_rss_mib"] = dict(sorted(rss.peak_mib.items()))
+        summary["cpu_seconds"] = rss.cpu()
+        summary["loadavg"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
         return summary
 
 
@@ -253,6 +269,8 @@ def bench_dataset(
     out["stack_wall_seconds"] = round(stack["wall_seconds"], 1)
     out["stack_bytes_sent_by_guest"] = stack["bytes_sent_by_guest"]
     out["stack_peak_rss_mib"] = stack["peak_rss_mib"]
+    out["stack_cpu_seconds"] = stack["cpu_seconds"]
+    out["stack_loadavg"] = stack["loadavg"]
     out["bytes_per_epoch"] = res.bytes_per_epoch
     out["bytes_setup_public_context_per_party"] = next(v for k, v in res.bytes_sent.items() if k.startswith("setup:"))
     log(f"{name}: Paillier baseline on {paillier_rows} rows")
@@ -313,6 +331,8 @@ def bench_fate_shape(params: vlr.VlrParams, rows: int = 100_000) -> dict[str, An
     out["stack_seconds_job"] = stack.get("seconds_job")
     out["stack_bytes_sent_by_guest"] = stack["bytes_sent_by_guest"]
     out["stack_peak_rss_mib"] = stack["peak_rss_mib"]
+    out["stack_cpu_seconds"] = stack["cpu_seconds"]
+    out["stack_loadavg"] = stack["loadavg"]
     out["pack_cache_mib_per_party"] = vlr.PACK_CACHE_BYTES // 2**20
     out["auc_gap_vs_centralized"] = out["auc_centralized"] - out["auc_fedgov"]
     log(f"fate_shape: {json.dumps(out)}")
