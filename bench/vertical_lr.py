@@ -161,7 +161,7 @@ class PeakRss:
             cmd = [a.decode(errors="replace") for a in argv]
             name = next((Path(a).parent.name for a in cmd if a.endswith("node.toml")), None)
             if name is None:
-                name = "coordinator" if "coordinator" in cmd else "other_max"  # short-lived helpers
+                name = "coordinator" if "coordinator" in cmd else "others"  # other descendants: peak = the largest, cpu = the sum
             hwm = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
             try:
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
