@@ -457,6 +457,11 @@ class Arbiter:
 # parties
 
 
+#: per party, the most memory spent keeping batches' encoded diagonals across epochs (bytes);
+#: batches beyond it are re-encoded on each use (same results, bounded memory)
+PACK_CACHE_BYTES = 768 * 2**20
+
+
 class _Party:
     role = "party"
 
@@ -486,6 +491,8 @@ class _Party:
         self.batches = batches_for(len(self.train_rows), params)
         self.block = bsgs_steps(self.dim, self.ctx.slots)[0]
         self._packed: dict[int, PackedMatrix] = {}
+        self.pack_cache_bytes = PACK_CACHE_BYTES
+        self._prefetched: tuple[int, PackedMatrix] | None = None
         self._mask_sum: np.ndarray | None = None
         self._pending: tuple[int, int] | None = None
         self.gradients_seen = 0
@@ -525,17 +532,62 @@ class _Party:
         bid = int(order[batch])
         return bid, self.train_rows[self.batches[bid]]
 
+    def packed_batch_bytes(self) -> int:
+        """Upper bound on the memory of one batch's encoded diagonals (``padded_dim`` plaintexts).
+
+        Each diagonal is a plaintext at the matvec level (two rescales down):
+        ``poly_modulus_degree`` 64-bit words per remaining prime.
+        """
+        cp = self.ctx.params
+        primes = len(cp.coeff_mod_bit_sizes) - 1 - 2
+        padded = 1 << max(0, (self.dim - 1).bit_length())
+        return padded * cp.poly_modulus_degree * primes * 8
+
+    def packed_cache_batches(self) -> int:
+        """How many batches' diagonals stay encoded across epochs (within :data:`PACK_CACHE_BYTES`)."""
+        return min(len(self.batches), self.pack_cache_bytes // max(self.packed_batch_bytes(), 1))
+
     def _packed_for(self, bid: int) -> PackedMatrix:
+        """Batch ``bid``'s encoded diagonals: from the cache, or encoded now.
+
+        Memory-bounded: at most :meth:`packed_cache_batches` batches are kept
+        (the lowest batch ids, so the cache never churns); any other batch is
+        encoded for this use and dropped. Encoding is deterministic, so the
+        ciphertexts, masks and everything any party receives are the same
+        whichever batches are cached.
+        """
         pm = self._packed.get(bid)
+        if pm is None and self._prefetched is not None and self._prefetched[0] == bid:
+            pm, self._prefetched = self._prefetched[1], None
         if pm is None:
             rows = self.train_rows[self.batches[bid]]
             pm = self.ctx.pack_matrix(self.x[rows].T, rescales=2)
-            self._packed[bid] = pm
+            if bid < self.packed_cache_batches():
+                self._packed[bid] = pm
         return pm
 
+    def prefetch(self, epoch: int, batch: int) -> None:
+        """Encode the diagonals of batch ``(epoch, batch)`` now if they are not cached.
+
+        Call while waiting on the network (the host does, while the guest
+        computes the residual): the next gradient for that batch then skips
+        the encoding. Holds at most one such batch; involves only this
+        party's own data and changes nothing anyone receives.
+        """
+        bid, _ = self._batch_rows(epoch, batch)
+        if bid in self._packed or (self._prefetched is not None and self._prefetched[0] == bid):
+            return
+        self._prefetched = None  # free the old one before encoding the next
+        self._prefetched = (bid, self._packed_for(bid))
+
     def prepare(self) -> None:
-        """Pre-encode every batch's diagonals (optional; otherwise done lazily on first use)."""
-        for bid in range(len(self.batches)):
+        """Pre-encode the cached batches' diagonals (optional; otherwise done lazily on first use).
+
+        Only the batches that fit :data:`PACK_CACHE_BYTES` are encoded ahead; a
+        wide party (e.g. 300 features x 20 batches, ~2 GB of plaintexts)
+        encodes the rest batch by batch when it uses them.
+        """
+        for bid in range(self.packed_cache_batches()):
             self._packed_for(bid)
 
     def _masked_gradient(self, epoch: int, batch: int, d_ct: Any) -> bytes:

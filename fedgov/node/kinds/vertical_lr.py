@@ -345,6 +345,7 @@ def run_vertical_lr(ctx: TaskContext) -> dict[str, Any]:
             for b in range(n_batches):
                 ctx.channel.send(guest, "vlr/score", hp.partial_scores(e, b))
                 hp.precompute()  # while the guest works on the residual
+                hp.prefetch(e, b)  # a wide host's uncached diagonals, also while it waits
                 ctx.channel.send(
                     arbiter, "vlr/grad", hp.masked_gradient(ctx.channel.recv(guest, "vlr/resid"))
                 )
