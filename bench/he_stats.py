@@ -18,8 +18,13 @@ all four protocol roles in this process, key generation included),
 ``checks_correct`` (every decision, full stack and in-process, equals the
 plaintext rules), ``grouped_sum_seconds`` (count + sum of
 one field over ``--rows`` aligned rows in 10 groups, both roles, key
-generation and serialisation included), ``grouped_sum_max_rel_error`` and
-message sizes.
+generation and serialisation included, the owner's DP switched off so the
+error is CKKS alone), ``grouped_sum_max_rel_error`` and message sizes, and
+``demo_stats_dp``: the demo's statistics (pension of rejected applicants by
+district, as ``fedgov demo`` asks them: ε = 1, clip [0, 50000]) computed with
+the owners' default disclosure settings, each cell's exact and released
+values side by side with the relative DP error (``demo_stats_dp_rel_error``:
+median and max over the released cells' means and counts).
 """
 
 from __future__ import annotations
@@ -89,7 +94,8 @@ def bench_grouped_sum(rows: int, groups: int, seed: int) -> dict[str, Any]:
                       stats=("count", "sum"), clip=(0.0, 100000.0), include_total=True)
     tr: list = []
     t0 = time.perf_counter()
-    rel = hs.run_local(q, codes, labels, values, min_cohort=11, transcript=tr)
+    rel = hs.run_local(q, codes, labels, values, min_cohort=11, transcript=tr,
+                       disclosure=hs.Disclosure(dp=False))  # CKKS error alone; DP error: demo_stats_dp
     dt = time.perf_counter() - t0
     want = hs.plaintext_stats(q, codes, values, labels)
     errs = [abs(rel.cells[c]["sum"] - want[c]["sum"]) / abs(want[c]["sum"]) for c in labels]
@@ -99,6 +105,51 @@ def bench_grouped_sum(rows: int, groups: int, seed: int) -> dict[str, Any]:
     for _, _, step, b in tr:
         sizes_b[step] = sizes_b.get(step, 0) + len(b)
     return {"seconds": dt, "max_rel_error": max(errs), "counts_exact": counts_ok, "bytes": sizes_b}
+
+
+def bench_demo_stats_dp(households: int, seed: int) -> dict[str, Any]:
+    """The demo's statistics step in-process, with the owners' default disclosure (DP on)."""
+    from fedgov.scenarios.social_assistance import generate
+    from fedgov.scenarios.social_assistance_jobs import read_reference
+
+    with tempfile.TemporaryDirectory(prefix="fedgov-bench-dp-") as tmp:
+        generate(Path(tmp), seed=seed, households=households)
+        app = read_reference(Path(tmp), "civil_affairs", "applications")
+        ins = read_reference(Path(tmp), "hrss", "insurance")
+    first: dict[str, int] = {}
+    for i, rid in enumerate(normalize_ids(app.column("resident_id").to_pylist())):
+        first.setdefault(rid, i)
+    value: dict[str, float] = {}
+    for rid, v in zip(normalize_ids(ins.column("resident_id").to_pylist()),
+                      ins.column("pension_monthly").to_pylist(), strict=True):
+        value.setdefault(rid, np.nan if v is None else float(v))
+    common = sorted(set(first) & set(value))
+    district = [app.column("district")[first[r]].as_py() for r in common]
+    eligible = np.array([app.column("eligible")[first[r]].as_py() for r in common])
+    pension = np.array([value[r] for r in common])
+    codes, labels = hs.group_codes(district, in_cohort=eligible == 0)
+    q = hs.StatsQuery(job_id="bench-demo-dp", requester="analyst", scope="hrss.insurance.pension_monthly",
+                      cohort="demo", stats=("count", "sum", "mean"), clip=(0.0, 50000.0),
+                      include_total=True, dp=hs.DPConfig(epsilon=1.0))
+    rel = hs.run_local(q, codes, labels, pension)
+    want = hs.plaintext_stats(q, codes, pension, labels)
+    cells: dict[str, Any] = {}
+    errs: list[float] = []
+    for lab, got in [*rel.cells.items(), *([(hs.TOTAL, rel.total)] if rel.total else [])]:
+        exact = want[lab]
+        row: dict[str, Any] = {"exact_count": exact["count"], "dp_count": got["count"],
+                               "exact_mean": exact["mean"], "dp_mean": got["mean"]}
+        if exact["count"]:
+            row["count_rel_error"] = round(abs(got["count"] - exact["count"]) / exact["count"], 4)
+            errs.append(row["count_rel_error"])
+        if exact["mean"] and got["mean"] is not None:
+            row["mean_rel_error"] = round(abs(got["mean"] - exact["mean"]) / abs(exact["mean"]), 4)
+            errs.append(row["mean_rel_error"])
+        cells[lab] = row
+    return {"epsilon": rel.epsilon_spent, "noise": rel.noise, "cells": cells,
+            "suppressed": sorted(rel.suppressed),
+            "rel_error": {"median": float(np.median(errs)) if errs else None,
+                          "max": max(errs) if errs else None}}
 
 
 def _truncate_applications(data_dir: Path, applicants: int) -> int:
@@ -125,8 +176,8 @@ def bench_stack(applicants: int, seed: int) -> dict[str, Any]:
     """Full stack: the eligibility check as a signed job through node processes, three times
     in one federation: fresh PSI alignment, then standing alignment twice (the first run
     builds the departments' caches, the second reuses them: registers unchanged)."""
-    from fedgov.demo import node_specs
     from fedgov.runner import LocalFederation
+    from fedgov.scenarios.profiles import node_specs
     from fedgov.scenarios.social_assistance import generate
     from fedgov.scenarios.social_assistance_jobs import (
         RULES_WITHOUT_MEDICAL,
@@ -198,6 +249,9 @@ def main() -> None:
     log(f"grouped sum: {args.rows} rows, {args.groups} groups")
     g = bench_grouped_sum(args.rows, args.groups, args.seed)
     log(f"  {g['seconds']:.2f} s, max rel error {g['max_rel_error']:.2e}")
+    log("the demo's statistics with the owners' default DP")
+    d = bench_demo_stats_dp(3000, args.seed)
+    log(f"  relative DP error: {d['rel_error']}")
     def rounded(d: Any) -> Any:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in d.items()} if isinstance(d, dict) else d
 
@@ -216,6 +270,8 @@ def main() -> None:
         "grouped_sum_max_rel_error": g["max_rel_error"],
         "grouped_sum_counts_exact": g["counts_exact"],
         "grouped_sum_message_bytes": g["bytes"],
+        "demo_stats_dp": d,
+        "demo_stats_dp_rel_error": d["rel_error"],
         "rows": args.rows,
         "groups": args.groups,
         "notes": ("checks_per_s: full stack (signed job, node processes, mTLS relay), alignment by the "

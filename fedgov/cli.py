@@ -181,35 +181,161 @@ def cmd_provision(ns: argparse.Namespace) -> None:
 
 
 # -- services --------------------------------------------------------------------
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (ISO-8601 UTC, ms), level, logger, message (+ exception)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import datetime as _dt
+
+        doc = {
+            "time": _dt.datetime.fromtimestamp(record.created, _dt.UTC).isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "pid": record.process,
+        }
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc, ensure_ascii=False)
+
+
+class _IsoFormatter(logging.Formatter):
+    """``2026-01-02T03:04:05.678Z LEVEL logger: message`` (UTC)."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        import datetime as _dt
+
+        return (
+            _dt.datetime.fromtimestamp(record.created, _dt.UTC).isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z")
+        )
+
+
+def _setup_logging(
+    level: str,
+    *,
+    log_file: Path | None = None,
+    log_format: str = "text",
+    max_bytes: int = 10 * 1024 * 1024,
+    backups: int = 5,
+) -> None:
+    """Log to stderr, or with ``log_file`` to a size-rotated file (``max_bytes``, ``backups``
+    old files kept as FILE.1 … FILE.N); ``log_format`` ``text`` or ``json`` (one object a line)."""
+    import logging.handlers
+
+    handler: logging.Handler
+    if log_file is not None:
+        try:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            handler = logging.handlers.RotatingFileHandler(
+                log_file, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
+            )
+        except OSError as exc:
+            raise FedgovError(f"cannot open the log file: {exc.strerror}", where=str(log_file)) from None
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        _JsonFormatter() if log_format == "json" else _IsoFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+
+
+def _service_logging(ns: argparse.Namespace) -> None:
+    _setup_logging(
+        ns.log_level, log_file=ns.log_file, log_format=ns.log_format, max_bytes=ns.log_max_bytes,
+        backups=ns.log_backups,
+    )
+
+
+def _log_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-file", type=Path, help="log to this file (rotated by size) instead of stderr")
+    p.add_argument("--log-format", choices=["text", "json"], default="text",
+                   help="text lines or one JSON object per line")
+    p.add_argument("--log-max-bytes", type=int, default=10 * 1024 * 1024,
+                   help="rotate the log file at this size (default 10 MiB)")
+    p.add_argument("--log-backups", type=int, default=5, help="rotated log files to keep (default 5)")
 
 
 def cmd_coordinator(ns: argparse.Namespace) -> None:
     from fedgov.coordinator.server import CoordinatorConfig, serve
 
-    _setup_logging(ns.log_level)
-    serve(CoordinatorConfig.load(ns.config))
+    _service_logging(ns)
+    log = logging.getLogger("fedgov.coordinator")
+    log.info("coordinator starting (pid %d, config %s)", os.getpid(), ns.config)
+    try:
+        serve(CoordinatorConfig.load(ns.config))
+    except FedgovError as exc:
+        log.error("coordinator stopped: %s", exc)
+        raise
+    except BaseException as exc:
+        log.exception("coordinator stopped by an unexpected error: %s", exc)
+        raise
+    log.info("coordinator stopped")
+
+
+def _read_every_dataset(config: Any) -> None:
+    """Read each dataset as the node will serve it; the first load error (file, row,
+    column) raises :class:`FedgovError`."""
+    from fedgov.datasources import read_dataset
+
+    for ds in config.datasets.values():
+        read_dataset(ds.source, ds.schema, base_dir=ds.base_dir, table=ds.table, query=ds.query)
 
 
 def cmd_node(ns: argparse.Namespace) -> None:
     from fedgov.node.config import NodeConfig
 
+    if ns.action == "check":
+        from fedgov.node.check import check_node
+
+        report = check_node(ns.config)
+        if ns.json:
+            _print_json(report.to_dict())
+        else:
+            for line in report.checked:
+                print(f"ok       {line}")
+            for line in report.warnings:
+                print(f"WARNING  {line}")
+            for line in report.problems:
+                print(f"PROBLEM  {line}")
+            print(f"{ns.config}: " + ("every check passed" if report.ok else f"{len(report.problems)} problem(s)"))
+        if not report.ok:
+            sys.exit(2)
+        return
     config = NodeConfig.load(ns.config)
     if ns.action == "start":
         import signal
 
         from fedgov.node.agent import NodeAgent
 
-        _setup_logging(ns.log_level)
-        agent = NodeAgent(config)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: agent.stop.set())
-        agent.run()
+        _service_logging(ns)
+        log = logging.getLogger("fedgov.node")
+        log.info("node %s starting (pid %d, config %s)", config.name, os.getpid(), ns.config)
+        stopped_by: list[str] = []
+
+        def _stop(signum: int, _frame: object) -> None:
+            stopped_by.append(signal.Signals(signum).name)
+            agent.stop.set()
+
+        try:
+            _read_every_dataset(config)  # bad data stops the node before it dials (docs/deployment.md)
+            agent = NodeAgent(config)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, _stop)
+            agent.run()
+        except FedgovError as exc:
+            log.error("node %s stopped: %s", config.name, exc)
+            raise
+        except BaseException as exc:
+            log.exception("node %s stopped by an unexpected error: %s", config.name, exc)
+            raise
+        log.info("node %s stopped%s", config.name, f" ({stopped_by[0]})" if stopped_by else "")
         return
     from fedgov.node import approvals
 
@@ -240,8 +366,11 @@ def cmd_node(ns: argparse.Namespace) -> None:
         if ns.json:
             _print_json({"entries": rows, "chain_ok": broken is None, "first_broken": broken})
         else:
+            from fedgov.opsview import iso
+
             for r in rows:
-                print(f"#{r['id']} {r['job_id']} {r['action']} {json.dumps(r['detail'], sort_keys=True)}")
+                print(f"#{r['id']} {iso(r['ts'])} {r['job_id']} {r['action']} "
+                      f"{json.dumps(r['detail'], sort_keys=True)}")
             print("audit chain OK" if broken is None else f"audit chain BROKEN at entry #{broken}")
         if broken is not None:
             raise FedgovError(f"audit log chain broken at entry #{broken}", where=str(config.state_dir))
@@ -260,24 +389,72 @@ def cmd_job(ns: argparse.Namespace) -> None:
                 st = c.wait(st.job_id, timeout=ns.timeout)
             _print_json(st.to_dict()) if ns.json else print(f"{st.job_id} {st.state} {st.reason}".rstrip())
         elif ns.action == "status":
+            from fedgov.opsview import iso
+
             st = c.status(ns.job_id)
             if ns.json:
-                _print_json(st.to_dict())
+                _print_json(st.to_dict() | {"created": iso(st.created_at), "updated": iso(st.updated_at)})
             else:
                 print(f"{st.job_id} {st.kind} {st.state} {st.reason}".rstrip())
+                print(f"  submitted {iso(st.created_at)} by {st.requester}; last change {iso(st.updated_at)}")
                 for p in st.participants:
                     print(f"  {p.node}: {p.decision} {p.task_state} {p.reason}".rstrip())
         elif ns.action == "list":
+            from fedgov.opsview import iso
+
             jobs = c.list(ns.state)
             if ns.json:
-                _print_json([j.to_dict() for j in jobs])
+                _print_json([j.to_dict() | {"created": iso(j.created_at), "updated": iso(j.updated_at)}
+                             for j in jobs])
+            elif not jobs:
+                print("no jobs" + (f" in state {ns.state}" if ns.state else ""))
             for j in jobs if not ns.json else []:
-                print(f"{j.job_id} {j.kind:<18} {j.state:<10} {j.requester} {j.reason}".rstrip())
+                print(f"{j.job_id} {j.kind:<18} {j.state:<10} {iso(j.created_at)} {j.requester} {j.reason}".rstrip())
+        elif ns.action == "follow":
+            from fedgov.opsview import follow
+
+            last: dict[str, Any] = {}
+            for ev in follow(c, ns.job_id, timeout=ns.timeout):
+                last = ev
+                if ns.json:
+                    _print_json({k: v for k, v in ev.items() if k != "status"})
+                else:
+                    for change in ev["changes"]:
+                        print(f"{ev['time']} {ev['job_id']} {change}", flush=True)
+            if last.get("state") != "succeeded":
+                raise FedgovError(f"job ended {last.get('state')}: {last['status']['reason']}", where=ns.job_id)
         elif ns.action == "cancel":
             st = c.cancel(ns.job_id)
             print(f"{st.job_id} {st.state}")
         elif ns.action == "result":
             _print_json(c.result(ns.job_id))
+
+
+def cmd_status(ns: argparse.Namespace) -> None:
+    from fedgov.opsview import federation_status, render_status
+
+    with _client(ns) as c:
+        st = federation_status(c)
+    if ns.json:
+        _print_json(st)
+    else:
+        print(render_status(st))
+
+
+def cmd_schema(ns: argparse.Namespace) -> None:
+    from fedgov.schema_draft import infer_schema
+
+    text, warnings = infer_schema(ns.file, name=ns.name)
+    for w in warnings:
+        print(f"WARNING: {w}", file=sys.stderr)
+    if ns.out:
+        if ns.out.exists() and not ns.force:
+            raise FedgovError("exists; pass --force to overwrite", where=str(ns.out))
+        ns.out.write_text(text, encoding="utf-8")
+        print(f"schema draft written to {ns.out}: review types, ranges and descriptions before use")
+    else:
+        for line in text.splitlines():
+            print(line)
 
 
 def cmd_catalog(ns: argparse.Namespace) -> None:
@@ -308,7 +485,7 @@ def cmd_demo(ns: argparse.Namespace) -> None:
     from fedgov.demo import run_demo
 
     _setup_logging("warning")
-    summary = run_demo(keep=ns.keep, households=ns.households, quiet=ns.json)
+    summary = run_demo(keep=ns.keep, households=ns.households, seed=ns.seed, quiet=ns.json)
     if ns.json:
         _print_json(summary)
 
@@ -393,18 +570,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("coordinator", help="run the coordinator")
     p.add_argument("action", choices=["start"])
     p.add_argument("--config", type=Path, required=True)
-    p.add_argument("--log-level", default="info")
+    _log_opts(p)
     p.set_defaults(func=cmd_coordinator)
 
     p = sub.add_parser("node", help="run or administer a department node")
-    p.add_argument("action", choices=["start", "pending", "show", "approve", "reject", "audit", "witness"])
+    p.add_argument("action", choices=["start", "check", "pending", "show", "approve", "reject", "audit", "witness"],
+                   help="check: validate config, policy, schemas, data and kit without starting (lists every problem)")
     p.add_argument("job_id", nargs="?", help="job to show/approve/reject")
     p.add_argument("--config", type=Path, required=True, help="node.toml")
     p.add_argument("--kit", type=Path, help="approver's startup kit (approve/reject)")
     p.add_argument("--reason", help="reason recorded with the decision")
     p.add_argument("--job", help="audit: only this job")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--log-level", default="info")
+    _log_opts(p)
     p.set_defaults(func=cmd_node)
 
     p = sub.add_parser("job", help="submit and follow jobs")
@@ -421,7 +599,24 @@ def build_parser() -> argparse.ArgumentParser:
     q = jsub.add_parser("list")
     q.add_argument("--state")
     client_opts(q)
+    q = jsub.add_parser("follow", help="print each state change of a job until it ends (exit 2 unless it succeeded)")
+    q.add_argument("job_id")
+    q.add_argument("--timeout", type=float, default=3600)
+    client_opts(q)
     p.set_defaults(func=cmd_job)
+
+    p = sub.add_parser("status", help="nodes, certificates, running jobs, pending approvals, ledger and witnesses")
+    client_opts(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("schema", help="draft a dataset schema from a CSV or Parquet file")
+    ssub = p.add_subparsers(dest="action", required=True)
+    q = ssub.add_parser("infer", help="guess types, required fields and the ID key; prints a TOML draft to edit")
+    q.add_argument("file", type=Path)
+    q.add_argument("--name", help="dataset name (default: from the file name)")
+    q.add_argument("--out", type=Path, help="write the draft here instead of stdout")
+    q.add_argument("--force", action="store_true", help="overwrite --out")
+    p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser("catalog", help="registered nodes and their datasets (metadata only)")
     client_opts(p)
@@ -441,19 +636,39 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the social-assistance story, end to end")
     p.add_argument("--json", action="store_true")
     p.add_argument("--keep", type=Path, help="keep the generated world and logs in this directory")
-    p.add_argument("--households", type=int, default=6000)
+    p.add_argument("--households", type=int, default=6000,
+                   help="size of the synthetic city (smaller runs faster; 1500 takes about half the time)")
+    p.add_argument("--seed", type=int, default=7, help="seed of the synthetic city (same seed, same numbers)")
     p.set_defaults(func=cmd_demo)
     return ap
+
+
+def _stdout_gone() -> None:
+    """The reader of stdout went away (``fedgov ... | head``): stop quietly.
+
+    Python's documented recipe: point stdout at /dev/null so the interpreter's
+    final flush cannot raise again, then exit 141 (128 + SIGPIPE, as a shell
+    reports a process killed by SIGPIPE).
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(141)
 
 
 def main(argv: list[str] | None = None) -> None:
     ns = build_parser().parse_args(argv)
     try:
         ns.func(ns)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_gone()
     except FedgovError as exc:
-        if getattr(ns, "json", False):
-            _print_json({"ok": False, "error": str(exc)})
-        print(f"fedgov: error: {exc}", file=sys.stderr)
+        try:
+            if getattr(ns, "json", False):
+                _print_json({"ok": False, "error": str(exc)})
+            print(f"fedgov: error: {exc}", file=sys.stderr)
+        except BrokenPipeError:
+            _stdout_gone()
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)

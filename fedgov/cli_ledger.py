@@ -169,6 +169,13 @@ def verify_db(
         log.close()
 
 
+def _iso_ms(ts: int) -> str | None:
+    """Epoch milliseconds as ISO-8601 UTC (CLI output never shows raw epoch numbers)."""
+    from fedgov.opsview import iso
+
+    return iso(ts, ms=True)
+
+
 def points_table(
     path: Path | str,
     period: str = "all",
@@ -586,7 +593,9 @@ def _cmd_head(ns: argparse.Namespace) -> None:
     if ns.json:
         _print_json(out)
     else:
-        print(f"size {sth.size}  root {sth.root.hex()}  timestamp {sth.timestamp}")
+        from fedgov.opsview import iso
+
+        print(f"size {sth.size}  root {sth.root.hex()}  signed {iso(sth.timestamp, ms=True)}")
         print(f"signature {sth.signature.hex()}")
         print(f"log key {out['public_key']}")
 
@@ -642,7 +651,8 @@ def _cmd_proof(ns: argparse.Namespace) -> None:
     else:
         print(f"entry {index}: {data.decode('utf-8', 'replace')}")
         print(
-            f"included in the signed head of size {sth.size} (root {sth.root.hex()}, timestamp {sth.timestamp})"
+            f"included in the signed head of size {sth.size} (root {sth.root.hex()}, "
+            f"signed {_iso_ms(sth.timestamp)})"
         )
         for i, h in enumerate(path):
             print(f"  proof[{i}] {h.hex()}")
@@ -673,8 +683,10 @@ def _cmd_show(ns: argparse.Namespace) -> None:
         return
     for r in rows:
         rest = {k: v for k, v in r.items() if k not in ("index", "type", "ts", "v")}
+        when = _iso_ms(r["ts"]) if isinstance(r.get("ts"), int) else "?"
         print(
-            f"#{r['index']:<6} {r.get('type', 'INVALID'):<18} {json.dumps(rest, sort_keys=True, ensure_ascii=False)}"
+            f"#{r['index']:<6} {when} {r.get('type', 'INVALID'):<18} "
+            f"{json.dumps(rest, sort_keys=True, ensure_ascii=False)}"
         )
 
 

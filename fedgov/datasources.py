@@ -16,7 +16,13 @@ Guarantees of the returned table:
   ``date`` → ``date32``; an empty cell or SQL ``NULL`` → null;
 * resident IDs are read as text and never pass through a number; values are
   not normalised, trimmed or range-checked — range, enumeration, pattern and
-  check-digit violations are data-quality findings, not load errors.
+  check-digit violations are data-quality findings, not load errors;
+* a **required ID** (a required field of type ``resident_id``, or the
+  schema's required ``key`` field) is never empty: an empty or blank cell is a
+  load error naming row and column (a record nobody can be matched to cannot
+  enter a join, and a node must not start with it);
+* a CSV row that is not UTF-8, or has fewer or more cells than the header, is
+  a load error naming the 1-based row (and the byte offset of a bad byte).
 
 Every load error is a :class:`SchemaMismatch` (or :class:`ConfigError` for a
 malformed request) whose one-line message names the file or table, and where it
@@ -225,14 +231,45 @@ def _assemble(
 
 
 def _csv_header(path: Path, where: str) -> list[str]:
+    with path.open("rb") as fh:
+        first = fh.readline()
     try:
-        with path.open("r", encoding="utf-8-sig", newline="") as fh:
-            header = next(csv.reader(fh), None)
-    except UnicodeDecodeError:
-        raise SchemaMismatch("not UTF-8 text", where=where) from None
+        text = first.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SchemaMismatch(f"header is not UTF-8 text (byte {exc.start + 1})", where=where) from None
+    header = next(csv.reader([text]), None)
     if not header:
         raise SchemaMismatch("empty file (no header row)", where=where)
     return header
+
+
+def _locate_csv_problem(path: Path, where: str, width: int) -> SchemaMismatch | None:
+    """The first row that is not UTF-8 or has a wrong number of cells, as an error naming it.
+
+    Rows are physical lines (fedgov's CSVs have no newlines inside values), 1-based
+    after the header. ``None`` when every row is well formed.
+    """
+    with path.open("rb") as fh:
+        fh.readline()  # header
+        for row, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return SchemaMismatch(
+                    f"not UTF-8 text (byte {exc.start + 1} of the row is 0x{raw[exc.start]:02x}); "
+                    "re-export the file as UTF-8",
+                    where=f"{where} row {row}",
+                )
+            if not line.strip():
+                continue
+            cells = next(csv.reader([line]), [])
+            if len(cells) != width:
+                return SchemaMismatch(
+                    f"{len(cells)} cell(s), the header has {width}"
+                    + (" (a short row)" if len(cells) < width else ""),
+                    where=f"{where} row {row}",
+                )
+    return None
 
 
 def _csv_fast_type(spec: FieldSpec) -> pa.DataType:
@@ -268,7 +305,10 @@ def _read_csv(path: Path, where: str, schema: DatasetSchema, specs: list[FieldSp
             return fast.select(names)
         cols = {n: fast.column(n) for n in names}
     except pa.ArrowInvalid as exc:
-        if "CSV parse error" in str(exc):
+        if "CSV parse error" in str(exc) or "UTF8" in str(exc) or "UTF-8" in str(exc):
+            located = _locate_csv_problem(path, where, len(header))
+            if located is not None:
+                raise located from None
             raise SchemaMismatch(f"malformed CSV: {str(exc).splitlines()[0]}", where=where) from None
         # Slow path: read as text, convert column by column to find the bad cell.
         text = pacsv.read_csv(path, read_opts, parse_opts, convert_opts({n: pa.string() for n in names}))
@@ -417,7 +457,7 @@ def _read_sql(
                 continue
             index = {k: i for i, k in enumerate(keys)}
             cols = {n: _py_column([r[index[n]] for r in rows]) for n in wanted}
-            parts.append(_assemble(cols, specs, where, offset))
+            parts.append(_check_required_ids(_assemble(cols, specs, where, offset), schema, where, offset))
             offset += len(rows)
     finally:
         batches.close()  # closes the cursor and disposes of the engine
@@ -471,8 +511,35 @@ def read_dataset(
         )
     path, where = _resolve_file(source, Path(base_dir))
     if suffix == ".csv":
-        return _read_csv(path, where, schema, specs)
-    return _read_parquet(path, where, schema, specs)
+        return _check_required_ids(_read_csv(path, where, schema, specs), schema, where)
+    return _check_required_ids(_read_parquet(path, where, schema, specs), schema, where)
+
+
+def required_id_fields(schema: DatasetSchema) -> list[str]:
+    """Fields that must never be empty: required ``resident_id`` fields and a required key."""
+    return [
+        f.name for f in schema.fields if f.required and (f.type == "resident_id" or f.name == schema.key)
+    ]
+
+
+def _check_required_ids(table: pa.Table, schema: DatasetSchema, where: str, row_offset: int = 0) -> pa.Table:
+    """Raise SchemaMismatch naming the first empty (null or blank) required ID; else return ``table``."""
+    for name in required_id_fields(schema):
+        if name not in table.column_names:
+            continue
+        col = table.column(name)
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            empty = pc.or_kleene(pc.is_null(col), pc.equal(pc.utf8_trim_whitespace(col), ""))
+        else:
+            empty = pc.is_null(col)
+        empty = pc.fill_null(empty, True)
+        if pc.any(empty).as_py():
+            i = int(pc.index(empty, True).as_py())
+            raise SchemaMismatch(
+                f"empty value in required ID field {name} (the schema marks it required)",
+                where=f"{where} row {row_offset + i + 1} column {name}",
+            )
+    return table
 
 
 def row_count(

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,10 +21,11 @@ from typing import Any
 import numpy as np
 
 from fedgov.cli_ledger import points_table, verify_db
-from fedgov.errors import ConfigError, FedgovError
+from fedgov.errors import FedgovError
 from fedgov.ledger.entries import parse_coalition_key
 from fedgov.ledger.points import shapley_values
-from fedgov.runner import DatasetSpec, LocalFederation, NodeSpec
+from fedgov.runner import LocalFederation
+from fedgov.scenarios.profiles import ARBITER, DEPARTMENTS, PROFILES, node_specs
 from fedgov.scenarios.social_assistance import generate
 from fedgov.scenarios.social_assistance_jobs import (
     decisions_changed,
@@ -34,95 +34,11 @@ from fedgov.scenarios.social_assistance_jobs import (
     stats_manifest,
 )
 
-DEPARTMENTS = ("civil_affairs", "tax", "hrss", "housing", "vehicles", "medical")
-#: the data-less key holder for training jobs (runs at the big-data bureau)
-ARBITER = "arbiter"
-REPO = Path(__file__).resolve().parents[1]
-PROFILES = REPO / "nodes"
-DATA_PREFIX = (REPO / "data" / "social_assistance").resolve()
 MEDICAL_APPROVERS = ["dr_wang", "ms_zhao"]
 
 
-def _remap(source: str, base: Path, data_dir: Path) -> str:
-    """Point a reference profile's data path at the freshly generated world."""
-    sql = source.startswith("sqlite:///")
-    raw = source.removeprefix("sqlite:///") if sql else source
-    path = (base / raw).resolve()
-    try:
-        rel = path.relative_to(DATA_PREFIX)
-    except ValueError:
-        raise ConfigError(
-            f"profile data path {source} is outside data/social_assistance", where=str(base)
-        ) from None
-    new = str(data_dir / rel)
-    return f"sqlite:///{new}" if sql else new
-
-
-def node_specs(data_dir: Path) -> list[NodeSpec]:
-    """The six reference department profiles, pointed at ``data_dir``."""
-    if not PROFILES.is_dir():
-        raise ConfigError(f"reference node profiles not found at {PROFILES}; run from a source checkout")
-    specs = []
-    for dept in (*DEPARTMENTS, ARBITER):
-        base = PROFILES / dept
-        doc = tomllib.loads((base / "node.toml").read_text())
-        datasets = [
-            DatasetSpec(
-                name=d["name"],
-                schema=base / d["schema"],
-                source=_remap(d["source"], base, data_dir),
-                table=d.get("table"),
-                query=d.get("query"),
-            )
-            for d in doc.get("datasets", [])
-        ]
-        specs.append(NodeSpec(dept, base / doc["node"]["policy"], datasets))
-    return specs
-
-
-COUNT_MANIFEST = """
-[job]
-kind = "cohort-count"
-purpose = "social-assistance-statistics"
-description = "Each department counts its own records under its own filter"
-
-[[participants]]
-node = "civil_affairs"
-dataset = "applications"
-role = "aggregator"
-fields = ["eligible"]
-where = [{ field = "eligible", op = "==", value = 1 }]
-
-[[participants]]
-node = "tax"
-dataset = "income"
-fields = ["annual_income"]
-where = [{ field = "annual_income", op = "<", value = 12000.0 }]
-
-[[participants]]
-node = "hrss"
-dataset = "insurance"
-fields = ["pension_monthly"]
-where = [{ field = "pension_monthly", op = ">", value = 0.0 }]
-
-[[participants]]
-node = "housing"
-dataset = "property"
-fields = ["property_count"]
-where = [{ field = "property_count", op = ">=", value = 2 }]
-
-[[participants]]
-node = "vehicles"
-dataset = "vehicles"
-fields = ["newest_vehicle_value_cny"]
-where = [{ field = "newest_vehicle_value_cny", op = ">", value = 150000.0 }]
-
-[[participants]]
-node = "medical"
-dataset = "claims"
-fields = ["chronic_illness"]
-where = [{ field = "chronic_illness", op = "==", value = true }]
-"""
+#: the joint count of docs/deployment.md (one file for the demo and the walkthrough)
+COUNT_MANIFEST = (PROFILES.parent / "examples" / "social_assistance" / "jobs" / "joint_count.toml").read_text()
 
 SMALL_CELL_MANIFEST = """
 [job]
@@ -139,6 +55,9 @@ where = [
   { field = "household_size", op = ">=", value = 4 },
   { field = "eligible", op = "==", value = 1 },
 ]
+
+[parameters]
+dp = { epsilon = 1.0 }
 """
 
 PSI_MANIFEST = """
@@ -353,17 +272,88 @@ def _submit(
         return out
 
 
-def run_demo(*, keep: Path | None = None, households: int = 6000, quiet: bool = False) -> dict[str, Any]:
+#: Published resolution of numbers a CKKS-trained model produces (AUC, Shapley
+#: values). Training under CKKS carries fresh encryption noise and the arbiter's
+#: flooding noise (os.urandom-seeded on purpose: a seeded flood could be
+#: subtracted), so two runs with one seed differ by a few 1e-4 in AUC
+#: (docs/protocols/vertical-lr.md, error budget). Two decimals is what that
+#: error supports; the digits beyond it are noise, not information.
+MODEL_DECIMALS = 2
+#: he-stats sums carry CKKS decode error; docs/protocols/he-stats.md bounds it
+#: by ``2^(mask_bits-45) * ceil(n/4096) * clip`` = 2^-15 * 50000 ≈ 1.5 CNY for
+#: the demo's cells (mask_bits 30, clip 50000, n < 4096). Sums are published to
+#: the next power of ten above that bound (10 CNY), means from the published sum
+#: to 0.1 CNY; counts are exact. (Measured error: ~1e-2 CNY.)
+SUM_DECIMALS = -1
+MEAN_DECIMALS = 1
+
+
+def _he_stats_cells(cells: dict[str, Any]) -> dict[str, Any]:
+    """he-stats cells at the resolution the documented error supports (see SUM_DECIMALS)."""
+    out: dict[str, Any] = {}
+    for label, cell in sorted(cells.items()):
+        c = dict(cell)
+        if c.get("sum") is not None:
+            c["sum"] = float(round(float(c["sum"]), SUM_DECIMALS))
+            if c.get("count"):
+                c["mean"] = round(c["sum"] / c["count"], MEAN_DECIMALS)
+        elif c.get("mean") is not None:
+            c["mean"] = round(float(c["mean"]), MEAN_DECIMALS)
+        out[label] = c
+    return out
+
+
+def _reconcile(world: dict[str, Any], catalog: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """How applicant households become civil affairs' application rows.
+
+    ``rows = applicant households + re-entered applications + duplicated rows``,
+    split into this year's training file and the held-out file; raises
+    FedgovError when the catalogue's row counts disagree with the generator's.
+    """
+    rows = world["rows"]
+    for key, n in rows.items():
+        node, _, ds = key.partition(".")
+        if catalog.get(node, {}).get(ds) != n:
+            raise FedgovError(f"catalogue lists {catalog.get(node, {}).get(ds)} rows for {key}, generated {n}")
+    defects = world["defects"]["civil_affairs.applications"]
+    re_entered = defects.get("re_entered_application", 0)
+    duplicated = defects.get("duplicate_rows", 0)
+    train = rows["civil_affairs.applications"]
+    held_out = rows["civil_affairs.applications_holdout"]
+    if world["applicants"] + re_entered + duplicated != train + held_out:
+        raise FedgovError("application rows do not reconcile with applicant households")
+    return {
+        "applicant_households": world["applicants"],
+        "re_entered_applications": re_entered,
+        "duplicated_rows": duplicated,
+        "application_rows": train + held_out,
+        "training_rows": train,
+        "held_out_rows": held_out,
+    }
+
+
+def run_demo(
+    *, keep: Path | None = None, households: int = 6000, seed: int = 7, quiet: bool = False
+) -> dict[str, Any]:
+    """Run the story; return the JSON summary.
+
+    Guarantees: for one ``(seed, households)`` every field except ``seconds``,
+    ``model.seconds_per_epoch`` and the CKKS-trained model numbers is identical
+    across runs (the world, counts, PSI sizes, he-stats at cent resolution,
+    eligibility decisions, ledger size, data points). The model numbers (AUC,
+    Shapley, model points and the budget shares they drive) are published at
+    :data:`MODEL_DECIMALS`; they carry CKKS and flooding noise below that.
+    """
     story = Story(quiet)
     with tempfile.TemporaryDirectory(prefix="fedgov-demo-") as tmp:
         root = (keep or Path(tmp)).resolve()
         data_dir = root / "data"
         story.say("fedgov demo — social-assistance eligibility across six departments")
         story.say("=" * 68)
-        world = generate(data_dir, households=households)
+        world = generate(data_dir, households=households, seed=seed)
         story.say(
-            f"1. A synthetic city: {world['households']} households, {world['persons']} residents, "
-            f"{world['applicants']} assistance applications."
+            f"1. A synthetic city (seed {seed}): {world['households']} households, {world['persons']} "
+            f"residents, {world['applicants']} of the households applied for assistance."
         )
         fed = LocalFederation(
             root / "federation", node_specs(data_dir), approvers={"medical": MEDICAL_APPROVERS}
@@ -379,8 +369,18 @@ def run_demo(*, keep: Path | None = None, households: int = 6000, quiet: bool = 
             for n in catalog:
                 for d in n["datasets"]:
                     story.say(
-                        f"   {n['name']:<14} {d['name']:<13} {d['rows']:>7} rows  ({len(d['fields'])} fields)"
+                        f"   {n['name']:<14} {d['name']:<21} {d['rows']:>7} rows  ({len(d['fields'])} fields)"
                     )
+            rec = _reconcile(world, {n["name"]: {d["name"]: d["rows"] for d in n["datasets"]} for n in catalog})
+            story.say(
+                f"   civil affairs' {rec['application_rows']} application rows = {rec['applicant_households']} "
+                f"applicant households + {rec['re_entered_applications']} re-entered applications + "
+                f"{rec['duplicated_rows']} duplicated rows;"
+            )
+            story.say(
+                f"   {rec['training_rows']} are past applications (training), {rec['held_out_rows']} this "
+                "year's (held out to evaluate the model)."
+            )
 
             story.say(
                 "4. A joint count, each department filtering its own records: eligible past applicants,"
@@ -404,9 +404,9 @@ def run_demo(*, keep: Path | None = None, households: int = 6000, quiet: bool = 
             story.say(
                 "5. A tiny cohort (eligible households of four or more in Togtoh): "
                 + (
-                    "suppressed by civil affairs' policy (fewer than 11 people)."
+                    "suppressed by civil affairs' policy (noisy count below 11)."
                     if sres.get("suppressed")
-                    else f"{sres.get('total_released')} households (large enough to release)."
+                    else f"{sres['counts']['civil_affairs']} people (large enough to release)."
                 )
             )
             story.say(
@@ -437,9 +437,10 @@ def run_demo(*, keep: Path | None = None, households: int = 6000, quiet: bool = 
             )
             mres = model["result"]["civil_affairs"]
             auc_alone = civil_affairs_alone(data_dir)
+            auc_joint = round(mres["eval"]["auc"], MODEL_DECIMALS)
             story.say(
-                f"   AUC on this year's held-out applications: joint model {mres['eval']['auc']:.3f}, "
-                f"civil affairs' data alone {auc_alone:.3f}"
+                f"   AUC on this year's held-out applications: joint model {auc_joint:.2f}, "
+                f"civil affairs' data alone {auc_alone:.2f} (two decimals: CKKS noise lies below)"
             )
             story.say(
                 f"   ({mres['epochs']} epochs, {mres['seconds_per_epoch']:.2f} s each; recall of eligible "
@@ -452,8 +453,17 @@ def run_demo(*, keep: Path | None = None, households: int = 6000, quiet: bool = 
             )
             story.say(
                 "   "
-                + ", ".join(f"{d} {float(v):+.3f}" for d, v in sorted(phi.items(), key=lambda kv: -kv[1]))
+                + ", ".join(
+                    f"{d} {'−' if v < 0 else '+'}{abs(float(v)):.2f}"
+                    for d, v in sorted(phi.items(), key=lambda kv: (-kv[1], kv[0]))
+                )
             )
+            worse = sorted(d for d, v in phi.items() if v < 0)
+            if worse:
+                story.say(
+                    f"   {', '.join(worse)} made the model (slightly) worse: a negative contribution earns "
+                    "nothing for this job (docs/points.md)."
+                )
             story.say("8. A statistical question across departments, computed under homomorphic encryption:")
             story.say(
                 "   average pension (HRSS) of applicants rejected in past verification (civil affairs),"
@@ -461,8 +471,12 @@ def run_demo(*, keep: Path | None = None, households: int = 6000, quiet: bool = 
             story.say(
                 "   by district. HRSS holds the key, checks every cell itself and suppresses small ones:"
             )
-            stats = _submit(fed, stats_manifest(), must_succeed="statistics")
-            for line in stats_lines(stats["result"]):
+            stats = _submit(fed, stats_manifest(dp_epsilon=1.0), must_succeed="statistics")
+            rel = stats["result"]["hrss"]
+            shown = {"hrss": {**rel, "cells": _he_stats_cells(rel["cells"])}}
+            if rel.get("total"):
+                shown["hrss"]["total"] = _he_stats_cells({"all": rel["total"]})["all"]
+            for line in stats_lines(shown):
                 story.say(f"   {line}")
             story.say(
                 "9. A private eligibility check of the applicants: income, floor-area, property and vehicle"
@@ -492,19 +506,27 @@ def run_demo(*, keep: Path | None = None, households: int = 6000, quiet: bool = 
                 "ok": True,
                 "nodes": len([n for n in fed.nodes if n.name in DEPARTMENTS]),
                 "model": {
-                    "auc_joint": round(mres["eval"]["auc"], 4),
-                    "auc_civil_affairs_only": round(auc_alone, 4),
+                    "auc_joint": auc_joint,
+                    "auc_civil_affairs_only": round(auc_alone, MODEL_DECIMALS),
+                    "decimals": MODEL_DECIMALS,
                     "eval_rows": mres["eval"]["rows"],
                     "epochs": mres["epochs"],
                     "seconds_per_epoch": mres["seconds_per_epoch"],
-                    "shapley_auc": {d: round(float(v), 4) for d, v in phi.items()},
+                    "shapley_auc": {d: round(float(v), MODEL_DECIMALS) + 0.0 for d, v in sorted(phi.items())},  # no -0.0
+                    #: departments whose Shapley value is negative (they earn nothing for the job)
+                    "made_model_worse": worse,
                 },
-                "world": {k: world[k] for k in ("households", "persons", "applicants") if k in world},
+                "world": {
+                    "seed": seed,
+                    **{k: world[k] for k in ("households", "persons", "applicants")},
+                    "applications": rec,
+                },
                 "catalog": {n["name"]: {d["name"]: d["rows"] for d in n["datasets"]} for n in catalog},
-                "cohort_count": res,
-                "small_cell": sres,
+                # per-department counts of different populations: never summed
+                "cohort_count": {"counts": res["counts"], "suppressed": res["suppressed"]},
+                "small_cell": {k: sres[k] for k in ("counts", "suppressed") if k in sres},
                 "he_stats": {
-                    "cells": stats["result"]["hrss"]["cells"],
+                    "cells": _he_stats_cells(stats["result"]["hrss"]["cells"]),
                     "suppressed": sorted(stats["result"]["hrss"]["suppressed"]),
                 },
                 "eligibility": {

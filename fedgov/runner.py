@@ -67,6 +67,7 @@ class LocalFederation:
         node_timeout: int = 20,
         max_payload_mb: int = 512,
         crl_refresh_seconds: float | None = None,
+        metrics_listen: str | None = None,
     ) -> None:
         self.workdir = workdir.resolve()
         self.nodes = nodes
@@ -77,6 +78,8 @@ class LocalFederation:
         self.max_payload_mb = max_payload_mb
         #: nodes' revocation-list refresh interval (None: the node default)
         self.crl_refresh_seconds = crl_refresh_seconds
+        #: the coordinator's Prometheus endpoint (None: none)
+        self.metrics_listen = metrics_listen
         self.procs: dict[str, Proc] = {}
         self.address = ""
         self.kits = self.workdir / "kits"
@@ -108,6 +111,7 @@ class LocalFederation:
             f"state_dir = {_toml_str(str(self.workdir / 'state' / 'coordinator'))}\n"
             f"node_timeout_seconds = {self.node_timeout}\n"
             f"max_payload_mb = {self.max_payload_mb}\n"
+            + (f"metrics_listen = {_toml_str(self.metrics_listen)}\n" if self.metrics_listen else "")
         )
         return path
 

@@ -154,9 +154,8 @@ def _revocation_nodes() -> None:
 
 @row(
     "crl-trust",
-    "`fedgov.crypto.revocation:_signed_by` (CRL signed by the pinned CA) and `Revocations.update` (never an older number)",
+    "`fedgov.crypto.revocation:_signed_by`: a revocation list counts only if the pinned CA signed it",
     "tests/test_revocation.py::test_only_lists_signed_by_the_federation_ca_are_trusted",
-    "tests/test_revocation.py::test_a_newer_list_replaces_an_older_one_never_the_reverse",
 )
 def _crl_trust() -> None:
     _patch("fedgov.crypto.revocation:_signed_by", lambda crl, ca_cert: True)
@@ -384,6 +383,7 @@ def _policy() -> None:
 @row(
     "cohort-suppression",
     "`fedgov.protocols.cohort_count:release` suppresses counts below the owner's minimum cohort",
+    "tests/test_federation.py::test_a_small_cell_never_leaves_its_data_owner",
     "tests/test_federation.py::test_small_cells_are_suppressed",
     level="stack",
 )
@@ -414,6 +414,19 @@ def _load_area_rows() -> None:
     for path in sorted((here / "protection_rows").glob("*.py")):
         if path.name != "__init__.py":
             importlib.import_module(f"protection_rows.{path.stem}")
+
+
+#: docs/security.md rows that have no guard in this table yet: each is listed on docs/protections.md
+#: as "not yet guarded" and is the only way a documented row may lack one. Remove an id when its
+#: area module (scripts/protection_rows/) adds the row; a guarded id here is ignored.
+NOT_YET_GUARDED: tuple[str, ...] = (
+    "he-stats-owner",
+    "he-stats-horizontal",
+    "vlr-masking",
+    "hfl-aggregator",
+    "hfl-contributions",
+    "ledger-tamper",
+)
 
 
 def disable(row_id: str) -> None:

@@ -300,3 +300,60 @@ def test_password_not_shown(tmp_path: Path) -> None:
         read_dataset("postgresql+psycopg://user:s3cret@127.0.0.1:1/db", SCHEMA, base_dir=tmp_path, table="t")
     assert "s3cret" not in str(exc.value)
     assert "\n" not in str(exc.value)
+
+
+# -- bad data named by file and row (issue 14, finding 6) -------------------------------
+
+_ID_SCHEMA = {
+    "dataset": {"name": "d", "key": "rid"},
+    "fields": [
+        {"name": "rid", "type": "resident_id", "required": True},
+        {"name": "x", "type": "float"},
+    ],
+}
+
+
+def _bad_csv(tmp_path: Path, body: bytes) -> pytest.ExceptionInfo[SchemaMismatch]:
+    (tmp_path / "bad.csv").write_bytes(b"rid,x\n" + body)
+    with pytest.raises(SchemaMismatch) as info:
+        read_dataset("bad.csv", schema_from_dict(_ID_SCHEMA, "t"), base_dir=tmp_path)
+    return info
+
+
+def test_non_utf8_bytes_are_named_by_row(tmp_path: Path) -> None:
+    info = _bad_csv(tmp_path, b"110101199001011234,1.5\n11010119900101123X,2\n11010119900101\xe9234,3\n")
+    assert str(info.value).startswith("bad.csv row 3: not UTF-8 text (byte 15 of the row is 0xe9)")
+
+
+def test_short_rows_are_named_by_row(tmp_path: Path) -> None:
+    info = _bad_csv(tmp_path, b"110101199001011234,1.5\n11010119900101123X\n")
+    assert str(info.value) == "bad.csv row 2: 1 cell(s), the header has 2 (a short row)"
+
+
+def test_empty_required_id_is_a_load_error(tmp_path: Path) -> None:
+    info = _bad_csv(tmp_path, b"110101199001011234,1.5\n,2\n")
+    assert str(info.value).startswith("bad.csv row 2 column rid: empty value in required ID field rid")
+    info = _bad_csv(tmp_path, b"110101199001011234,1.5\n11010119900101123X,2\n   ,3\n")
+    assert "row 3 column rid" in str(info.value)
+
+
+def test_empty_required_id_in_sql_and_parquet(tmp_path: Path) -> None:
+    schema = schema_from_dict(_ID_SCHEMA, "t")
+    pq.write_table(pa.table({"rid": ["110101199001011234", None], "x": [1.0, 2.0]}), tmp_path / "d.parquet")
+    with pytest.raises(SchemaMismatch, match=r"d.parquet row 2 column rid: empty value"):
+        read_dataset("d.parquet", schema, base_dir=tmp_path)
+    con = sqlite3.connect(tmp_path / "d.db")
+    con.execute("CREATE TABLE t (rid TEXT, x REAL)")
+    con.executemany("INSERT INTO t VALUES (?, ?)", [("110101199001011234", 1.0), ("", 2.0)])
+    con.commit()
+    con.close()
+    with pytest.raises(SchemaMismatch, match=r"row 2 column rid: empty value"):
+        read_dataset("sqlite:///d.db", schema, base_dir=tmp_path, table="t")
+
+
+def test_optional_ids_may_be_empty(tmp_path: Path) -> None:
+    doc = {**_ID_SCHEMA, "dataset": {"name": "d"},
+           "fields": [{"name": "rid", "type": "resident_id", "required": False}, {"name": "x", "type": "float"}]}
+    (tmp_path / "ok.csv").write_text("rid,x\n,1\n")
+    t = read_dataset("ok.csv", schema_from_dict(doc, "t"), base_dir=tmp_path)
+    assert t.column("rid").to_pylist() == [None]

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from fedgov.demo import node_specs
 from fedgov.runner import DatasetSpec, LocalFederation, NodeSpec
+from fedgov.scenarios.profiles import node_specs
 from fedgov.scenarios.social_assistance import generate
 from fedgov.scenarios.social_assistance_jobs import eligibility_manifest
 from tests.conftest import write_csv

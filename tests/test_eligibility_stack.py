@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedgov.demo import node_specs
 from fedgov.protocols import eligibility as el
 from fedgov.protocols.psi import normalize_ids
 from fedgov.runner import LocalFederation
+from fedgov.scenarios.profiles import node_specs
 from fedgov.scenarios.social_assistance import generate
 from fedgov.scenarios.social_assistance_jobs import (
     RULES_WITHOUT_MEDICAL,

@@ -39,6 +39,9 @@ def policy(path: Path, fields: list[str], *, manual: int = 0, requesters: str = 
     approval = f'approval = "manual"\napprovers_required = {manual}\n' if manual else 'approval = "auto"\n'
     path.write_text(
         f"[defaults]\nmin_cohort = 11\nrequesters = {requesters}\n{approval}\n"
+        # exact counts (the owners' explicit choice): these tests are about the federation's
+        # plumbing; DP counts are tested in tests/test_disclosure_stats.py
+        "[defaults.disclosure]\nstats_dp = false\n\n"
         "[[datasets.data.rules]]\n"
         f'purposes = ["{PURPOSE}"]\nkinds = ["cohort-count"]\nfields = {json.dumps(fields)}\n'
     )
@@ -159,19 +162,38 @@ def test_cohort_count_end_to_end(fed: LocalFederation) -> None:
     assert db.execute("SELECT COUNT(*) FROM relay WHERE job_id=?", (job.job_id,)).fetchone()[0] == 0
 
 
+SMALL_CELL = '{ field = "x1", op = "<", value = 0.05 }'  # 5 of beta's 100 rows, below its min_cohort 11
+
+
 def test_small_cells_are_suppressed(fed: LocalFederation) -> None:
-    m = manifest(
-        [
-            ("alpha", ["x0"], '{ field = "x0", op = "<", value = 0.05 }'),  # 5 rows < min_cohort 11
-            ("beta", ["x1"], ""),
-        ]
-    )
+    """Released result: beta's small cell is reported as suppressed and is not in the total."""
     with fed.client() as c:
-        job = c.submit(m)
+        job = c.submit(manifest([("alpha", ["x0"], ""), ("beta", ["x1"], SMALL_CELL)]))
         assert c.wait(job.job_id, timeout=60).state == "succeeded"
         res = c.result(job.job_id)["alpha"]
-    assert res["counts"]["alpha"] is None and res["suppressed"] == ["alpha"]
+    assert res["counts"] == {"alpha": 100, "beta": None} and res["suppressed"] == ["beta"]
     assert res["total_released"] == 100  # the suppressed cell is not in the total
+
+
+def test_a_small_cell_never_leaves_its_data_owner(fed: LocalFederation, mallory: FakeNode) -> None:
+    """Suppression happens at the data owner, not at the aggregator: mallory plays the aggregator
+    and opens what beta's process actually sent it."""
+    with fed.client() as c:
+        job = c.submit(manifest([("mallory", ["x"], ""), ("beta", ["x1"], SMALL_CELL)]))
+    deadline = time.monotonic() + 30
+    while job.job_id not in mallory.approve_all({job.job_id}):
+        assert time.monotonic() < deadline
+    with fed.client() as c:  # beta decides on its own; the relay opens once the job runs
+        while c.status(job.job_id).state != "running":
+            assert time.monotonic() < deadline, "job never started"
+            time.sleep(0.1)
+    blob = None
+    while blob is None:
+        assert time.monotonic() < deadline + 30, "beta never sent its count"
+        blob = mallory.fetch(job.job_id, STEP, "beta", 0, wait=5)
+    assert json.loads(mallory.open(job.job_id, blob)) == {"count": None}
+    mallory.report(job.job_id)
+    assert _final(fed, job.job_id).state == "succeeded"
 
 
 def test_tls_refuses_missing_or_foreign_certificate(fed: LocalFederation, tmp_path: Path) -> None:
@@ -263,7 +285,20 @@ def test_manual_dual_post_approval(fed: LocalFederation) -> None:
             _cli("node", "approve", job.job_id, "--config", cfg, "--kit", str(fed.kits / "ann")).returncode
             == 0
         )
-        time.sleep(2.5)  # one approver twice is still one approver
+        # one approver twice is still one approver. Barrier: a second job gamma must approve. Once
+        # it has run, gamma's approval loop has evaluated the first job with ann's two approvals
+        # recorded (each pass looks at every pending job and reports before gamma polls again)
+        barrier = c.submit(manifest([("alpha", ["y"], ""), ("gamma", ["x2"], "")]))
+        while not any(
+            r["job_id"] == barrier.job_id
+            for r in json.loads(_cli("node", "pending", "--json", "--config", cfg).stdout or "[]")
+        ):
+            assert time.monotonic() < deadline + 30, "barrier job never reached gamma's approval queue"
+            time.sleep(0.3)
+        for who in ("ann", "bob"):
+            assert _cli("node", "approve", barrier.job_id, "--config", cfg, "--kit",
+                        str(fed.kits / who)).returncode == 0
+        assert c.wait(barrier.job_id, timeout=60).state == "succeeded"
         assert c.status(job.job_id).state == "submitted"
         assert (
             _cli("node", "approve", job.job_id, "--config", cfg, "--kit", str(fed.kits / "bob")).returncode
@@ -273,6 +308,54 @@ def test_manual_dual_post_approval(fed: LocalFederation) -> None:
         assert st.state == "succeeded", st.reason
         gamma = next(p for p in st.participants if p.node == "gamma")
         assert sorted(gamma.approvers) == ["ann", "bob"]
+
+
+def _wait_pending(cfg: str, job_id: str, deadline: float) -> None:
+    while not any(r["job_id"] == job_id
+                  for r in json.loads(_cli("node", "pending", "--json", "--config", cfg).stdout or "[]")):
+        assert time.monotonic() < deadline, f"{job_id} never reached the approval queue"
+        time.sleep(0.3)
+
+
+def test_a_forged_approval_is_not_counted(fed: LocalFederation) -> None:
+    """Someone with write access to gamma's approval table adds a second approval in bob's name,
+    signed with ann's key: gamma counts ann once (the signature must be bob's, over this manifest)."""
+    from fedgov.crypto.signing import sign_approval
+    from fedgov.manifest import parse_manifest
+    from fedgov.node.store import NodeStore
+
+    cfg = str(fed.workdir / "nodes" / "gamma" / "node.toml")
+    deadline = time.monotonic() + 60
+    with fed.client() as c:
+        job = c.submit(manifest([("alpha", ["y"], ""), ("gamma", ["x2"], "")]))
+        _wait_pending(cfg, job.job_id, deadline)
+        assert _cli("node", "approve", job.job_id, "--config", cfg, "--kit", str(fed.kits / "ann")).returncode == 0
+        store = NodeStore(fed.workdir / "state" / "gamma")
+        try:
+            pending = store.pending_job(job.job_id)
+            assert pending is not None
+            digest = parse_manifest(pending.manifest).digest
+            bob_cert = (fed.kits / "bob" / "tls.crt").read_bytes()
+            ann_key = (fed.kits / "ann" / "tls.key").read_bytes()
+            forged = sign_approval(ann_key, job.job_id, digest, True, "")  # ann's key, bob's name
+            store.add_approval(job.job_id, "bob", True, "", bob_cert, forged)
+        finally:
+            store.close()
+        # barrier (see test_manual_dual_post_approval): once this job ran, gamma has evaluated
+        # the first one with the forged approval in its table
+        barrier = c.submit(manifest([("alpha", ["y"], ""), ("gamma", ["x2"], "")]))
+        _wait_pending(cfg, barrier.job_id, deadline)
+        for who in ("ann", "bob"):
+            assert _cli("node", "approve", barrier.job_id, "--config", cfg, "--kit",
+                        str(fed.kits / who)).returncode == 0
+        assert c.wait(barrier.job_id, timeout=60).state == "succeeded"
+        assert c.status(job.job_id).state == "submitted"
+        # bob's real approval replaces the forged row and the job runs, approved by both
+        assert _cli("node", "approve", job.job_id, "--config", cfg, "--kit", str(fed.kits / "bob")).returncode == 0
+        st = c.wait(job.job_id, timeout=60)
+    assert st.state == "succeeded", st.reason
+    gamma = next(p for p in st.participants if p.node == "gamma")
+    assert sorted(gamma.approvers) == ["ann", "bob"]
 
 
 def _job_with_mallory(fed: LocalFederation, mallory: FakeNode) -> str:

@@ -38,9 +38,15 @@ type = "int"
 name = "pension"
 type = "float"
 """
+# These regions switched DP off (their explicit choice, policy key stats_dp) so totals can be
+# compared exactly and the exact earlier-answer rule is exercised; DP-on horizontal answers
+# (each region noises its own part) are tested in tests/test_disclosure_stats.py.
 POLICY = f"""[defaults]
 min_cohort = 11
 approval = "auto"
+
+[defaults.disclosure]
+stats_dp = false
 
 [[datasets.pensions.rules]]
 purposes = ["{PURPOSE}"]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tenseal as ts
 
 from fedgov.hfl import logreg
 from fedgov.hfl.deployment import DEFAULT_PARAMS, MARKER_ENV
@@ -19,6 +20,8 @@ from fedgov.scenarios.regional import FEATURES, generate_regional
 pytestmark = pytest.mark.slow
 
 PURPOSE = "social-assistance-eligibility"
+#: docs/protocols/horizontal-fl.md: CKKS error ~1e-9 on the weights (2 rounds); 10x margin
+WEIGHT_TOL = 1e-8
 PARAMS = {"rounds": 2, "local-steps": 20, "min-clients": 2, "round-timeout": 40.0, "node-wait-timeout": 40.0}
 
 
@@ -89,6 +92,17 @@ def _fedavg(paths: list[str], params: dict) -> np.ndarray:
     return w
 
 
+def _audit(fed_dir: Path, node: str, job_id: str, action: str) -> list[dict]:
+    """``fedgov node audit`` of one node process for one job (what it recorded itself)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedgov", "node", "audit", "--json", "--job", job_id,
+         "--config", str(fed_dir / "nodes" / node / "node.toml")],
+        capture_output=True, text=True, check=True, timeout=60,
+    )
+    entries = json.loads(proc.stdout.splitlines()[-1])["entries"]
+    return [{**e, **e.get("detail", {})} for e in entries if e["action"] == action]
+
+
 def _flower_pids(under: Path) -> list[int]:
     """Live processes of a fedgov Flower deployment whose FLWR_HOME lies under ``under``
     (other sessions' Flower processes on this machine are not ours)."""
@@ -136,7 +150,17 @@ def test_horizontal_fl_job_through_the_coordinator(tmp_path: Path) -> None:
     assert out["job"]["state"] == "succeeded", out["job"]
     res = out["result"]["aggregator"]
     assert set(out["result"]) == {"aggregator"}  # regions and key holder release nothing
-    assert res["mode"] == "encrypted" and res["aggregator_context_is_private"] is False
+    assert res["mode"] == "encrypted"
+    # the aggregator process's own files: the CKKS context it summed under has no secret key
+    (agg_job,) = list((tmp_path / "fed" / "state" / "aggregator" / "hfl").iterdir())
+    assert not ts.context_from((agg_job / "public.ctx").read_bytes()).is_private()
+    # validation happened where the held-out data is: nothing of it reached the aggregator
+    assert not [p for p in (tmp_path / "fed" / "state" / "aggregator").rglob("*") if "validation" in p.name]
+    sent = _audit(tmp_path / "fed", val_region, out["job"]["job_id"], "relay-send")
+    to_agg = [e for e in sent if e["to"] == "aggregator"]
+    assert {e["step"] for e in to_agg} == {"hfl/hello", "hfl/eval-metrics"}
+    (metrics_msg,) = [e for e in to_agg if e["step"] == "hfl/eval-metrics"]
+    assert metrics_msg["envelope_bytes"] < 2048  # one AUC per track, no rows
     assert res["rounds"] == 2
     assert all(e["participants"] == regions for e in res["participation"])
     assert set(res["contribution"]) == set(regions)
@@ -147,7 +171,8 @@ def test_horizontal_fl_job_through_the_coordinator(tmp_path: Path) -> None:
     xv, yv, names = logreg.load_table(regional["validation"]["path"])
     assert res["features"] == names
     auc_ref = logreg.auc(yv, logreg.predict_proba(w_ref, xv))
-    assert float(np.max(np.abs(np.array(res["weights"]) - w_ref))) <= 1e-4
+    # CKKS at scale 2^40 over [n_k w_k, n_k]: documented error ~1e-9 on the weights
+    assert float(np.max(np.abs(np.array(res["weights"]) - w_ref))) <= WEIGHT_TOL
     assert abs(res["auc"] - auc_ref) < 0.01 and res["auc"] > 0.8, (res["auc"], auc_ref)
     # the key holder decrypted only sums, once per round
     kh_state = tmp_path / "fed" / "state" / "keyholder" / "hfl"

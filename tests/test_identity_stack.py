@@ -53,8 +53,9 @@ STEP = "cohort-count/count"
 def _policy(path: Path) -> Path:
     path.write_text(
         '[defaults]\nmin_cohort = 11\nrequesters = ["*"]\napproval = "auto"\n'
-        # these owners let the PSI jobs below release exact sizes and deliver the aligned IDs
-        '[defaults.disclosure]\npsi_size_release = "exact"\npsi_id_recipients = ["*"]\n\n'
+        # these owners let the PSI jobs below release exact sizes and deliver the aligned IDs, and
+        # release exact counts (the owners' choice): plumbing tests
+        '[defaults.disclosure]\npsi_size_release = "exact"\npsi_id_recipients = ["*"]\nstats_dp = false\n\n'
         "[[datasets.data.rules]]\n"
         f'purposes = ["{PURPOSE}"]\nkinds = ["cohort-count", "psi"]\nfields = ["id", "x"]\n'
     )

@@ -189,14 +189,19 @@ def test_leave_one_out_family_earns_the_drop() -> None:
 
 
 def test_report_budget_shares_and_ranks() -> None:
-    rows = points_report(_ledger(), "2024", "1000000.00")
+    # housing published a dataset but took part in no job: a row at 0 (a data-less node has none)
+    led = [*_ledger(), E.dataset_published("housing", "property", "5" * 64, 10, {"overall": 1.0}, ts=TS)]
+    rows = points_report(led, "2024", "1000000.00")
     assert [r.rank for r in rows] == [1, 2, 3, 4]
     assert rows[0].dept == "tax" and rows[-1].dept == "housing"
     assert sum(r.budget_amount for r in rows) == Decimal("1000000.00")
     assert sum(r.share for r in rows) == pytest.approx(1.0)
     assert rows[-1].budget_amount == 0
     tie = points_report(
-        [E.node_registered("a", "0" * 64, ts=TS), E.node_registered("b", "0" * 64, ts=TS)], "all", 10
+        [*(E.node_registered(n, "0" * 64, ts=TS) for n in "ab"),
+         *(E.dataset_published(n, "d", "1" * 64, 5, {"overall": 1.0}, ts=TS) for n in "ab")],
+        "all",
+        10,
     )
     assert [r.rank for r in tie] == [1, 1] and sum(r.budget_amount for r in tie) == 0
     text = render_table(rows)

@@ -121,22 +121,58 @@ def test_cardinality_only(hosts: int) -> None:
         assert res[name].size == len(want) and res[name].ids is None
 
 
-def test_cardinality_replies_are_unlinkable_to_guest_order() -> None:
-    rng = random.Random(9)
-    g = _ids(rng, 200)
-    t: list = []
-    run_local("card-order", g, {"h": g}, mode="cardinality", workers=1, transcript=t)
-    # identical sets: in alignment mode reply i would match host value at the
-    # same rank; under the host's secret permutation the positions disagree.
-    guest = PsiGuest("x", g, ["h"], workers=1)
-    host = PsiHost("x", g, mode="cardinality", workers=1)
-    reply = b"".join(host.remask(guest.masked_set()))
+def _guest_view(mode: str, guest_ids: list[str], host_ids: list[str], seed: int) -> tuple[PsiGuest, list]:
+    """One guest/host exchange; returns the guest (its own secrets) and the transcript of what crossed."""
+    transcript: list[tuple[str, str, str, bytes]] = []
+    guest = PsiGuest("card-link", guest_ids, ["h"], mode=mode, workers=1)  # type: ignore[arg-type]
+    host = PsiHost("card-link", host_ids, mode=mode, workers=1,  # type: ignore[arg-type]
+                   shuffle_key=random.Random(seed).randbytes(32))
+    sent = b"".join(guest.masked_set())
+    transcript.append(("guest", "h", "guest_masked", sent))
+    reply = b"".join(host.remask([sent]))
+    transcript.append(("h", "guest", "host_reply", reply))
+    host_set = b"".join(host.masked_set())
+    transcript.append(("h", "guest", "host_masked", host_set))
     guest.absorb_reply("h", [reply])
-    guest.absorb_host_set("h", host.masked_set())
-    mine = np.frombuffer(reply, dtype=f"S{MATCH_WIDTH}")
-    theirs = np.frombuffer(b"".join(guest._host_sets["h"]), dtype=f"S{MATCH_WIDTH}")
-    assert set(mine) == set(theirs)
-    assert (mine != theirs).sum() > 150  # order scrambled
+    guest.absorb_host_set("h", [host_set])
+    return guest, transcript
+
+
+def _linking_attack(guest: PsiGuest, transcript: list) -> set[str]:
+    """The guest's attack: reply i answers the i-th value it sent, so the replies that match the
+    host's (double-masked) set name its IDs in the intersection."""
+    (reply,) = [m for _, _, step, m in transcript if step == "host_reply"]
+    replies = np.frombuffer(reply, dtype=f"S{MATCH_WIDTH}")
+    theirs = set(np.frombuffer(b"".join(guest._host_sets["h"]), dtype=f"S{MATCH_WIDTH}").tolist())
+    assert guest._perm is not None  # sent position -> the guest's own distinct ID
+    return {guest._ids[guest._perm[i]] for i, r in enumerate(replies.tolist()) if r in theirs}
+
+
+def test_cardinality_replies_are_unlinkable_to_guest_ids() -> None:
+    """The guest knows which of its IDs each value it sent came from. In alignment mode the
+    replies keep that order, so it learns exactly which IDs are shared; in cardinality mode the
+    host's secret permutation must make that guess no better than chance."""
+    rng = random.Random(9)
+    g = _ids(rng, 400)
+    shared = set(g[:200])
+    h = g[:200] + _ids(rng, 150)
+    rng.shuffle(h)
+    # the attack works where nothing hides the order (align mode): it names the intersection
+    guest, t = _guest_view("align", g, h, seed=1)
+    assert _linking_attack(guest, t) == shared
+    for seed in range(3):
+        guest, t = _guest_view("cardinality", g, h, seed=seed)
+        guess = _linking_attack(guest, t)
+        assert len(guess) == len(shared)  # the guest does learn the size
+        # chance: 200 of the 400 IDs are shared, so a blind guess of 200 is right about half
+        # the time (sd of the hit rate 0.025); the attack must stay below 0.62 (4.8 sd)
+        hit_rate = len(guess & shared) / len(guess)
+        assert hit_rate < 0.62, f"seed {seed}: replies link to the guest's IDs ({hit_rate:.2f})"
+    # and what the hosts are told in cardinality mode is the size alone
+    full: list = []
+    run_local("card-msg", g, {"h": h}, mode="cardinality", workers=1, transcript=full)
+    (result,) = [m for _, dst, step, m in full if step == "result"]
+    assert len(result) == 14  # magic, version, mode, size: no positions
 
 
 def test_normalisation() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import sqlite3
 import subprocess
 import sys
 import time
@@ -14,6 +15,8 @@ import pytest
 
 from fedgov.crypto.envelope import MemorySequenceTracker, open_envelope
 from fedgov.errors import JobFailed
+from fedgov.protocols._psi_worker import hash_to_u
+from fedgov.protocols.psi import _tag
 from fedgov.runner import DatasetSpec, LocalFederation, NodeSpec
 from fedgov.runspec import run_spec
 from tests.conftest import write_csv
@@ -105,8 +108,58 @@ def test_host_never_receives_guest_ids_in_the_clear(tmp_path: Path) -> None:
                 break
         m.close()
     assert len(received) == 32 * len(guest_ids)  # one masked point per distinct ID, nothing else
-    points = {received[i : i + 32] for i in range(0, len(received), 32)}
+    sent = [received[i : i + 32] for i in range(0, len(received), 32)]
+    points = set(sent)
+    assert len(points) == len(guest_ids)
+    # the protocol's own (job-tagged) hash of each ID: what the host would see without the mask
+    tag = _tag(job.job_id, b"hash-to-u")
     for gid in guest_ids:
         assert gid.encode() not in received
         assert hashlib.sha256(gid.encode()).digest() not in points
-    assert points == set(sorted(points))  # no structure beyond a set
+        assert hash_to_u(tag, gid) not in points, "a guest ID reached the host unmasked"
+    # the order carries nothing: the set arrives sorted by value (the guest's rows are in ID order)
+    assert sent == sorted(sent)
+
+
+def _psi_node(tmp: Path, name: str, ids: list[str]) -> NodeSpec:
+    """A department whose policy lets tax (only) receive aligned IDs of its PSI jobs."""
+    write_csv(tmp / f"{name}.csv", ["id"], [[i] for i in ids])
+    (tmp / f"{name}-s.toml").write_text(
+        '[dataset]\nname = "data"\n[[fields]]\nname = "id"\ntype = "string"\nrequired = true\n')
+    (tmp / f"{name}-p.toml").write_text(
+        '[datasets.data.disclosure]\npsi_id_recipients = ["tax"]\n'
+        '[[datasets.data.rules]]\npurposes = ["test"]\nkinds = ["psi"]\nfields = ["id"]\n')
+    return NodeSpec(name, tmp / f"{name}-p.toml", [DatasetSpec("data", tmp / f"{name}-s.toml", str(tmp / f"{name}.csv"))])
+
+
+def test_aligned_order_reaches_only_the_hosts_the_manifest_names(tmp_path: Path) -> None:
+    """Three departments; the manifest names tax (not hrss) to receive the aligned order. What the
+    relay carried (recorded at the coordinator) and what each host process kept show it."""
+    ids = [f"P{i:05d}" for i in range(120)]
+    specs = [_psi_node(tmp_path, "civil", ids[:90]), _psi_node(tmp_path, "tax", ids[30:]),
+             _psi_node(tmp_path, "hrss", ids[20:100])]
+    manifest = '[job]\nkind = "psi"\npurpose = "test"\n'
+    for name, role in (("civil", "guest"), ("tax", "host"), ("hrss", "host")):
+        manifest += f'[[participants]]\nnode = "{name}"\ndataset = "data"\nfields = ["id"]\nrole = "{role}"\n'
+    manifest += '[results]\nrecipients = ["requester", "tax"]\n'
+    with LocalFederation(tmp_path / "f", specs) as fed:
+        db = sqlite3.connect(fed.workdir / "state" / "coordinator" / "coordinator.db", timeout=30)
+        with db:  # a curious coordinator records every envelope it relays
+            db.execute("CREATE TABLE recorded (job_id, step, sender, recipient)")
+            db.execute("CREATE TRIGGER record_relay AFTER INSERT ON relay BEGIN "
+                       "INSERT INTO recorded VALUES (NEW.job_id, NEW.step, NEW.sender, NEW.recipient); END")
+        with fed.client() as c:
+            job = c.submit(manifest)
+            st = c.wait(job.job_id, timeout=180)
+            assert st.state == "succeeded", st.reason
+        steps = db.execute("SELECT step, sender, recipient FROM recorded WHERE job_id=?", (job.job_id,)).fetchall()
+        db.close()
+        kept = {n: sorted((fed.workdir / "state" / n / "outputs").glob(f"{job.job_id}/aligned_ids*"))
+                for n in ("civil", "tax", "hrss")}
+        with kept["tax"][0].open() as fh:
+            tax_ids = [r["id"] for r in csv.DictReader(fh)]
+    results = {(s, r) for step, s, r in steps if step.endswith("/result")}
+    assert results == {("civil", "tax")}  # the aligned order went to tax only
+    assert {r for _, _, r in steps} == {"civil", "tax", "hrss"}  # hrss took part (its sets crossed)
+    assert kept["civil"] and kept["tax"] and not kept["hrss"]
+    assert sorted(tax_ids) == ids[30:90]  # the global intersection: P00030 .. P00089

@@ -25,13 +25,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedgov.demo import node_specs
 from fedgov.node.kinds.vertical_lr import _order_key
 from fedgov.protocols import eligibility as el
 from fedgov.protocols import vertical_lr as vlr
 from fedgov.protocols.psi import normalize_ids
 from fedgov.runner import LocalFederation
 from fedgov.runspec import federation_for, load_spec, manifest_for
+from fedgov.scenarios.profiles import node_specs
 from fedgov.scenarios.social_assistance import generate
 from fedgov.scenarios.social_assistance_jobs import (
     RULES_WITHOUT_MEDICAL,

@@ -225,3 +225,56 @@ def test_schema_from_dict_names_where() -> None:
     d["fields"][0].pop("mn")
     s = schema_from_dict(d, "catalog/a")
     assert s.update_frequency == "adhoc" and s.key is None and s.description == ""
+
+
+# -- `fedgov schema infer` (issue 14, finding 8) -------------------------------------------
+
+
+def test_schema_infer_drafts_a_loadable_schema(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from fedgov.datasources import read_dataset
+
+    rows = ["resident_id,district,annual_income,children,filed_on,notes,verified"]
+    for i in range(40):
+        rows.append(
+            f"11010119900101{i:03d}X,{['saihan', 'xincheng', 'huimin'][i % 3]},{1000 + i * 10.5},{i % 4},"
+            f"2024-01-{1 + i % 28:02d},{'' if i % 5 else 'note ' + str(i)},{'true' if i % 2 else 'false'}"
+        )
+    data = tmp_path / "Income 2024.csv"
+    data.write_text("\n".join(rows) + "\n")
+    out = subprocess.run([sys.executable, "-m", "fedgov", "schema", "infer", str(data)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    (tmp_path / "draft.toml").write_text(out.stdout)
+    schema = load_schema(tmp_path / "draft.toml")
+    types = {f.name: (f.type, f.required) for f in schema.fields}
+    assert schema.name == "income_2024" and schema.key == "resident_id"
+    assert types == {
+        "resident_id": ("resident_id", True), "district": ("category", True), "annual_income": ("float", True),
+        "children": ("int", True), "filed_on": ("date", True), "notes": ("string", False),
+        "verified": ("bool", True),
+    }
+    assert next(f for f in schema.fields if f.name == "district").values == ("huimin", "saihan", "xincheng")
+    assert "# min = 1000" in out.stdout and "TODO" in out.stdout  # ranges as comments only
+    # the draft reads its own data
+    assert read_dataset(str(data), schema, base_dir=tmp_path).num_rows == 40
+    # --out, and no overwrite without --force
+    dest = tmp_path / "s.toml"
+    ok = subprocess.run([sys.executable, "-m", "fedgov", "schema", "infer", str(data), "--out", str(dest)],
+                        capture_output=True, text=True, timeout=60)
+    again = subprocess.run([sys.executable, "-m", "fedgov", "schema", "infer", str(data), "--out", str(dest)],
+                           capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and dest.exists() and again.returncode == 2 and "--force" in again.stderr
+
+
+def test_schema_infer_names_a_bad_row(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    data = tmp_path / "d.csv"
+    data.write_bytes(b"id,x\n1,2\n2\n")
+    out = subprocess.run([sys.executable, "-m", "fedgov", "schema", "infer", str(data)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "row 2: 1 cell(s)" in out.stderr and "Traceback" not in out.stderr

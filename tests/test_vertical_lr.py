@@ -164,25 +164,96 @@ def test_host_ciphertext_decrypts_to_noise_without_mask() -> None:
     assert np.abs(g - true_grad).max() < GRAD_TOL_FIRST
 
 
-def test_arbiter_only_ever_decrypts_masked_values() -> None:
-    p, arb, host, guest = _one_batch_setup()
+def _ks_uniform(x: np.ndarray) -> float:
+    """Kolmogorov-Smirnov distance of ``x`` from U[-1, 1]."""
+    x = np.sort(np.asarray(x, dtype=np.float64))
+    n = x.size
+    cdf = np.clip((x + 1.0) / 2.0, 0.0, 1.0)
+    hi = np.arange(1, n + 1) / n
+    return float(max(np.max(hi - cdf), np.max(cdf - (hi - 1.0 / n))))
+
+
+#: KS distance a uniform sample of 4096 slots stays below with probability > 1 - 1e-6 (~2.7 / sqrt(n))
+KS_TOL = 0.045
+#: |correlation| two independent 4096-slot vectors stay below (~6 / sqrt(n))
+CORR_TOL = 0.1
+
+
+def _spy_arbiter(arb: vlr.Arbiter) -> list[np.ndarray]:
+    """Record every decryption the arbiter makes, as the full complex slots a key holder can decode."""
+    from tenseal import sealapi
+
     seen: list[np.ndarray] = []
-    real_decrypt = arb._ctx.decrypt
+    ctx = arb._ctx
 
     def spy(ct):
-        v = real_decrypt(ct)
+        pt = sealapi.Plaintext()
+        ctx._decryptor.decrypt(ct, pt)
+        v = np.asarray(ctx._encoder.decode_complex(pt), dtype=np.complex128)
         seen.append(v)
-        return v
+        return v.real.copy()
 
-    arb._ctx.decrypt = spy  # type: ignore[method-assign]
+    ctx.decrypt = spy  # type: ignore[method-assign]
+    return seen
+
+
+def _assert_masked(v: np.ndarray, mask_bits: int, true: np.ndarray | None = None) -> None:
+    """Real and imaginary slots near-uniform on the mask range, uncorrelated with the true values."""
+    scale = 2.0**mask_bits
+    for part in (v.real, v.imag):
+        assert np.abs(part).max() <= scale * 1.001
+        assert _ks_uniform(part / scale) < KS_TOL, _ks_uniform(part / scale)
+    if true is not None:
+        t = np.resize(np.asarray(true, dtype=np.float64), v.size)
+        assert abs(np.corrcoef(v.real, t)[0, 1]) < CORR_TOL
+
+
+def test_arbiter_only_ever_decrypts_masked_values() -> None:
+    """Every kind of decryption (training gradients of host and guest on two batches, validation
+    scores, evaluation scores, a coalition's scores): each decrypted slot - real and imaginary
+    part - is near-uniform on [-2^mask_bits, 2^mask_bits], uncorrelated with the true values,
+    and fresh: no two decryptions share a mask. A constant mask, a reused mask or an
+    unflooded imaginary part fails this."""
+    gx, y, hx = _breast()
+    p = vlr.VlrParams(epochs=1, batch_size=256, seed=3, validation_fraction=0.2, patience=1)
+    arb = vlr.Arbiter(p, {"guest": gx.shape[1] + 1, "tax": hx.shape[1]})
+    ctx = arb.public_context()
+    host = vlr.Host("tax", p, hx, ctx)
+    guest = vlr.Guest("guest", p, gx, y, ctx, ["tax"])
+    host.w = np.random.default_rng(0).normal(size=host.dim) * 0.3
+    guest.w = np.random.default_rng(1).normal(size=guest.dim) * 0.3
+    seen = _spy_arbiter(arb)
+    truths: list[np.ndarray | None] = []
+    for b in range(2):  # training: two batches, host and guest
+        resid = guest.residual_for_hosts(0, b, {"tax": host.partial_scores(0, b)})
+        _, rows = host._batch_rows(0, b)
+        z = host.x[rows] @ host.w + guest.x[rows] @ guest.w
+        d = guest.c[rows] / len(rows) * (np.polynomial.polynomial.polyval(z, vlr.sigmoid_poly(p)) - guest.y[rows])
+        host.apply_unmasked(arb.decrypt_masked("tax", host.masked_gradient(resid), expect="gradient"))
+        guest.apply_unmasked(arb.decrypt_masked("guest", guest.masked_gradient(0, b), expect="gradient"))
+        truths += [host.x[rows].T @ d, guest.x[rows].T @ d]
+    # validation scores (early stopping)
+    val = guest.masked_validation_total({"tax": host.validation_scores()})
+    guest.end_epoch(arb.decrypt_masked("guest", val, expect="scores"))
+    truths.append(host.x[host.val_rows] @ host.w + guest.x[guest.val_rows] @ guest.w)
+    # evaluation scoring and one coalition re-scoring
+    gm, hm = guest.model(), host.model()
+    hs, gs = vlr.HostScorer(hm, hx, ctx), vlr.GuestScorer(gm, gx, ctx, ["tax"])
+    hblob = hs.partial_scores()
+    gs.scores(arb.decrypt_masked("guest", gs.masked_total({"tax": hblob}), expect="scores"))
+    truths.append(gs.u + hs.u)
+    gs.scores(arb.decrypt_masked("guest", gs.masked_coalition_total({"tax": hblob}), expect="scores"))
+    truths.append(gs.u + hs.u)
+    assert len(seen) == len(truths) == 7
+    for v, t in zip(seen, truths, strict=True):
+        _assert_masked(v, p.mask_bits, t)
+    for i in range(len(seen)):  # fresh masks: no two decryptions are related
+        for j in range(i):
+            assert abs(np.corrcoef(seen[i].real, seen[j].real)[0, 1]) < CORR_TOL, (i, j)
+            assert abs(np.corrcoef(seen[i].imag, seen[j].imag)[0, 1]) < CORR_TOL, (i, j)
+    # the arbiter refuses anything that is not a masked message of the step's kind
     scores = {"tax": host.partial_scores(0, 0)}
     resid = guest.residual_for_hosts(0, 0, scores)
-    host.apply_unmasked(arb.decrypt_masked("tax", host.masked_gradient(resid)))
-    guest.apply_unmasked(arb.decrypt_masked("guest", guest.masked_gradient(0, 0)))
-    assert len(seen) == 2
-    for v in seen:
-        assert np.abs(v).min() > 1.0
-    # the arbiter refuses anything that is not a masked message
     for blob in (scores["tax"], resid):
         with pytest.raises(CryptoError):
             arb.decrypt_masked("tax", blob)
@@ -202,7 +273,7 @@ def test_scoring_returns_only_final_scores() -> None:
     gs = vlr.GuestScorer(gm, gx[:50], ctx, ["tax"])
     hblob = hs.partial_scores()
     assert hm.partial_score(hx[:50]).tobytes() not in hblob  # host sends ciphertext only
-    reply = arb.decrypt_masked("guest", gs.masked_total({"tax": hblob}))
+    reply = arb.decrypt_masked("guest", gs.masked_total({"tax": hblob}), expect="scores")
     scores = gs.scores(reply)
     expect = gm.partial_score(gx[:50]) + hm.partial_score(hx[:50])
     assert scores.shape == (50,)

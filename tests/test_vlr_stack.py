@@ -84,6 +84,22 @@ def test_forbidden_host_field_is_refused_before_any_computation(tmp_path: Path) 
         assert not [e for e in entries if e["action"] == "relay-send"]  # nothing left the guest
 
 
+def _wait_training(fed_dir: Path, job_id: str, timeout: float = 120) -> None:
+    """Wait until the host's own audit log shows a masked gradient sent to the arbiter."""
+    deadline = time.monotonic() + timeout
+    while True:
+        audit = subprocess.run(
+            [sys.executable, "-m", "fedgov", "node", "audit", "--json", "--job", job_id,
+             "--config", str(fed_dir / "nodes" / "host" / "node.toml")],
+            capture_output=True, text=True, check=True,
+        )
+        entries = json.loads(audit.stdout.splitlines()[-1])["entries"]
+        if any(e["action"] == "relay-send" and e["detail"].get("step") == "vlr/grad" for e in entries):
+            return
+        assert time.monotonic() < deadline, "training never started"
+        time.sleep(0.5)
+
+
 def test_host_vanishing_mid_training_fails_the_job(tmp_path: Path) -> None:
     spec = load_spec(_spec(tmp_path, epochs=400))
     fed = federation_for(spec, tmp_path / "w")
@@ -92,7 +108,7 @@ def test_host_vanishing_mid_training_fails_the_job(tmp_path: Path) -> None:
         with fed.client() as c:
             job = c.submit(manifest_for(spec))
             _wait_state(c, job.job_id, ("running",))
-            time.sleep(4)  # well into training
+            _wait_training(fed.workdir, job.job_id)  # the host has sent gradients: training is under way
             fed.kill("host", signal.SIGKILL)
             st = c.wait(job.job_id, timeout=60)
         assert st.state == "failed"

@@ -8,6 +8,7 @@ Config (``coordinator.toml``; paths relative to the file)::
     state_dir = "../federation/state/coordinator"
     node_timeout_seconds = 30      # a running job fails when a participant is silent this long
     max_payload_mb = 512           # largest relayed envelope
+    metrics_listen = "127.0.0.1:9464"  # optional Prometheus endpoint; loopback addresses only
 
 On start the coordinator writes ``<state_dir>/coordinator.addr`` with the
 address it actually listens on, for scripts that asked for port 0.
@@ -23,7 +24,9 @@ from __future__ import annotations
 
 import logging
 import signal
+import sqlite3
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +66,8 @@ class CoordinatorConfig:
     state_dir: Path
     node_timeout: float = 30.0
     max_payload: int = 512 * 1024 * 1024
+    #: loopback host:port of the Prometheus endpoint (None: no endpoint)
+    metrics_listen: str | None = None
 
     @classmethod
     def load(cls, path: Path) -> CoordinatorConfig:
@@ -73,7 +78,7 @@ class CoordinatorConfig:
         w = f"{where}: coordinator"
         check_keys(
             t,
-            ("listen", "kit", "state_dir", "node_timeout_seconds", "max_payload_mb"),
+            ("listen", "kit", "state_dir", "node_timeout_seconds", "max_payload_mb", "metrics_listen"),
             w,
             required=("listen", "kit", "state_dir"),
         )
@@ -81,7 +86,13 @@ class CoordinatorConfig:
         listen = get_str(t, "listen", w)
         if ":" not in listen:
             raise ConfigError(f"listen must be host:port, got '{listen}'", where=w)
+        metrics_listen = get_str(t, "metrics_listen", w) if "metrics_listen" in t else None
+        if metrics_listen is not None:
+            from fedgov.coordinator.prom import check_listen
+
+            check_listen(metrics_listen, w)
         return cls(
+            metrics_listen=metrics_listen,
             listen=listen,
             kit=(base / get_str(t, "kit", w)).resolve(),
             state_dir=(base / get_str(t, "state_dir", w)).resolve(),
@@ -174,14 +185,33 @@ class Coordinator:
         for svc in ("", "fedgov.v1.Registry", "fedgov.v1.Jobs", "fedgov.v1.Relay", "fedgov.v1.Ledger"):
             self.health.set(svc, health_pb2.HealthCheckResponse.SERVING)
         threading.Thread(target=self._watchdog, name="watchdog", daemon=True).start()
+        self.metrics_server = None
+        if self.config.metrics_listen is not None:
+            from fedgov.coordinator.prom import serve_metrics
+
+            self.metrics_server = serve_metrics(
+                self.config.metrics_listen, self.store, self.ledger, self.config.state_dir
+            )
         addr_file = self.config.state_dir / "coordinator.addr"
         tmp = addr_file.with_suffix(".tmp")
         tmp.write_text(self.address + "\n")
         tmp.replace(addr_file)
         log.info("coordinator listening on %s (mTLS)", self.address)
 
+    #: seconds between SQLite housekeeping passes (incremental vacuum, WAL checkpoint)
+    HOUSEKEEPING_SECONDS = 30.0
+
     def _watchdog(self) -> None:
+        last_housekeeping = 0.0
         while not self._stop.wait(1.0):
+            if time.monotonic() - last_housekeeping >= self.HOUSEKEEPING_SECONDS:
+                last_housekeeping = time.monotonic()
+                try:
+                    freed = self.store.housekeeping()
+                    if freed:
+                        log.info("housekeeping: %d free pages returned to the file system", freed)
+                except sqlite3.Error as exc:
+                    log.warning("housekeeping failed: %s", exc)
             for job_id, node, silent in self.store.stale_participants(self.config.node_timeout):
                 if self.store.finish_job(
                     job_id, "failed", f"node '{node}' stopped responding ({silent:.0f} s without contact)"
@@ -192,6 +222,8 @@ class Coordinator:
         self._stop.set()
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if getattr(self, "metrics_server", None) is not None:
+            self.metrics_server.shutdown()
         self.store.close()
         self.ledger.close()
 

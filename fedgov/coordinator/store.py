@@ -192,6 +192,7 @@ class CoordinatorStore:
 
     def __init__(self, path: Path) -> None:
         self._db = open_private_db(path, timeout=5.0)  # 0700 directory, 0600 database (+ WAL)
+        self._enable_incremental_vacuum()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
@@ -216,6 +217,9 @@ class CoordinatorStore:
         self._drainer: threading.Thread | None = None
         self._drainer_stop = threading.Event()
         self._touched: dict[str, float] = {}
+        #: envelope bytes stored into / read out of the relay since start (metrics)
+        self.relay_bytes_in = 0
+        self.relay_bytes_out = 0
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
@@ -238,6 +242,44 @@ class CoordinatorStore:
                     self.changed.notify_all()
 
     _outbox_wake_pending = False
+
+    # -- housekeeping (issue 14, finding 5) ------------------------------
+    #: relayed envelopes are deleted when their job ends; without this the
+    #: freed pages stay in the file (90 MB, 99.9% free, after nine jobs)
+    AUTO_VACUUM_INCREMENTAL = 2
+
+    def _enable_incremental_vacuum(self) -> None:
+        """Put the database in ``auto_vacuum=INCREMENTAL`` mode (a one-off VACUUM for an old file)."""
+        mode = self._db.execute("PRAGMA auto_vacuum").fetchone()[0]
+        if mode != self.AUTO_VACUUM_INCREMENTAL:
+            self._db.execute(f"PRAGMA auto_vacuum={self.AUTO_VACUUM_INCREMENTAL}")
+            self._db.execute("VACUUM")  # the mode takes effect on an existing file only after VACUUM
+
+    def housekeeping(self) -> int:
+        """Return free pages to the file system; returns the pages freed.
+
+        Runs ``PRAGMA incremental_vacuum`` (releases every free page) and a
+        truncating WAL checkpoint, so ``coordinator.db`` stays near its live size.
+        """
+        with self._lock:
+            before = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+            if before:
+                # executescript steps the pragma to the end (execute() frees one page only)
+                self._db.executescript("PRAGMA incremental_vacuum;")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            return int(before)
+
+    def relay_depth(self) -> tuple[int, int]:
+        """``(messages, bytes)`` waiting in the relay (for the metrics endpoint)."""
+        with self._lock:
+            n, size = self._db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(data)), 0) FROM relay").fetchone()
+        return int(n), int(size)
+
+    def job_counts(self) -> dict[str, int]:
+        """Number of jobs per state (for status views and metrics)."""
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+        return {state: int(n) for state, n in rows}
 
     def close(self) -> None:
         """Stop the ledger drainer (after a last drain) and close the database."""
@@ -786,6 +828,7 @@ class CoordinatorStore:
                 "VALUES (?,?,?,?,?,?,?)",
                 (job_id, step, sender, recipient, seq, data, time.time()),
             )
+        self.relay_bytes_in += len(data)
 
     def get_message(self, job_id: str, step: str, sender: str, recipient: str, seq: int) -> bytes | None:
         with self._lock:
@@ -793,6 +836,8 @@ class CoordinatorStore:
                 "SELECT data FROM relay WHERE job_id=? AND step=? AND sender=? AND recipient=? AND seq=?",
                 (job_id, step, sender, recipient, seq),
             ).fetchone()
+        if row:
+            self.relay_bytes_out += len(row[0])
         return row[0] if row else None
 
     # -- events ----------------------------------------------------------

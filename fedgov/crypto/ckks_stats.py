@@ -25,13 +25,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import tenseal as ts
+import tenseal.sealapi as sealapi
 
 from fedgov.errors import CryptoError
 
@@ -41,6 +44,8 @@ __all__ = [
     "KeyOwner",
     "Message",
     "PublicKey",
+    "add_masks",
+    "flood_imaginary",
     "job_tag",
     "pack",
     "unpack",
@@ -93,6 +98,101 @@ class _Keyed:
             raise CryptoError(f"ciphertext rejected: {exc}", where=where) from None
 
 
+    # raw SEAL ciphertexts (what a key holder decrypts after another party's blinding) ----------
+    def load_raw(self, blob: bytes, where: str) -> Any:
+        """A raw SEAL ciphertext (from :func:`flood_imaginary`) under this key's context."""
+        with tempfile.TemporaryDirectory(prefix="fedgov-ckks-") as d:
+            path = os.path.join(d, "ct")
+            with open(path, "wb") as f:
+                f.write(blob)
+            ct = sealapi.Ciphertext()
+            try:
+                ct.load(self.ctx.data.seal_context(), path)
+            except Exception as exc:
+                raise CryptoError(f"ciphertext rejected: {exc}", where=where) from None
+        return ct
+
+    def add_raw(self, blobs: Sequence[bytes], where: str) -> bytes:
+        """Sum of raw SEAL ciphertexts (same level and scale), as raw bytes."""
+        if not blobs:
+            raise CryptoError("nothing to add", where=where)
+        acc = self.load_raw(blobs[0], where)
+        ev = sealapi.Evaluator(self.ctx.data.seal_context())
+        for b in blobs[1:]:
+            ct = self.load_raw(b, where)
+            if ct.parms_id() != acc.parms_id() or abs(ct.scale / acc.scale - 1) > 1e-9:
+                raise CryptoError("ciphertexts at different levels or scales", where=where)
+            ev.add_inplace(acc, ct)
+        return _dump(acc)
+
+
+def _dump(ct: Any) -> bytes:
+    with tempfile.TemporaryDirectory(prefix="fedgov-ckks-") as d:
+        path = os.path.join(d, "ct")
+        ct.save(path)
+        with open(path, "rb") as f:
+            return f.read()
+
+
+def _constant_coefficient(sc: Any, pt: Any) -> int:
+    """The exact constant coefficient (centred, an integer) of an NTT-form CKKS plaintext.
+
+    For the negacyclic NTT, ``sum_k a_k = N * m_0`` modulo each prime, so
+    ``m_0 = N^-1 * sum_k a_k`` per prime, combined by the CRT.
+    """
+    n = PARAMS[0]
+    qs = [m.value() for m in sc.get_context_data(pt.parms_id()).parms().coeff_modulus()]
+    if pt.coeff_count() != n * len(qs) or not pt.is_ntt_form():
+        raise CryptoError("unexpected plaintext layout", where="ckks")
+    data = pt.data
+    big_q = 1
+    for q in qs:
+        big_q *= q
+    x = 0
+    for j, q in enumerate(qs):
+        tot = sum(data(j * n + i) for i in range(n)) % q
+        qi = big_q // q
+        x += (tot * pow(n, -1, q) % q) * qi * pow(qi, -1, q)
+    x %= big_q
+    return x - big_q if x > big_q // 2 else x
+
+
+def add_masks(key: _Keyed, vec: ts.CKKSVector, real_mask: Any, imag_sigma: float,
+              rng: np.random.Generator, tries: int = 32) -> bytes:
+    """``vec`` plus the plaintext ``real_mask + i * N(0, imag_sigma^2)`` slot-wise; raw SEAL bytes.
+
+    ``real_mask()`` draws a fresh zero-sum real mask. Guarantees: the slot sum
+    of the added plaintext is *exactly* zero — its constant coefficient is
+    checked (double-precision encoding can leave a residue; the mask is then
+    drawn again) — so :meth:`KeyOwner.decrypt_raw_sum` recovers ``vec``'s slot
+    sum exactly; the imaginary part the key holder decrypts is the sender's
+    noise plus an independent Gaussian of ``imag_sigma`` (the imaginary-part
+    channel of docs/protocols/he-stats.md). TenSEAL's real vectors cannot carry
+    an imaginary part, hence SEAL's complex encoder and a raw ciphertext.
+    """
+    ct = vec.ciphertext()[0]
+    sc = key.ctx.data.seal_context()
+    enc = sealapi.CKKSEncoder(sc)
+    for _ in range(tries):
+        re = np.asarray(real_mask(), dtype=np.float64)
+        im = rng.normal(0.0, imag_sigma, SLOTS) if imag_sigma > 0 else np.zeros(SLOTS)
+        pt = sealapi.Plaintext()
+        enc.encode([complex(a, b) for a, b in zip(re.tolist(), im.tolist(), strict=True)], ct.parms_id(),
+                   ct.scale, pt)
+        if _constant_coefficient(sc, pt) == 0:
+            break
+    else:
+        raise CryptoError("could not encode an exactly zero-sum mask (mask too large?)", where="ckks")
+    sealapi.Evaluator(sc).add_plain_inplace(ct, pt)
+    return _dump(ct)
+
+
+def flood_imaginary(key: _Keyed, vec: ts.CKKSVector, sigma: float, rng: np.random.Generator) -> bytes:
+    """``vec`` plus a fresh imaginary part ``i * N(0, sigma^2)`` in every slot; raw SEAL bytes
+    (:func:`add_masks` with no real mask)."""
+    return add_masks(key, vec, lambda: np.zeros(SLOTS), sigma, rng)
+
+
 class KeyOwner(_Keyed):
     """Holds a fresh CKKS key pair for one job; the secret key never leaves it."""
 
@@ -114,6 +214,47 @@ class KeyOwner(_Keyed):
     def decrypt(self, blob: bytes, where: str) -> np.ndarray:
         """Decrypt one serialised ciphertext to a float vector of SLOTS values."""
         return np.asarray(self.load(blob, where).decrypt(), dtype=np.float64)
+
+    def _decode_raw(self, blob: bytes, where: str) -> tuple[Any, Any]:
+        sc = self.ctx.data.seal_context()
+        pt = sealapi.Plaintext()
+        sealapi.Decryptor(sc, self.ctx.data.secret_key()).decrypt(self.load_raw(blob, where), pt)
+        return sealapi.CKKSEncoder(sc), pt
+
+    def decrypt_raw(self, blob: bytes, where: str) -> np.ndarray:
+        """Real parts of a raw SEAL ciphertext's slots (what the protocols use)."""
+        enc, pt = self._decode_raw(blob, where)
+        return np.asarray(enc.decode_double(pt), dtype=np.float64)
+
+    def decrypt_raw_sum(self, blob: bytes, where: str) -> float:
+        """Sum of the real parts of all slots of a raw ciphertext, decoded *exactly*.
+
+        The sum over the 4096 slots of ``Re(z_j)`` is ``N * m_0 / (2 * scale)``
+        with ``m_0`` the constant coefficient of the decrypted plaintext (the
+        other coefficients cancel over all roots of unity), and ``m_0`` is
+        ``N^-1 * sum_k a_k`` of its NTT values modulo each prime — exact
+        integers, combined by the CRT. So the sum carries no double-precision
+        FFT error, however large the (zero-sum) masks on single slots are:
+        only CKKS noise (~1e-4 absolute) remains.
+        """
+        sc = self.ctx.data.seal_context()
+        pt = sealapi.Plaintext()
+        sealapi.Decryptor(sc, self.ctx.data.secret_key()).decrypt(self.load_raw(blob, where), pt)
+        return float(_constant_coefficient(sc, pt)) * PARAMS[0] / (2.0 * pt.scale)
+
+    def decrypt_complex_raw(self, blob: bytes, where: str) -> np.ndarray:
+        """Complex slots of a raw ciphertext: what a curious key holder can read
+        (tests of the imaginary-part channel use it)."""
+        enc, pt = self._decode_raw(blob, where)
+        return np.asarray(enc.decode_complex(pt), dtype=np.complex128)
+
+    def decrypt_complex(self, blob: bytes, where: str) -> np.ndarray:
+        """Complex slots of a TenSEAL ciphertext (own encryptions; tests)."""
+        ct = self.load(blob, where).ciphertext()[0]
+        sc = self.ctx.data.seal_context()
+        pt = sealapi.Plaintext()
+        sealapi.Decryptor(sc, self.ctx.data.secret_key()).decrypt(ct, pt)
+        return np.asarray(sealapi.CKKSEncoder(sc).decode_complex(pt), dtype=np.complex128)
 
 
 class PublicKey(_Keyed):

@@ -299,6 +299,26 @@ class MemorySequenceTracker:
             self._next[key] = expected + 1
 
 
+def _check_addressed(h: Header, me: NodeKeys | Recipient) -> None:
+    """MisaddressedEnvelope unless ``h`` is for ``me`` (and, for a per-job key, for its job)."""
+    if h.recipient != me.name:
+        raise MisaddressedEnvelope(f"addressed to {h.recipient}, not to this node ({me.name})",
+                                   where=h.where())
+    key_job = getattr(me, "job_id", None)
+    if key_job is not None and h.job_id != key_job:
+        raise MisaddressedEnvelope(f"belongs to job {h.job_id}, not to job {key_job} whose key "
+                                   "opens it (replayed from another job?)", where=h.where())
+
+
+def _verify_sender(peer: PeerKeys, p: _Parsed) -> None:
+    """TamperedEnvelope unless ``peer``'s Ed25519 key signed header and ciphertext."""
+    try:
+        peer.signing_key.verify(p.signature, _SIG_TAG + p.signed)
+    except InvalidSignature:
+        raise TamperedEnvelope("signature does not verify (tampered in transit?)",
+                               where=p.header.where()) from None
+
+
 def open_envelope(
     blob: bytes,
     me: NodeKeys | Recipient,
@@ -323,13 +343,7 @@ def open_envelope(
     """
     p = _parse(blob)
     h = p.header
-    if h.recipient != me.name:
-        raise MisaddressedEnvelope(f"addressed to {h.recipient}, not to this node ({me.name})",
-                                   where=h.where())
-    key_job = getattr(me, "job_id", None)
-    if key_job is not None and h.job_id != key_job:
-        raise MisaddressedEnvelope(f"belongs to job {h.job_id}, not to job {key_job} whose key "
-                                   "opens it (replayed from another job?)", where=h.where())
+    _check_addressed(h, me)
     try:
         peer = sender_keys(h.sender)
     except (LookupError, FedgovError) as exc:
@@ -338,11 +352,7 @@ def open_envelope(
         raise UnknownSender("no verified keys for sender", where=h.where())
     if peer.name != h.sender:
         raise UnknownSender(f"key lookup returned keys of {peer.name!r}", where=h.where())
-    try:
-        peer.signing_key.verify(p.signature, _SIG_TAG + p.signed)
-    except InvalidSignature:
-        raise TamperedEnvelope("signature does not verify (tampered in transit?)",
-                               where=h.where()) from None
+    _verify_sender(peer, p)
     try:
         plaintext = me._hpke_decrypt(p.ciphertext, _INFO_TAG + p.header_bytes)
     except (InvalidTag, ValueError):

@@ -41,13 +41,13 @@ from flwr.serverapp import Grid, ServerApp
 from fedgov.errors import CryptoError, FedgovError, JobFailed
 from fedgov.hfl import logreg
 from fedgov.hfl import secure_agg as sa
+from fedgov.hfl.evaluate import ALL
 
 __all__ = ["client_app", "server_app"]
 
 server_app = ServerApp()
 client_app = ClientApp()
 
-ALL = "all"
 #: Fewest contributors a leave-one-out track needs to be aggregated in a round.
 MIN_TRACK_CONTRIBUTORS = 2
 
@@ -190,8 +190,9 @@ def _run(grid: Grid, cfg: dict[str, Any], result: _Result) -> None:
         raise JobFailed(f"unknown mode {mode!r} (plain or encrypted)")
 
     try:
-        Xv, yv, names = logreg.load_table(str(cfg["val-path"]))
-        dim = len(names) + 1
+        dim = int(cfg["dim"])  # features + intercept; no validation data here
+        if dim < 2:
+            raise JobFailed(f"run config dim = {dim}: the model needs at least one feature")
         tracks = [ALL]
         if bool(cfg["contribution"]):
             tracks += [f"-{r}" for r in sorted(regions.values())]
@@ -251,28 +252,32 @@ def _run(grid: Grid, cfg: dict[str, Any], result: _Result) -> None:
             round_secs.append(time.monotonic() - t0)
             entry["seconds"] = round(round_secs[-1], 4)
             result.write()
+            _round_barrier(str(cfg.get("test-round-barrier", "")), rnd, timeout)
 
-        full = float(logreg.auc(yv, logreg.predict_proba(weights[ALL], Xv)))
-        res["auc_validation"] = full
+        # no validation here: the region holding the held-out set evaluates these models where
+        # its data is and returns only the metrics (fedgov.hfl.evaluate)
         res["weights"] = weights[ALL].tolist()
+        res["track_weights"] = {t: w.tolist() for t, w in weights.items()}
         res["seconds_per_round"] = float(np.mean(round_secs)) if round_secs else 0.0
-        if len(tracks) > 1:
-            without = {t[1:]: float(logreg.auc(yv, logreg.predict_proba(weights[t], Xv)))
-                       for t in tracks[1:]}
-            res["contribution"] = {r: round(full - a, 6) for r, a in without.items()}
-            res["contribution_method"] = "leave-one-out AUC drop on the validation set"
-            # the same measurements as coalition values, for the ledger's model_contribution
-            # entry: the full set and every "all but one region" set (the leave-one-out family)
-            names = sorted(regions.values())
-            coalitions = {"+".join(names): round(full, 6)}
-            for r, a in without.items():
-                coalitions["+".join(n for n in names if n != r)] = round(a, 6)
-            res["eval"] = {"coalition_metric": "auc", "coalitions": coalitions}
         res["status"] = "completed"
         result.write()
     finally:
         if broker is not None:
             broker.stop()
+
+
+def _round_barrier(prefix: str, rnd: int, timeout: float) -> None:
+    """Tests only (empty ``prefix`` in every real run): wait for ``<prefix>.<rnd>`` before the next round.
+
+    Lets a test act between two rounds (drop a region) without racing the
+    next round's messages. Waits at most ``timeout``.
+    """
+    if not prefix:
+        return
+    end = time.monotonic() + timeout
+    flag = Path(f"{prefix}.{rnd}")
+    while not flag.exists() and time.monotonic() < end:
+        time.sleep(0.05)
 
 
 def _exchange(grid: Grid, nodes: list[int], mtype: str, content: RecordDict, rnd: int,

@@ -64,8 +64,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from fedgov.crypto import kits, pki
 from fedgov.errors import ConfigError, JobFailed, TransportError
-from fedgov.hfl import secure_agg
+from fedgov.hfl import logreg, secure_agg
 from fedgov.hfl._superlink import listen_addresses
+from fedgov.hfl.evaluate import ALL, contribution, track_aucs
 
 __all__ = [
     "EXIT_SUPERNODE_CONNECTION",
@@ -160,9 +161,9 @@ clientapp = "fedgov.hfl.app:client_app"
 
 _RUN_CONFIG_DEFAULTS: dict[str, Any] = {
     **DEFAULT_PARAMS, "mode": "plain", "expected-clients": 2, "job-id": "",
-    "result-path": "", "val-path": "", "he-context-path": "", "he-context-sha256": "",
+    "result-path": "", "dim": 0, "he-context-path": "", "he-context-sha256": "",
     "coordinator-kit": "", "key-holder": "", "broker-port": 0, "broker-host": "127.0.0.1",
-    "region-nodes": "",
+    "region-nodes": "", "test-round-barrier": "",
 }
 
 
@@ -623,7 +624,8 @@ def run_horizontal_job(workdir: Path, regions: dict[str, Path | str], params: di
     """Run one horizontal-FL job end to end on this host and return its result.
 
     ``regions`` maps region name → that bureau's feature table (CSV);
-    ``validation`` is the labelled validation table the coordinator holds;
+    ``validation`` is the labelled validation table the caller holds (it is
+    evaluated here, after the run, never sent to the ServerApp);
     ``params`` overrides :data:`DEFAULT_PARAMS` (rounds, local-steps, lr, l2,
     min-clients, round-timeout, contribution, dp-clip, dp-noise, seed).
     With ``encrypted`` the ``key_holder`` (required, must not be a region
@@ -648,8 +650,10 @@ def run_horizontal_job(workdir: Path, regions: dict[str, Path | str], params: di
         if key_holder in ("superlink", "coordinator", "aggregator"):
             raise ConfigError("the key holder must not be the aggregator")
     p = {**DEFAULT_PARAMS, **params}
-    if int(p["min-clients"]) < 1:
-        raise ConfigError("min-clients must be >= 1")
+    if int(p["min-clients"]) < secure_agg.MIN_SUM_CONTRIBUTORS:
+        raise ConfigError(f"min-clients must be >= {secure_agg.MIN_SUM_CONTRIBUTORS}")
+    # the validation table stays with the caller: the ServerApp never sees it
+    xv, yv, xv_names = logreg.load_table(validation)
     dep = Deployment(workdir, listen=listen, advertise=advertise)
     try:
         dep.start_superlink()
@@ -658,7 +662,7 @@ def run_horizontal_job(workdir: Path, regions: dict[str, Path | str], params: di
             **{k: p[k] for k in DEFAULT_PARAMS}, "mode": "encrypted" if encrypted else "plain",
             "expected-clients": len(regions), "job-id": uuid.uuid4().hex,
             "result-path": str(dep.workdir / "result.json"),
-            "val-path": str(Path(validation).resolve()),
+            "dim": len(xv_names) + 1,
             "region-nodes": ",".join(f"{n}={i}" for n, i in ids.items()),
         }
         pin = ""
@@ -666,7 +670,7 @@ def run_horizontal_job(workdir: Path, regions: dict[str, Path | str], params: di
             assert key_holder is not None
             broker_port = _free_port()
             km = dep.start_key_holder(key_holder, broker_port,
-                                      min_contributors=min(2, int(p["min-clients"])))
+                                      min_contributors=secure_agg.MIN_SUM_CONTRIBUTORS)
             pin = km.sha256
             run_cfg.update({"he-context-path": str(km.public_context),
                             "he-context-sha256": km.sha256,
@@ -679,6 +683,8 @@ def run_horizontal_job(workdir: Path, regions: dict[str, Path | str], params: di
                 conf["he-context-sha256"] = pin
             dep.start_supernode(name, conf)
         res = dep.run_app(run_cfg)
+        tracks = res.get("track_weights") or {ALL: res["weights"]}
+        res.update(contribution(track_aucs(tracks, xv, yv, list(regions)), list(regions)))
         res["deployment"] = {"node_ids": ids, "events": list(dep.events)}
         return res
     finally:

@@ -78,6 +78,9 @@ log = logging.getLogger(__name__)
 CKKS_POLY_DEGREE = 4096
 CKKS_COEFF_BITS = (60, 49)
 CKKS_SCALE = 2.0**40
+#: fewest contributors a sum must declare before any key holder decrypts it (a lower
+#: ``min_contributors`` argument is raised to this: a "sum" of one is one region's update)
+MIN_SUM_CONTRIBUTORS = 2
 _SERVICE = "fedgov.hfl.KeyHolderBroker"
 
 
@@ -278,7 +281,7 @@ def run_key_holder(kit_dir: Path, secret_context: Path, broker: str, *,
     """Key holder loop: poll ``broker`` (``host:port``), decrypt allowed sums, post results.
 
     Guarantees: a vector is decrypted only if its request declares at least
-    ``min_contributors`` contributors, and at most once per (job, round,
+    ``max(min_contributors, MIN_SUM_CONTRIBUTORS)`` contributors, and at most once per (job, round,
     track); anything else is refused with a reason the aggregator reports.
     Only decrypted *sums* leave this process. Returns the number of
     decryptions when ``stop`` is set or the broker has been unreachable for
@@ -324,6 +327,9 @@ def _decrypt_request(ctx: ts.Context, payload: bytes, min_contributors: int,
         tracks = header["tracks"]
     except (KeyError, ValueError, CryptoError, struct.error) as exc:
         return {"error": f"malformed request ({exc})"}
+    min_contributors = max(int(min_contributors), MIN_SUM_CONTRIBUTORS)
+    if len(tracks) != len(blobs) or len({t["name"] for t in tracks}) != len(tracks):
+        return {"error": "malformed request (tracks and ciphertexts do not match one to one)"}
     for t in tracks:
         if int(t["contributors"]) < min_contributors:
             return {"error": f"track {t['name']} has {t['contributors']} contributors; "

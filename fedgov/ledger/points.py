@@ -30,6 +30,11 @@ Per job that **succeeded**, completed inside the period, and is **joint**
   entry's ``validation`` set is the one named in ``job_submitted`` (not
   empty) and the participant also has a counted data contribution to the job
   (points only for data that entered).
+* **negative contributions earn nothing**: a participant whose model value
+  (Shapley value or leave-one-out drop) in that job is negative gets no model
+  points and its data term for that job is multiplied by
+  ``negative_model_value_data_factor`` (0 by default: the data made the model
+  worse, so it earns nothing for that job).
 
 Floating-point arithmetic is done in a fixed order (log order, sorted names,
 :func:`math.fsum`), and totals are rounded to :data:`DECIMALS` places, so the
@@ -98,6 +103,11 @@ class PointsRules:
     model_points_per_unit: float = 10_000.0
     #: 0 in rule sets published before the leave-one-out term existed (see from_dict)
     leave_one_out_points_per_unit: float = 10_000.0
+    #: factor on a participant's data term in a job whose counted model
+    #: contribution gives it a negative value (it made the model worse): 0, a
+    #: negative contribution earns nothing for that job. 1 in rule sets
+    #: published before this rule existed (see from_dict).
+    negative_model_value_data_factor: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (every field, stable key set)."""
@@ -112,10 +122,11 @@ class PointsRules:
         """Strict inverse of :meth:`to_dict`: unknown or mistyped keys raise :class:`ConfigError`.
 
         A rule set published before ``leave_one_out_points_per_unit`` existed
-        reads as 0 for it, so its old awards recompute unchanged.
+        reads as 0 for it, one before ``negative_model_value_data_factor`` as 1,
+        so its old awards recompute unchanged.
         """
         known = {f.name: f for f in fields(cls)}
-        d = {"leave_one_out_points_per_unit": 0.0, **d}
+        d = {"leave_one_out_points_per_unit": 0.0, "negative_model_value_data_factor": 1.0, **d}
         for key in d:
             if key not in known:
                 raise ConfigError(f"unknown key {key!r}", where="points rules")
@@ -354,7 +365,7 @@ def compute_points(
         if len(parts) < rules.min_participants:
             say(f"job {name}: {len(parts)} participant(s), fewer than {rules.min_participants}; no points")
             continue
-        counted: set[str] = set()
+        job_data: dict[str, float] = {}
         for node in sorted(job.contributions):
             c, q, rows = job.contributions[node]
             why = _contribution_problem(c, parts, job.approvals)
@@ -364,15 +375,22 @@ def compute_points(
             records = c["records"] if rows is None else min(c["records"], rows)
             if rows is not None and c["records"] > rows:
                 say(f"job {name}: {node} claimed {c['records']} records, capped at {rows} published rows")
-            pts = records * len(c["fields"]) * (q**rules.quality_exponent) * rules.points_per_record_field
-            data_terms.setdefault(node, []).append(pts)
+            job_data[node] = (
+                records * len(c["fields"]) * (q**rules.quality_exponent) * rules.points_per_record_field
+            )
             bd = result.setdefault(node, PointsBreakdown())
             bd.records += records
             bd.jobs.append(name)
-            counted.add(node)
         if job.model is not None:
-            for node, pts in _model_points(name, job, parts, counted, rules, say).items():
-                model_terms.setdefault(node, []).append(pts)
+            values = _model_values(name, job, parts, set(job_data), rules, say)
+            for node, (value, unit) in sorted(values.items()):
+                model_terms.setdefault(node, []).append(max(value, 0.0) * unit)
+                if value < 0 and rules.negative_model_value_data_factor != 1.0:
+                    say(f"job {name}: {node} made the model worse ({value:+.6f}); data term "
+                        f"x {rules.negative_model_value_data_factor}")
+                    job_data[node] *= rules.negative_model_value_data_factor
+        for node, pts in job_data.items():
+            data_terms.setdefault(node, []).append(pts)
     for node, terms in data_terms.items():
         result[node].data = round(math.fsum(terms), DECIMALS)
     for node, terms in model_terms.items():
@@ -395,14 +413,16 @@ def _contribution_problem(c: Entry, parts: Mapping[str, Any], approvals: set[str
     return None
 
 
-def _model_points(
+def _model_values(
     name: str,
     job: _Job,
     parts: Mapping[str, Any],
     counted: set[str],
     rules: PointsRules,
     say: Callable[[str], Any],
-) -> dict[str, float]:
+) -> dict[str, tuple[float, float]]:
+    """Per counted participant ``(value, points per unit)``: its Shapley value or
+    leave-one-out drop (may be negative) and the rule's unit for that method."""
     m = job.model
     assert m is not None
     named = job.submitted["validation"]
@@ -432,12 +452,12 @@ def _model_points(
             "the leave-one-out family; ignored"
         )
         return {}
-    out: dict[str, float] = {}
+    out: dict[str, tuple[float, float]] = {}
     for p in players:
         if p not in counted:
             say(f"job {name}: {p} has a {method} but no counted data contribution; no model points")
             continue
-        out[p] = max(float(phi[p]), 0.0) * unit
+        out[p] = (float(phi[p]), unit)
     return out
 
 
@@ -523,6 +543,9 @@ def points_report(
 ) -> list[PointsRow]:
     """Rows ``(dept, points, share, budget_amount, rank)`` ordered by rank, then name.
 
+    Every node that published a dataset or earned points has a row (so a
+    data-less arbiter with 0 points has none).
+
     ``share = points / Σ points`` (0 when nobody earned points). The budget is
     split in exact cents by the largest-remainder method, so the amounts add up
     to the budget exactly (ties broken by name). Ranks are competition ranks
@@ -531,7 +554,12 @@ def points_report(
     pool = Decimal(str(budget))
     if pool < 0:
         raise ConfigError(f"budget must not be negative, got {pool}", where="points report")
+    entries = list(entries)
     pts = compute_points(entries, period, rules)
+    # a node that never published a dataset (an arbiter, a key holder) and
+    # earned nothing is not a contributor: no row
+    publishers = {e["node"] for e in entries if e.type == "dataset_published"}
+    pts = {n: b for n, b in pts.items() if n in publishers or b.total != 0 or b.records}
     total = math.fsum(b.total for b in pts.values())
     order = sorted(pts, key=lambda n: (-pts[n].total, n))
     cents = int((pool * 100).to_integral_value(rounding=ROUND_FLOOR))

@@ -25,6 +25,7 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -32,7 +33,7 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 import grpc
@@ -49,7 +50,7 @@ from fedgov.crypto.revocation import Revocations
 from fedgov.crypto.signing import verify_approval, verify_manifest
 from fedgov.datasources import read_dataset
 from fedgov.errors import FedgovError
-from fedgov.manifest import Manifest, check_fresh, manifest_digest, parse_manifest
+from fedgov.manifest import Manifest, Participant, check_fresh, manifest_digest, parse_manifest
 from fedgov.node import approvals as approval_rules
 from fedgov.node.brief import build_brief
 from fedgov.node.channel import JobChannel, PeerDirectory
@@ -84,6 +85,50 @@ DUPLICATE_PATIENCE = 10.0
 
 class DuplicateIdentity(FedgovError):
     """Another live process holds this node's identity at the coordinator."""
+
+
+def _stricter(train: Decision, held_out: Decision) -> Decision:
+    """One decision for a task that reads two datasets (training and ``eval_dataset``).
+
+    The held-out dataset is data too: the task needs manual approval if either
+    does, the larger number of approvers, the larger minimum cohort, and only
+    approvers both allow. Disclosure settings stay the training dataset's
+    (the caller checks the held-out dataset's separately).
+    """
+    if train.approvers and held_out.approvers:
+        approvers = tuple(sorted(set(train.approvers) & set(held_out.approvers)))
+        if not approvers:
+            return Decision(False, ("no approver is listed by both the training and the eval dataset's policy",))
+    else:
+        approvers = train.approvers or held_out.approvers
+    manual = "manual" in (train.approval, held_out.approval)
+    return dataclasses.replace(
+        train,
+        approval="manual" if manual else "auto",
+        approvers_required=max(train.approvers_required, held_out.approvers_required) if manual else 1,
+        approvers=approvers,
+        min_cohort=max(train.min_cohort, held_out.min_cohort),
+        standing_alignment=train.standing_alignment and held_out.standing_alignment,
+    )
+
+
+def declared_columns(
+    requested: Sequence[str] | None, declared: Sequence[str], dataset: str, allowed: Collection[str]
+) -> list[str]:
+    """The columns a job handler may read: ``requested`` (default: all ``declared``), all declared.
+
+    Guarantees: the node's data loader never yields a field the signed
+    manifest did not declare for this node (the fields its policy checked),
+    nor a dataset other than the ones the task was approved for; a handler
+    that asks raises :class:`FedgovError` naming the field or dataset.
+    """
+    cols = list(requested) if requested is not None else list(declared)
+    outside = [c for c in cols if c not in declared]
+    if outside:
+        raise FedgovError(f"handler asked for undeclared field(s) {', '.join(outside)}")
+    if dataset not in allowed:
+        raise FedgovError(f"handler asked for dataset '{dataset}' this task was not approved for")
+    return cols
 
 
 class NodeAgent:
@@ -372,6 +417,10 @@ class NodeAgent:
             )
             if not second.allowed:
                 return manifest, second
+            refusals = disclosure_refusals(manifest, me, second.disclosure, second.disclosure_source)
+            if refusals:
+                return manifest, Decision(False, tuple(str(r) for r in refusals))
+            decision = _stricter(decision, second)
         if decision.allowed:
             refusals = disclosure_refusals(manifest, me, decision.disclosure, decision.disclosure_source)
             if refusals:
@@ -435,11 +484,23 @@ class NodeAgent:
                 task.job_id,
             )
 
+    def _allowed_approvers(self, me: Participant) -> tuple[str, ...]:
+        """Approver allow-list of the task's datasets (training and eval_dataset): both must list a name."""
+        lists = [self.config.policy.datasets[me.dataset].approvers]
+        eval_ds = str(me.extra.get("eval_dataset") or "")
+        if eval_ds and eval_ds in self.config.policy.datasets:
+            lists.append(self.config.policy.datasets[eval_ds].approvers)
+        nonempty = [set(a) for a in lists if a]
+        if not nonempty:
+            return ()  # any approver of this department
+        both = tuple(sorted(set.intersection(*nonempty)))
+        return both or ("",)  # disjoint lists: nobody (no certificate is named "")
+
     def _check_approvals(self) -> None:
         for pending in self.store.pending():
             manifest = parse_manifest(pending.manifest)
             me = manifest.participant(self.config.name)
-            allowed_names = self.config.policy.datasets[me.dataset].approvers
+            allowed_names = self._allowed_approvers(me)
             rec = self.store.brief(pending.job_id)
             requester_cert = rec[0] if rec else None
             brief_sha = approval_rules.brief_digest(self.store, pending.job_id)
@@ -605,6 +666,22 @@ class NodeAgent:
         self.store.audit(job_id, "job-key", sha256=hashlib.sha256(job_key.public_bytes).hexdigest())
         return job_key
 
+    def _task_loader(self, me: Participant) -> Callable[..., pa.Table]:
+        """The ``load`` a job handler gets: this node's data, only the fields ``me`` declares.
+
+        ``load(columns=None, dataset=None)`` reads ``columns`` (default: every
+        declared field) of ``dataset`` (default: the participant's; else only
+        its ``eval_dataset``); see :func:`declared_columns`.
+        """
+        fields = list(me.fields)
+        allowed_datasets = {me.dataset, str(me.extra.get("eval_dataset") or me.dataset)}
+
+        def load(columns: Sequence[str] | None = None, dataset: str | None = None) -> pa.Table:
+            ds = dataset or me.dataset
+            return self._read(ds, declared_columns(columns, fields, ds, allowed_datasets))
+
+        return load
+
     def _run_job(self, task: jobs_pb2.Task, abort: threading.Event) -> None:
         job_id = task.job_id
         job_key: JobKey | None = None
@@ -618,25 +695,16 @@ class NodeAgent:
             requester = identity_from_cert(x509.load_pem_x509_certificate(task.requester_cert_pem)).name
             job_key = self._start_job_key(job_id)
             me = manifest.participant(self.config.name)
-            fields = list(me.fields)
-
-            allowed_datasets = {me.dataset, str(me.extra.get("eval_dataset") or me.dataset)}
-
-            def load(columns: Sequence[str] | None, dataset: str | None = None) -> pa.Table:
-                cols = list(columns) if columns is not None else fields
-                outside = [c for c in cols if c not in fields]
-                if outside:
-                    raise FedgovError(f"handler asked for undeclared field(s) {', '.join(outside)}")
-                ds = dataset or me.dataset
-                if ds not in allowed_datasets:
-                    raise FedgovError(f"handler asked for dataset '{ds}' this task was not approved for")
-                return self._read(ds, cols)
+            load = self._task_loader(me)
 
             def save_json(name: str, obj: object) -> str:
                 return str(self.save_json(job_id, name, obj))
 
             def load_json(other_job: str, name: str) -> object:
-                path = self.output_dir(other_job) / f"{name}.json"
+                outputs = (self.config.state_dir / "outputs").resolve()
+                path = (self.output_dir(other_job) / f"{name}.json").resolve()
+                if path.parent.parent != outputs or "/" in other_job or other_job in ("", ".", ".."):
+                    raise FedgovError(f"'{other_job}' is not a job of this node (a job id, never a path)")
                 try:
                     return json.loads(path.read_text())
                 except FileNotFoundError:

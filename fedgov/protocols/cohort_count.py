@@ -4,9 +4,17 @@ Parties: every participant counts the rows of its own dataset that match its
 own filter; non-aggregators send their (possibly suppressed) count, sealed, to
 the aggregator, which releases the per-node counts and their total.
 
+Disclosure (docs/protocols/cohort-count.md): with DP on (every owner's
+default, ``stats_dp``), each participant charges the query's ε to its
+dataset's budget for the period *before counting*, adds OpenDP discrete
+Laplace noise to its count (:func:`release_noisy`) and applies its minimum
+cell to the *noisy* count — so "nobody matches" and "a few match" come out
+alike, at a price in ε every time. With DP off (the owner's explicit choice)
+the count is exact and suppressed when ``0 < n < min_cohort``.
+
 What each party learns:
 - the aggregator: every other participant's released count (``None`` when
-  below that owner's ``min_cohort``);
+  suppressed);
 - the requester: the same released counts and the total *of released counts
   only* — a suppressed count is never added into the total, so it cannot be
   recovered by subtraction (complementary suppression by construction);
@@ -79,8 +87,21 @@ def count(table: pa.Table, where: Sequence[Condition]) -> int:
     return int(pc.sum(row_mask(table, where)).as_py() or 0)
 
 
+def release_noisy(n: int, epsilon: float, min_cell: int) -> int | None:
+    """The count as an owner with DP releases it: ``n`` plus discrete Laplace noise of
+    scale ``1/epsilon`` (OpenDP's exact sampler; a count has sensitivity 1), or ``None``
+    when the *noisy* count is below ``min_cell``. Costs ``epsilon`` whatever it returns.
+    """
+    import opendp.prelude as dp  # lazy: only counting nodes need it
+
+    dp.enable_features("contrib")
+    meas = dp.m.make_laplace(dp.atom_domain(T="i64"), dp.absolute_distance(T="i64"), scale=1.0 / epsilon)
+    noisy = int(meas(int(n)))
+    return noisy if noisy >= min_cell else None
+
+
 def release(n: int, min_cohort: int) -> int | None:
-    """The count as the owner releases it: ``None`` when ``0 < n < min_cohort``.
+    """The count as an owner *with DP off* releases it: ``None`` when ``0 < n < min_cohort``.
 
     Zero is released: "nobody" is not a small cell about anybody. (A policy
     that disagrees sets min_cohort and suppresses zeros by a later rule.)
@@ -110,11 +131,19 @@ def decode_count(payload: bytes, sender: str) -> int | None:
     return value
 
 
-def combine(counts: Mapping[str, int | None]) -> dict[str, Any]:
-    """Result released to the requester."""
+def combine(counts: Mapping[str, int | None], *, one_population: bool = True) -> dict[str, Any]:
+    """Result released to the requester.
+
+    ``total_released`` (the sum of the released counts) is included only when
+    ``one_population``: every participant counts the same dataset (a
+    horizontally partitioned population, e.g. regions). Counts of different
+    datasets (applicants, taxpayers, pensioners) are never added up.
+    """
     released = {n: c for n, c in counts.items() if c is not None}
-    return {
+    out: dict[str, Any] = {
         "counts": {n: counts[n] for n in counts},
         "suppressed": sorted(n for n, c in counts.items() if c is None),
-        "total_released": sum(released.values()),
     }
+    if one_population:
+        out["total_released"] = sum(released.values())
+    return out

@@ -5,22 +5,27 @@ case: rows already aligned by PSI; the *cohort holder* C has a group id per
 aligned row, -1 = not in the cohort; the *data owner* O has the value)::
 
     O -> C  hello    O's public context + Enc_O(moment vectors) over the aligned rows
-    C -> O  counts   per group g: Enc_O(sum_i ind_g[i] * present[i] + zero-sum mask)
-    O -> C  plan     which cells to compute (owner policy on the true counts)
-    C -> O  moments  per planned cell, per moment: Enc_O(sum_i ind[i] * m[i] + zero-sum mask)
-    O -> R  release  suppressed / noised numbers (JSON), via the relay
+    C -> O  counts   per group g: Enc_O(sum_i ind_g[i] * present[i] + zero-sum mask + i*flood)
+    O -> C  plan     which cells to compute (owner policy on the NOISY counts)
+    C -> O  moments  per planned cell, per moment: Enc_O(sum_i ind[i] * m[i] + zero-sum mask + i*flood)
+    O -> R  release  noised numbers (JSON), sealed to the requester
 
 Key: O generates a fresh CKKS key per job and is the only decryptor. C only
-ever handles ciphertexts under O's key. O decrypts nothing but per-cell
-aggregates (slot-wise sums hidden by C's zero-sum masks), and decrypts the
-value sums *only* for cells its own policy allowed after seeing the counts;
-so O learns per-group counts and the sums it releases, never which rows are
-in the cohort. The requester R learns only the released numbers.
+ever handles ciphertexts under O's key; every ciphertext it returns carries a
+fresh integer Gaussian zero-sum mask of ``2^mask_bits`` times the slot's bound
+(no range edge) in the real parts and an independent Gaussian flood in the
+imaginary parts, so O's decryption shows only per-cell totals.
 
-Owner-side policy on every number: minimum cell size on true counts,
-complementary suppression inside an answer, differencing checks against the
-requester's earlier answers (:class:`ReleaseHistory`), optional Laplace or
-Gaussian noise with a per-requester budget (:class:`BudgetAccountant`).
+Owner-side policy on every number (:class:`Disclosure`, from the owner's
+``policy.toml`` ``[...disclosure]``, safe defaults): DP on by default —
+discrete Laplace from OpenDP on every released count (empty cells
+included) and on sums quantised to a grid of the clip bound; the minimum cell
+applied to the *noisy* count; ε charged up front for every query whatever it
+returns, to one budget per dataset and period shared by all requesters and
+fields (:class:`BudgetAccountant`). With DP switched off by the owner the
+older exact rules apply (minimum cell on true counts, complementary
+suppression, differencing against earlier answers, :class:`ReleaseHistory`).
+The cohort holder's exact differencing auditor is :func:`audit_cohort`.
 
 The horizontal case (same field at several regional nodes) is
 :class:`Region` / :func:`combine` / :class:`RegionKeyHolder`.
@@ -30,6 +35,8 @@ Pure: no I/O; stores are injected (the node persists them).
 
 from __future__ import annotations
 
+import datetime as _dt
+import functools
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -37,9 +44,21 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import numpy as np
+import opendp.prelude as _odp
 
-from fedgov.crypto.ckks_stats import SLOTS, KeyOwner, PublicKey, job_tag, pack, unpack
+from fedgov.crypto.ckks_stats import (
+    SLOTS,
+    KeyOwner,
+    PublicKey,
+    add_masks,
+    flood_imaginary,
+    job_tag,
+    pack,
+    unpack,
+)
 from fedgov.errors import ConfigError, CryptoError, FedgovError, PolicyDenied
+
+_odp.enable_features("contrib")
 
 __all__ = [
     "STATS",
@@ -48,6 +67,7 @@ __all__ = [
     "CohortHolder",
     "DPConfig",
     "DataOwner",
+    "Disclosure",
     "MemoryBudgetStore",
     "MemoryHistoryStore",
     "Region",
@@ -55,8 +75,10 @@ __all__ = [
     "Release",
     "ReleaseHistory",
     "StatsQuery",
+    "audit_cohort",
     "combine",
     "group_codes",
+    "period_key",
     "plaintext_stats",
     "run_local",
     "run_local_horizontal",
@@ -67,17 +89,132 @@ STATS = ("count", "sum", "mean", "variance", "histogram")
 TOTAL = "__total__"
 _MAGIC = b"FHST"
 _HELLO, _COUNTS, _PLAN, _MOMENTS, _REGION = 1, 2, 3, 4, 5
-_MAX_MASK_LOG2 = 62  # keep masks well inside the 2^78 headroom
+#: Largest mask standard deviation (log2): 6 sigma stays inside the 2^78 headroom.
+_MAX_MASK_LOG2 = 72
+#: Hard bounds on the mask size, whatever owner or manifest say: below 32 bits a
+#: slot hides too little; above 60 bits no moment fits the CKKS headroom.
+MASK_BITS_FLOOR = 32
+MASK_BITS_CEILING = 60
+#: Default mask: >= 40 bits of statistical hiding over a typical job's decrypted slots
+#: (lowered per moment only as far as the CKKS headroom forces).
+DEFAULT_MASK_BITS = 56
+#: The cohort holder's imaginary flood is the real mask's sigma times 2^-IMAG_FLOOD_BELOW_MASK.
+IMAG_FLOOD_BELOW_MASK = 20
+#: A region's imaginary flood (log2 of its sigma).
+REGION_IMAG_FLOOD_LOG2 = 10
+#: Sums are noised on a grid of ``bound / SUM_GRID`` (integer units).
+SUM_GRID = 1024
+#: Default ε of one query when neither manifest nor owner says (clamped to the owner's range).
+DEFAULT_QUERY_EPSILON = 0.5
+PERIODS = ("day", "month", "quarter", "year", "forever")
 
 
 def _rng() -> np.random.Generator:
     """numpy Generator seeded with 256 bits from ``os.urandom``.
 
-    Used for statistical masks and DP noise, which need uniform/Laplace/normal
-    floats in bulk, not key material; see the doc page for the floating-point
-    caveat of DP sampling.
+    Used for statistical masks and imaginary-part floods, which need Gaussian
+    floats in bulk, not key material. DP noise never comes from here: it is
+    OpenDP's exact discrete Laplace sampler (:func:`discrete_laplace`).
     """
     return np.random.default_rng(int.from_bytes(os.urandom(32), "little"))
+
+
+@functools.lru_cache(maxsize=64)
+def _laplace(scale: float) -> Any:
+    return _odp.m.make_laplace(_odp.vector_domain(_odp.atom_domain(T="i64")), _odp.l1_distance(T="i64"),
+                               scale=scale)
+
+
+def discrete_laplace(values: Sequence[int], scale: float) -> list[int]:
+    """``values`` plus i.i.d. discrete Laplace noise of ``scale`` (OpenDP's exact sampler).
+
+    Integer in, integer out: no floating-point sampling (Mironov 2012). For
+    L1 sensitivity ``s`` the release is ``s / scale``-DP.
+    """
+    if not values:
+        return []
+    return [int(x) for x in _laplace(float(scale))([int(v) for v in values])]
+
+
+# --------------------------------------------------------------------------
+# the owner's disclosure settings
+
+
+@dataclass(frozen=True)
+class Disclosure:
+    """The data owner's (or cohort holder's) disclosure settings for one dataset.
+
+    Defaults are the safe ones that hold when a policy says nothing (the node
+    reads them from ``policy.toml`` ``[...disclosure]`` keys ``stats_*``, see
+    :mod:`fedgov.params.he_stats`). ``dp=False`` only if the owner says so.
+    """
+
+    dp: bool = True
+    epsilon_min: float = 0.05
+    epsilon_max: float = 1.0
+    budget_epsilon: float = 3.0
+    budget_period: str = "quarter"
+    mask_bits_min: int = 40
+
+    def __post_init__(self) -> None:
+        w = "he-stats: disclosure"
+        if not (0 < self.epsilon_min <= self.epsilon_max) or not math.isfinite(self.epsilon_max):
+            raise ConfigError("need 0 < stats_epsilon_min <= stats_epsilon_max", where=w)
+        if not self.budget_epsilon > 0:
+            raise ConfigError("stats_budget_epsilon must be > 0", where=w)
+        if self.budget_period not in PERIODS:
+            raise ConfigError(f"stats_budget_period must be one of {', '.join(PERIODS)}", where=w)
+        if not MASK_BITS_FLOOR <= self.mask_bits_min <= MASK_BITS_CEILING:
+            raise ConfigError(f"stats_mask_bits_min must be in [{MASK_BITS_FLOOR}, {MASK_BITS_CEILING}]",
+                              where=w)
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> Disclosure:
+        """From a node's effective disclosure settings (keys ``stats_*``; missing keys: defaults)."""
+        d = cls()
+        return cls(
+            dp=bool(settings.get("stats_dp", d.dp)),
+            epsilon_min=float(settings.get("stats_epsilon_min", d.epsilon_min)),
+            epsilon_max=float(settings.get("stats_epsilon_max", d.epsilon_max)),
+            budget_epsilon=float(settings.get("stats_budget_epsilon", d.budget_epsilon)),
+            budget_period=str(settings.get("stats_budget_period", d.budget_period)),
+            mask_bits_min=int(settings.get("stats_mask_bits_min", d.mask_bits_min)),
+        )
+
+    def epsilon_for(self, query: StatsQuery) -> float | None:
+        """The ε this owner spends on ``query`` (None: no DP, only when the owner says so).
+
+        Raises :class:`PolicyDenied` naming the policy key when the manifest's
+        ε is outside the owner's range.
+        """
+        if query.dp is None:
+            if not self.dp:
+                return None
+            return min(max(DEFAULT_QUERY_EPSILON, self.epsilon_min), self.epsilon_max)
+        e = query.dp.epsilon
+        if e > self.epsilon_max + 1e-12:
+            raise PolicyDenied(f"dp epsilon {e:g} is above this owner's ceiling {self.epsilon_max:g} "
+                               "(policy key disclosure.stats_epsilon_max)", where="he-stats")
+        if e < self.epsilon_min - 1e-12:
+            raise PolicyDenied(f"dp epsilon {e:g} is below this owner's floor {self.epsilon_min:g} "
+                               "(policy key disclosure.stats_epsilon_min)", where="he-stats")
+        return e
+
+
+def period_key(period: str, now: _dt.datetime | None = None) -> str:
+    """The budget period containing ``now`` (UTC): ``2026-Q4``, ``2026-12``, ``2026``, …"""
+    t = now or _dt.datetime.now(_dt.UTC)
+    if period == "day":
+        return t.strftime("%Y-%m-%d")
+    if period == "month":
+        return t.strftime("%Y-%m")
+    if period == "quarter":
+        return f"{t.year}-Q{(t.month - 1) // 3 + 1}"
+    if period == "year":
+        return str(t.year)
+    if period == "forever":
+        return "all"
+    raise ConfigError(f"unknown budget period {period!r}", where="he-stats")
 
 
 # --------------------------------------------------------------------------
@@ -86,24 +223,24 @@ def _rng() -> np.random.Generator:
 
 @dataclass(frozen=True)
 class DPConfig:
-    """Owner-side differential-privacy noise for one query.
+    """The manifest's DP ask for one query: the ε one whole answer costs.
 
-    ``epsilon`` (and ``delta`` for Gaussian) is what one whole answer costs;
-    it is split evenly over the noised quantities (see :meth:`StatsQuery.dp_split`).
+    Only the (discrete) Laplace mechanism exists; ``delta`` must be 0. ε is
+    split evenly over the noised quantities (see :meth:`StatsQuery.dp_split`).
+    The owner's :class:`Disclosure` bounds it (and applies DP when absent).
     """
 
-    mechanism: Literal["laplace", "gaussian"] = "laplace"
-    epsilon: float = 1.0
+    mechanism: Literal["laplace"] = "laplace"
+    epsilon: float = DEFAULT_QUERY_EPSILON
     delta: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.mechanism not in ("laplace", "gaussian"):
-            raise ConfigError(f"unknown DP mechanism {self.mechanism!r}", where="he-stats.dp")
+        if self.mechanism != "laplace":
+            raise ConfigError(f"unknown DP mechanism {self.mechanism!r} (only 'laplace': OpenDP's "
+                              "discrete Laplace)", where="he-stats.dp")
         if not (self.epsilon > 0 and math.isfinite(self.epsilon)):
             raise ConfigError("dp epsilon must be a positive number", where="he-stats.dp")
-        if self.mechanism == "gaussian" and not (0 < self.delta < 1):
-            raise ConfigError("gaussian mechanism needs 0 < delta < 1", where="he-stats.dp")
-        if self.mechanism == "laplace" and self.delta != 0:
+        if self.delta != 0:
             raise ConfigError("laplace mechanism takes no delta", where="he-stats.dp")
 
 
@@ -111,13 +248,12 @@ class DPConfig:
 class StatsQuery:
     """What is asked, as both parties read it from the signed manifest.
 
-    ``scope`` names the owner's dataset and field (history and budget are kept
-    per requester and scope); ``cohort`` is the canonical text of the cohort
-    definition (holder, dataset, filter, group-by field) — cell keys in the
-    release history are ``(cohort, label)``. ``clip`` bounds every value
-    (values are clipped by the owner), which also fixes DP sensitivities and
-    mask sizes. ``bins`` are histogram edges (values below the first edge
-    fall in the first bin, above the last in the last).
+    ``scope`` names the owner's dataset and field; ``cohort`` is the
+    canonical text of the cohort definition (holder, dataset, filter,
+    group-by field). ``clip`` bounds every value (values are clipped by the
+    owner), which also fixes DP sensitivities and mask sizes. ``bins`` are
+    histogram edges (values below the first edge fall in the first bin, above
+    the last in the last). ``min_cell`` may only raise the owner's minimum.
     """
 
     job_id: str
@@ -129,7 +265,8 @@ class StatsQuery:
     bins: tuple[float, ...] = ()
     include_total: bool = True
     dp: DPConfig | None = None
-    mask_bits: int = 20
+    mask_bits: int = DEFAULT_MASK_BITS
+    min_cell: int = 0
 
     def __post_init__(self) -> None:
         w = "he-stats"
@@ -145,8 +282,10 @@ class StatsQuery:
             len(self.bins) < 2 or any(b >= c for b, c in zip(self.bins, self.bins[1:], strict=False))
         ):
             raise ConfigError("histogram needs at least two increasing bin edges", where=w)
-        if not 16 <= self.mask_bits <= 40:
-            raise ConfigError("mask_bits must be in [16, 40]", where=w)
+        if not MASK_BITS_FLOOR <= self.mask_bits <= MASK_BITS_CEILING:
+            raise ConfigError(f"mask_bits must be in [{MASK_BITS_FLOOR}, {MASK_BITS_CEILING}]", where=w)
+        if self.min_cell < 0:
+            raise ConfigError("min_cell must be >= 0", where=w)
         if not self.requester or not self.scope or not self.cohort:
             raise ConfigError("requester, scope and cohort must be non-empty", where=w)
 
@@ -169,18 +308,17 @@ class StatsQuery:
         m = max(abs(self.clip[0]), abs(self.clip[1]))
         return {"sum": m, "sumsq": m * m}.get(moment, 1.0)
 
-    def dp_split(self) -> tuple[list[str], float, float]:
-        """Noised quantities and the (epsilon, delta) each gets.
+    def dp_split(self, epsilon: float) -> tuple[list[str], float]:
+        """Noised quantities and the ε each gets out of ``epsilon``.
 
         Cells are disjoint (parallel composition); the total overlaps them, so
         with a total each quantity is measured twice (sequential composition).
         """
-        assert self.dp is not None
         q = ["count"] + [m for m in ("sum", "sumsq") if m in self.moments]
         if "histogram" in self.stats:
             q.append("hist")
         k = len(q) * (2 if self.include_total else 1)
-        return q, self.dp.epsilon / k, self.dp.delta / k
+        return q, epsilon / k
 
 
 def group_codes(values: Iterable[Any], in_cohort: Iterable[bool] | None = None,
@@ -204,6 +342,77 @@ def group_codes(values: Iterable[Any], in_cohort: Iterable[bool] | None = None,
         dtype=np.int64,
     )
     return codes, labs
+
+
+# --------------------------------------------------------------------------
+# the cohort holder's exact differencing auditor
+
+
+def audit_cohort(codes: np.ndarray, ids: Sequence[str], released: Sequence[Iterable[str]],
+                 min_cell: int) -> tuple[np.ndarray, list[list[str]]]:
+    """Drop rows so that no linear combination of released cohorts isolates fewer than ``min_cell``.
+
+    ``codes`` are the holder's group codes over the aligned rows, ``ids`` the
+    row identities (stable across jobs, e.g. hashed normalised IDs),
+    ``released`` the identity sets of every cohort vector released earlier on
+    the same owner dataset. Returns the codes to use (rows dropped = -1) and
+    the identity sets this answer releases if all its cells are released
+    (one per cell, plus the union when there are several cells).
+
+    Guarantee (sound, not exact): let the *atoms* be the classes of rows with
+    the same membership pattern over all released vectors and this answer's
+    cells. Every vector in the span of those indicator vectors is constant on
+    atoms, so its support is a union of atoms; the function drops rows until
+    every atom that any released vector touches has at least ``min_cell``
+    rows. Hence no combination of answers (the tracker of Denning 1979, any
+    difference or sum) has a support of 1..min_cell-1 rows. Dropping is
+    silent: a dropped row is computed as if absent, so the release does not
+    say whether it happened (it depends on the holder's own cohorts and the
+    alignment, never on a refusal an analyst can see). Invariant kept: every
+    earlier atom already has ``>= min_cell`` rows.
+    """
+    codes = np.array(codes, dtype=np.int64, copy=True)
+    if len(ids) != len(codes):
+        raise ConfigError("audit: ids and codes differ in length", where="he-stats")
+    sets = [set(r) for r in released]
+    universe = set(ids).union(*sets) if sets else set(ids)
+
+    def pat(i: str) -> tuple[int, ...]:
+        return tuple(k for k, s in enumerate(sets) if i in s)
+
+    # atoms of the history over every identity ever released (not only this job's rows)
+    hist_size: dict[tuple[int, ...], int] = {}
+    for i in universe:
+        p = pat(i)
+        if p:
+            hist_size[p] = hist_size.get(p, 0) + 1
+    pattern = [pat(i) for i in ids]
+    while True:
+        by: dict[tuple[tuple[int, ...], int], list[int]] = {}
+        for r, c in enumerate(codes):
+            if c >= 0:
+                by.setdefault((pattern[r], int(c)), []).append(r)
+        changed = False
+        for rows in by.values():
+            if len(rows) < min_cell:
+                codes[rows] = -1
+                changed = True
+        # the rows of an earlier atom this query leaves out form an atom too
+        inside: dict[tuple[int, ...], int] = {}
+        for r, c in enumerate(codes):
+            if c >= 0 and pattern[r]:
+                inside[pattern[r]] = inside.get(pattern[r], 0) + 1
+        for p, k in inside.items():
+            if 0 < hist_size[p] - k < min_cell:
+                codes[[r for r in range(len(codes)) if pattern[r] == p]] = -1
+                changed = True
+        if not changed:
+            break
+    labels = sorted({int(c) for c in codes if c >= 0})
+    vectors = [[ids[r] for r in np.flatnonzero(codes == g)] for g in labels]
+    if len(vectors) > 1:
+        vectors.append([ids[r] for r in np.flatnonzero(codes >= 0)])
+    return codes, vectors
 
 
 # --------------------------------------------------------------------------
@@ -232,13 +441,14 @@ class MemoryHistoryStore:
 
 
 class ReleaseHistory:
-    """Every aggregate released to a requester about one owner scope.
+    """Every aggregate released about one owner scope (used when the owner has DP off).
 
     A record is a JSON-able dict ``{"job", "cohort", "cell", "count",
     "values"}``; ``cell`` is a group label, :data:`TOTAL`, or
     ``"+released"`` — the sum of the cells released in that answer, which a
-    requester can always form itself. ``values`` holds the released numbers
-    (``None`` for derived records). Suppressed cells are not recorded.
+    requester can always form itself. Suppressed cells are not recorded.
+    The node keys it by dataset scope only (requester ``"*"``): answers to one
+    analyst are checked against answers to every other.
     """
 
     def __init__(self, store: HistoryStore | None = None) -> None:
@@ -252,67 +462,62 @@ class ReleaseHistory:
 
 
 class BudgetStore(Protocol):
-    """Persistence hook for :class:`BudgetAccountant`."""
+    """Persistence hook for :class:`BudgetAccountant`: one ledger per (dataset, period)."""
 
-    def spent(self, requester: str, scope: str) -> tuple[float, float]: ...
+    def spent(self, dataset: str, period: str) -> float: ...
 
-    def add(self, requester: str, scope: str, epsilon: float, delta: float, job_id: str) -> None: ...
+    def add(self, dataset: str, period: str, epsilon: float, job_id: str, requester: str,
+            limit: float) -> None:
+        """Record a spend; raise :class:`PolicyDenied` (recording nothing) if it would exceed ``limit``."""
 
 
 class MemoryBudgetStore:
     """In-memory :class:`BudgetStore`."""
 
     def __init__(self) -> None:
-        self.ledger: dict[tuple[str, str], list[tuple[str, float, float]]] = {}
+        self.ledger: dict[tuple[str, str], list[tuple[str, str, float]]] = {}
 
-    def spent(self, requester: str, scope: str) -> tuple[float, float]:
-        rows = self.ledger.get((requester, scope), [])
-        return sum(r[1] for r in rows), sum(r[2] for r in rows)
+    def spent(self, dataset: str, period: str) -> float:
+        return sum(r[2] for r in self.ledger.get((dataset, period), []))
 
-    def add(self, requester: str, scope: str, epsilon: float, delta: float, job_id: str) -> None:
-        self.ledger.setdefault((requester, scope), []).append((job_id, epsilon, delta))
+    def add(self, dataset: str, period: str, epsilon: float, job_id: str, requester: str,
+            limit: float) -> None:
+        e = self.spent(dataset, period)
+        if e + epsilon > limit + 1e-12:
+            raise PolicyDenied(budget_message(dataset, period, e, limit, epsilon), where="he-stats")
+        self.ledger.setdefault((dataset, period), []).append((job_id, requester, epsilon))
+
+
+def budget_message(dataset: str, period: str, spent: float, limit: float, epsilon: float) -> str:
+    return (f"privacy budget exhausted: {dataset} has spent ε={spent:g} of ε={limit:g} in period "
+            f"{period} (all requesters and fields together); this query needs ε={epsilon:g} "
+            "(policy key disclosure.stats_budget_epsilon)")
 
 
 class BudgetAccountant:
-    """Per-requester, per-scope (ε, δ) budget under basic composition.
+    """One ε budget per owner dataset and period, shared by every requester and field.
 
-    :meth:`check` raises :class:`PolicyDenied` with the amounts when a query
-    would exceed the limit; :meth:`charge` re-checks and records. Basic
-    composition over-counts (safe); a tighter accountant can replace it
-    behind the same interface.
+    :meth:`charge` records the spend atomically (the store re-checks the
+    limit) and raises :class:`PolicyDenied` when the query would exceed it.
+    Callers charge *before* computing anything, for every query, whatever it
+    ends up returning (suppressed, empty or failed later): the ε is spent by
+    asking. Basic composition (sums of ε) over-counts, which is safe.
     """
 
-    def __init__(self, epsilon_limit: float, delta_limit: float = 0.0,
+    def __init__(self, epsilon_limit: float, period: str = "quarter",
                  store: BudgetStore | None = None) -> None:
-        if not epsilon_limit > 0 or delta_limit < 0:
-            raise ConfigError("DP budget limits must be epsilon > 0 and delta >= 0", where="dp budget")
+        if not epsilon_limit > 0:
+            raise ConfigError("DP budget limit must be epsilon > 0", where="dp budget")
+        period_key(period)
         self.epsilon_limit = epsilon_limit
-        self.delta_limit = delta_limit
+        self.period = period
         self.store: BudgetStore = store if store is not None else MemoryBudgetStore()
 
-    def remaining(self, requester: str, scope: str) -> tuple[float, float]:
-        e, d = self.store.spent(requester, scope)
-        return max(0.0, self.epsilon_limit - e), max(0.0, self.delta_limit - d)
+    def remaining(self, dataset: str) -> float:
+        return max(0.0, self.epsilon_limit - self.store.spent(dataset, period_key(self.period)))
 
-    def check(self, requester: str, scope: str, epsilon: float, delta: float) -> None:
-        e, d = self.store.spent(requester, scope)
-        tol = 1e-12
-        if e + epsilon > self.epsilon_limit + tol:
-            raise PolicyDenied(
-                f"privacy budget exhausted: requester '{requester}' has spent ε={e:g} of "
-                f"ε={self.epsilon_limit:g} on {scope}; this query needs ε={epsilon:g}",
-                where="he-stats",
-            )
-        if d + delta > self.delta_limit + tol:
-            raise PolicyDenied(
-                f"privacy budget exhausted: requester '{requester}' has spent δ={d:g} of "
-                f"δ={self.delta_limit:g} on {scope}; this query needs δ={delta:g}",
-                where="he-stats",
-            )
-
-    def charge(self, requester: str, scope: str, epsilon: float, delta: float, job_id: str) -> None:
-        self.check(requester, scope, epsilon, delta)
-        self.store.add(requester, scope, epsilon, delta, job_id)
+    def charge(self, dataset: str, epsilon: float, job_id: str, requester: str) -> None:
+        self.store.add(dataset, period_key(self.period), epsilon, job_id, requester, self.epsilon_limit)
 
 
 # --------------------------------------------------------------------------
@@ -324,8 +529,25 @@ class Plan:
     """Which cells get computed/released, and why the others do not."""
 
     compute: list[str]
-    replay: dict[str, dict[str, Any]]
     suppressed: dict[str, str]
+    #: the counts the release will show (noisy with DP, true without)
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def plan_noisy(noisy: Mapping[str, int], *, query: StatsQuery, min_cell: int) -> Plan:
+    """DP rules: a cell (or the total, key :data:`TOTAL`) is computed iff its
+    *noisy* count reaches ``min_cell``; every decision is a function of noisy
+    counts only (post-processing), so it costs no ε and says nothing exact —
+    empty cells and the cells of one person are treated alike."""
+    compute, suppressed = [], {}
+    for c, n in noisy.items():
+        if c == TOTAL and not query.include_total:
+            continue
+        if n >= min_cell:
+            compute.append(c)
+        else:
+            suppressed[c] = f"noisy count below the minimum cell {min_cell}"
+    return Plan(compute, suppressed, {c: max(0, int(n)) for c, n in noisy.items()})
 
 
 def plan_cells(
@@ -335,9 +557,7 @@ def plan_cells(
     min_cohort: int,
     history: Sequence[Mapping[str, Any]],
 ) -> Plan:
-    """Apply the owner's cell rules to the true per-cell counts.
-
-    Guarantees (see the doc page for the argument):
+    """Exact rules on the true per-cell counts — only when the owner has switched DP off.
 
     1. *Minimum cell size*: a cell with ``0 < n < min_cohort`` is suppressed;
        so is the total. Empty cells are released (count 0, no values).
@@ -345,14 +565,11 @@ def plan_cells(
        non-empty cell is suppressed, further cells (smallest first) are
        suppressed until at least two are and their combined count is at least
        ``min_cohort``; if that is impossible the total is suppressed.
-    3. *Earlier answers* (no DP): any aggregate of this answer — a cell, the
-       total, or the sum of released cells — whose count is within
-       ``min_cohort - 1`` of an earlier released aggregate of the same scope
-       with a different key (or the same key and a different count) is
-       suppressed, so no difference of two answers isolates fewer than
-       ``min_cohort`` rows. A cell with the same key and count as an earlier
-       release is *replayed* (same numbers, no new noise, no budget).
-       With DP on, rule 3 is replaced by the ε budget (replay still applies).
+    3. *Earlier answers*: any aggregate of this answer — a cell, the total, or
+       the sum of released cells — whose count is within ``min_cohort - 1``
+       of an earlier released aggregate of the same scope is suppressed. This
+       is pairwise only; the cohort holder's :func:`audit_cohort` covers any
+       linear combination. No answer is ever replayed.
     """
     suppressed: dict[str, str] = {}
     cells = [c for c in counts if c != TOTAL]
@@ -364,16 +581,9 @@ def plan_cells(
     if want_total and 0 < total_n < min_cohort:
         suppressed[TOTAL] = f"fewer than {min_cohort} rows"
     prev = [r for r in history if r.get("count") is not None]
-    replay: dict[str, dict[str, Any]] = {}
-    for c in [*cells, TOTAL] if want_total else cells:
-        n = total_n if c == TOTAL else counts[c]
-        for r in prev:
-            if r["cohort"] == query.cohort and r["cell"] == c and r["count"] == n and r.get("values"):
-                replay[c] = r["values"]
-    dp = query.dp is not None
 
     def conflict(key: tuple[str, str], n: int) -> str | None:
-        if dp or n == 0:
+        if n == 0:
             return None
         for r in prev:
             same = (r["cohort"], r["cell"]) == key
@@ -386,19 +596,19 @@ def plan_cells(
     for _ in range(len(cells) + 2):
         changed = False
         for c in cells:
-            if c in suppressed or c in replay:
+            if c in suppressed:
                 continue
             why = conflict((query.cohort, c), counts[c])
             if why:
                 suppressed[c] = why
                 changed = True
-        if want_total and TOTAL not in suppressed and TOTAL not in replay:
+        if want_total and TOTAL not in suppressed:
             why = conflict((query.cohort, TOTAL), total_n)
             if why:
                 suppressed[TOTAL] = why
                 changed = True
         released = [c for c in cells if c not in suppressed and counts[c] > 0]
-        if len(released) >= 2 and not all(c in replay for c in released):
+        if len(released) >= 2:
             why = conflict((query.cohort, "+released"), sum(counts[c] for c in released))
             if why:
                 smallest = min(released, key=lambda c: counts[c])
@@ -419,13 +629,10 @@ def plan_cells(
                     changed = True
         if not changed:
             break
-    compute = [c for c in cells if c not in suppressed and c not in replay and counts[c] > 0]
-    if want_total and TOTAL not in suppressed and TOTAL not in replay and total_n > 0:
+    compute = [c for c in cells if c not in suppressed and counts[c] > 0]
+    if want_total and TOTAL not in suppressed and total_n > 0:
         compute.append(TOTAL)
-    for c in list(replay):
-        if c in suppressed:
-            del replay[c]
-    return Plan(compute, replay, suppressed)
+    return Plan(compute, suppressed, {**dict(counts), TOTAL: total_n})
 
 
 @dataclass
@@ -440,33 +647,38 @@ class Release:
     total: dict[str, Any] | None
     suppressed: dict[str, str]
     epsilon_spent: float = 0.0
-    delta_spent: float = 0.0
     min_cohort: int = 11
     noise: str | None = None
-    replayed: list[str] = field(default_factory=list)
+    #: statistical hiding of the cohort holder's masks over the whole job (bits)
+    mask_security_bits: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "job_id": self.job_id, "scope": self.scope, "cohort": self.cohort,
             "cells": self.cells, "total": self.total, "suppressed": self.suppressed,
-            "epsilon_spent": self.epsilon_spent, "delta_spent": self.delta_spent,
-            "min_cohort": self.min_cohort, "noise": self.noise, "replayed": self.replayed,
+            "epsilon_spent": self.epsilon_spent, "min_cohort": self.min_cohort, "noise": self.noise,
+            "mask_security_bits": self.mask_security_bits,
         }
+
+
+NOISE_LABEL = "discrete-laplace (opendp)"
 
 
 def _finish_stats(query: StatsQuery, m: Mapping[str, float]) -> dict[str, Any]:
     """Statistics from (possibly noised) moment totals."""
     n = max(0, int(round(m["count"])))
     out: dict[str, Any] = {}
+    # post-processing (free under DP): a sum of n clipped values lies in [n*lo, n*hi]
+    total = min(max(float(m["sum"]), n * query.clip[0]), n * query.clip[1]) if "sum" in m else 0.0
     if "count" in query.stats:
         out["count"] = n
     if "sum" in query.stats:
-        out["sum"] = round(float(m["sum"]), 6)
+        out["sum"] = round(total, 6)
     if "mean" in query.stats:
-        out["mean"] = round(float(m["sum"]) / n, 6) if n > 0 else None
+        out["mean"] = round(total / n, 6) if n > 0 else None
     if "variance" in query.stats:
         if n > 1:
-            mean = float(m["sum"]) / n
+            mean = total / n
             out["variance"] = round(max(0.0, float(m["sumsq"]) / n - mean * mean), 6)
         else:
             out["variance"] = None
@@ -475,19 +687,34 @@ def _finish_stats(query: StatsQuery, m: Mapping[str, float]) -> dict[str, Any]:
     return out
 
 
-def _noise(query: StatsQuery, moments: dict[str, float], rng: np.random.Generator) -> dict[str, float]:
-    """Add owner-side DP noise to one cell's moment totals (counts kept >= 0)."""
-    dp = query.dp
-    assert dp is not None
-    _, eps, delta = query.dp_split()
-    out = dict(moments)
-    for name in list(moments):
-        sens = query.bound(name) if name in ("sum", "sumsq") else 1.0
-        if dp.mechanism == "laplace":
-            out[name] = moments[name] + rng.laplace(0.0, sens / eps)
-        else:
-            sigma = sens * math.sqrt(2.0 * math.log(1.25 / delta)) / eps
-            out[name] = moments[name] + rng.normal(0.0, sigma)
+def _grid(query: StatsQuery, moment: str) -> tuple[float, int]:
+    """(grid step, L1 sensitivity in grid units) of a value moment's DP noise.
+
+    Sums are rounded to ``bound / SUM_GRID``; one row moves the rounded sum by
+    at most ``SUM_GRID + 1`` units; ``SUM_GRID // 8`` more units cover CKKS
+    noise in the exactly decoded totals (measured ~1e-7 relative) with a wide
+    margin — all counted in the sensitivity.
+    """
+    b = query.bound(moment)
+    if moment in ("sum", "sumsq"):
+        return b / SUM_GRID, SUM_GRID + 1 + SUM_GRID // 8
+    return 1.0, 1  # counts and histogram bins: a row is in at most one
+
+
+def _noise_moments(query: StatsQuery, cells: Mapping[str, Mapping[str, float]], epsilon: float,
+                   noisy_counts: Mapping[str, int]) -> dict[str, dict[str, float]]:
+    """OpenDP discrete Laplace on every value moment of every cell (counts come noised already)."""
+    _, eps_q = query.dp_split(epsilon)
+    out: dict[str, dict[str, float]] = {c: {"count": float(noisy_counts[c])} for c in cells}
+    names = [m for m in query.moments if m != "count"]
+    for name in names:
+        step, sens = _grid(query, name)
+        # histogram bins share one budget slice: a row is in one bin (L1 sensitivity 1)
+        scale = sens / eps_q
+        order = list(cells)
+        noised = discrete_laplace([round(cells[c][name] / step) for c in order], scale)
+        for c, v in zip(order, noised, strict=True):
+            out[c][name] = v * step
     return out
 
 
@@ -524,46 +751,112 @@ def plaintext_stats(query: StatsQuery, codes: np.ndarray, values: np.ndarray,
 
 
 # --------------------------------------------------------------------------
-# vertical roles
+# masks
 
 
-def _zero_sum_mask(rng: np.random.Generator, bound: float) -> np.ndarray:
-    m = rng.uniform(-bound, bound, SLOTS)
-    m[-1] = -float(m[:-1].sum())
-    return m
+def _zero_sum_mask(rng: np.random.Generator, sigma: float) -> np.ndarray:
+    """Integer-valued Gaussian mask of standard deviation ``sigma`` whose slots sum to 0.
+
+    Gaussian, not uniform: there is no range edge for a value to land on, and
+    the statistical distance between masks shifted by ``v`` grows like
+    ``sqrt(sum v_i^2) / sigma`` (Pinsker on the Gaussian KL divergence)
+    rather than adding up slot by slot. Multiples of a power-of-two quantum
+    (integers below 2^50 times it) so every slot and the zero sum are exact in
+    double precision; the owner decodes the slot sum exactly
+    (:meth:`KeyOwner.decrypt_raw_sum`), so the mask costs no precision.
+    """
+    # integers times a power-of-two quantum, so that every value and the zero sum are exact
+    quantum = 2.0 ** max(0, math.ceil(math.log2(max(sigma, 1.0))) + 3 - 50)
+    k = np.round(rng.normal(0.0, sigma / quantum, SLOTS)).astype(np.int64)
+    q, r = divmod(int(k.sum()), SLOTS)
+    k -= q
+    k[:r] -= 1
+    return k.astype(np.float64) * quantum
 
 
-def _mask_bound(query: StatsQuery, moment: str, n_rows: int) -> float:
+def effective_mask_bits(query: StatsQuery, moment: str, n_rows: int) -> int:
+    """The mask size used on ``moment``: the query's, lowered only as far as the CKKS headroom
+    forces (``2^bits * rows per slot * bound <= 2^72``)."""
     per_slot = max(1, -(-n_rows // SLOTS))
-    return min(2.0**_MAX_MASK_LOG2, 2.0**query.mask_bits * per_slot * query.bound(moment))
+    room = int(math.floor(_MAX_MASK_LOG2 - math.log2(per_slot * query.bound(moment))))
+    return min(query.mask_bits, room)
+
+
+def _mask_sigma(query: StatsQuery, moment: str, n_rows: int, floor: int = MASK_BITS_FLOOR) -> float:
+    bits = effective_mask_bits(query, moment, n_rows)
+    if bits < max(floor, MASK_BITS_FLOOR):
+        raise PolicyDenied(f"clip {query.clip} leaves only a {bits}-bit mask on '{moment}' within the "
+                           f"CKKS headroom, below the cohort holder's floor {floor} (policy key "
+                           "disclosure.stats_mask_bits_min); narrow the clip", where="he-stats")
+    return 2.0**bits * max(1, -(-n_rows // SLOTS)) * query.bound(moment)
+
+
+def mask_security_bits(query: StatsQuery, decrypted_slots: int, n_rows: int = 1) -> float:
+    """Statistical hiding (bits) of the cohort holder's masks over a whole job.
+
+    With Gaussian masks of ``sigma = 2^b * bound`` the owner's view of all
+    ``S`` decrypted slots is within statistical distance
+    ``sqrt(S) * 2^-(b+1)`` of a view that does not depend on the cohort
+    (Pinsker: ``SD <= sqrt(KL / 2)``, ``KL = sum v_i^2 / (2 sigma^2)``); ``b``
+    is the smallest effective mask over the job's moments.
+    """
+    b = min(effective_mask_bits(query, m, n_rows) for m in query.moments)
+    return b + 1 - 0.5 * math.log2(max(1, decrypted_slots))
+
+
+def _decrypt_total(key: KeyOwner, blob: bytes, where: str) -> float:
+    return key.decrypt_raw_sum(blob, where)
+
+
+# --------------------------------------------------------------------------
+# vertical roles
 
 
 class DataOwner:
     """The department that holds the values; key holder, decryptor, policy enforcer.
 
     ``values`` are over the PSI-aligned order (NaN = no value). ``min_cohort``
-    comes from the owner's own policy decision; ``history`` and
-    ``accountant`` are the owner's persistent stores. Raises
-    :class:`PolicyDenied` from :meth:`hello` if DP is requested and the
-    requester's budget cannot pay for it (nothing is sent then).
+    (raised by ``query.min_cell``) and ``disclosure`` come from the owner's
+    own policy; ``accountant`` is its persistent budget for ``budget_scope``
+    (its dataset; default the query scope). With DP on (the default) the
+    query's ε is charged in :meth:`hello`, before anything is computed, and
+    :class:`PolicyDenied` is raised when the budget cannot pay (nothing is
+    sent then). ``history`` is used only when the owner has DP off.
     """
 
-    def __init__(self, query: StatsQuery, values: np.ndarray, *, min_cohort: int,
-                 history: ReleaseHistory | None = None,
-                 accountant: BudgetAccountant | None = None) -> None:
+    def __init__(self, query: StatsQuery, values: np.ndarray, *, min_cohort: int = 11,
+                 disclosure: Disclosure | None = None, history: ReleaseHistory | None = None,
+                 accountant: BudgetAccountant | None = None, budget_scope: str | None = None,
+                 prepaid: bool = False) -> None:
         if min_cohort < 1:
             raise ConfigError("min_cohort must be >= 1", where="he-stats")
-        if query.dp is not None and accountant is None:
-            raise ConfigError("DP noise needs a budget accountant at the owner", where="he-stats")
         self.query = query
         self.values = np.asarray(values, dtype=np.float64)
-        self.min_cohort = min_cohort
+        self.min_cohort = max(min_cohort, query.min_cell)
+        self.disclosure = disclosure if disclosure is not None else Disclosure()
+        self.epsilon = self.disclosure.epsilon_for(query)
+        if self.epsilon is not None and accountant is None:
+            accountant = BudgetAccountant(self.disclosure.budget_epsilon, self.disclosure.budget_period)
         self.history = history if history is not None else ReleaseHistory()
         self.accountant = accountant
+        self.budget_scope = budget_scope or query.scope
         self._key = KeyOwner()
         self._tag = job_tag("he-stats", query.job_id)
         self.counts: dict[str, int] | None = None
         self._plan: Plan | None = None
+        self._slots = 0
+        self._paid = prepaid
+
+    def charge(self) -> float | None:
+        """Charge this query's ε to the dataset's budget (once; PolicyDenied when it cannot pay).
+
+        The node calls it before alignment; :meth:`hello` calls it otherwise.
+        """
+        if self.epsilon is not None and not self._paid:
+            assert self.accountant is not None
+            self.accountant.charge(self.budget_scope, self.epsilon, self.query.job_id, self.query.requester)
+        self._paid = True
+        return self.epsilon
 
     @property
     def key_id(self) -> bytes:
@@ -572,14 +865,14 @@ class DataOwner:
     def hello(self) -> bytes:
         """Message 1: public context and Enc(moment vectors) over the aligned rows.
 
+        Charges the query's ε first (refused with :class:`PolicyDenied`, having
+        computed nothing, when the dataset's budget for the period cannot pay).
         Size: ~0.48 MB context + ``len(moments) * ceil(n/4096)`` ciphertexts of
         ~366 KB. Reveals to C: n (it knows it), the moments asked, the clip
         bounds (public in the manifest).
         """
         q = self.query
-        if q.dp is not None:
-            assert self.accountant is not None
-            self.accountant.check(q.requester, q.scope, q.dp.epsilon, q.dp.delta)
+        self.charge()
         mom = _moments_of(self.values, q)
         blobs = [self._key.public_bytes()]
         for name in q.moments:
@@ -588,14 +881,11 @@ class DataOwner:
                 "chunks": max(1, -(-len(self.values) // SLOTS))}
         return pack(_MAGIC, _HELLO, self._key.key_id, self._tag, meta, blobs)
 
-    def _decrypt_total(self, blob: bytes, where: str) -> float:
-        return float(self._key.decrypt(blob, where).sum())
-
     def plan(self, counts_msg: bytes) -> bytes:
         """Message 3: decrypt per-cell counts, apply the cell rules, say what to compute.
 
         Learns: the count of cohort rows with a value, per group. Reveals to C:
-        which cells are computed (so whether each cell passed the owner's rules).
+        which cells are computed — with DP a function of noisy counts only.
         """
         w = "he-stats: counts from cohort holder"
         msg = unpack(counts_msg, magic=_MAGIC, kind=_COUNTS, tag=self._tag,
@@ -605,24 +895,32 @@ class DataOwner:
             raise CryptoError("malformed counts message", where=w)
         counts: dict[str, int] = {}
         for lab, blob in zip(labels, msg.blobs, strict=True):
-            x = self._decrypt_total(blob, w)
+            x = _decrypt_total(self._key, blob, w)
             n = round(x)
             if abs(x - n) > 0.25 or n < 0:
                 raise CryptoError(f"count for {lab!r} decrypts to {x!r}, not a count "
                                   "(wrong key or corrupted ciphertext)", where=w)
             counts[str(lab)] = int(n)
+        self._slots += len(msg.blobs) * SLOTS
         self.counts = counts
         q = self.query
-        self._plan = plan_cells(counts, query=q, min_cohort=self.min_cohort,
-                                history=self.history.records(q.requester, q.scope))
+        if self.epsilon is not None:
+            _, eps_q = q.dp_split(self.epsilon)
+            keys = [*counts, TOTAL]
+            true = [*counts.values(), sum(counts.values())]
+            noisy = dict(zip(keys, discrete_laplace(true, 1.0 / eps_q), strict=True))
+            self._plan = plan_noisy(noisy, query=q, min_cell=self.min_cohort)
+        else:
+            self._plan = plan_cells(counts, query=q, min_cohort=self.min_cohort,
+                                    history=self.history.records("*", q.scope))
         return pack(_MAGIC, _PLAN, self._key.key_id, self._tag, {"compute": self._plan.compute}, [])
 
     def release(self, moments_msg: bytes) -> Release:
-        """Decrypt the planned cells, add DP noise, record history, build the release.
+        """Decrypt the planned cells, add DP noise, build the release.
 
-        Guarantees: every released number passed :func:`plan_cells`; DP noise
-        (if configured) is drawn here, by the owner, after the budget is
-        charged; replayed cells repeat earlier numbers exactly.
+        Guarantees: every released number passed the owner's rules; with DP
+        every released count and value carries OpenDP discrete Laplace noise
+        drawn here, by the owner, under the ε charged in :meth:`hello`.
         """
         if self._plan is None or self.counts is None:
             raise FedgovError("release() before plan()", where="he-stats")
@@ -633,47 +931,51 @@ class DataOwner:
         value_moments = [m for m in q.moments if m != "count"]
         if msg.meta.get("cells") != plan.compute or len(msg.blobs) != len(plan.compute) * len(value_moments):
             raise CryptoError("moments message does not match the plan", where=w)
+        self._slots += len(msg.blobs) * SLOTS
         total_n = sum(self.counts.values())
         it = iter(msg.blobs)
         raw: dict[str, dict[str, float]] = {}
         for c in plan.compute:
             mom = {"count": float(total_n if c == TOTAL else self.counts[c])}
             for m in value_moments:
-                mom[m] = self._decrypt_total(next(it), w)
+                mom[m] = _decrypt_total(self._key, next(it), w)
             raw[c] = mom
-        eps = delta = 0.0
-        if q.dp is not None and raw:
-            assert self.accountant is not None
-            self.accountant.charge(q.requester, q.scope, q.dp.epsilon, q.dp.delta, q.job_id)
-            eps, delta = q.dp.epsilon, q.dp.delta
-            rng = _rng()
-            raw = {c: _noise(q, m, rng) for c, m in raw.items()}
+        if self.epsilon is not None:
+            raw = _noise_moments(q, raw, self.epsilon, plan.counts)
         out = {c: _finish_stats(q, m) for c, m in raw.items()}
-        out.update(plan.replay)
         cells: dict[str, dict[str, Any]] = {}
         for c, n in self.counts.items():
             if c in plan.suppressed:
                 continue
             cells[c] = out[c] if c in out else _finish_stats(q, _empty(q, n))
         total = out.get(TOTAL) if q.include_total else None
-        records = [{"job": q.job_id, "cohort": q.cohort, "cell": c, "count": self.counts[c],
-                    "values": cells[c]} for c in cells if self.counts[c] > 0]
-        if total is not None:
-            records.append({"job": q.job_id, "cohort": q.cohort, "cell": TOTAL,
-                            "count": total_n, "values": total})
-        rel = [c for c in cells if self.counts[c] > 0]
-        if len(rel) >= 2:
-            records.append({"job": q.job_id, "cohort": q.cohort, "cell": "+released",
-                            "count": sum(self.counts[c] for c in rel), "values": None})
-        new = [r for r in records if r["cell"] not in plan.replay]
-        if new:
-            self.history.add(q.requester, q.scope, new)
-        return Release(q.job_id, q.scope, q.cohort, cells, total, dict(plan.suppressed), eps, delta,
-                       self.min_cohort, q.dp.mechanism if q.dp else None, sorted(plan.replay))
+        if self.epsilon is None:
+            records = [{"job": q.job_id, "cohort": q.cohort, "cell": c, "count": self.counts[c],
+                        "values": cells[c]} for c in cells if self.counts[c] > 0]
+            if total is not None:
+                records.append({"job": q.job_id, "cohort": q.cohort, "cell": TOTAL,
+                                "count": total_n, "values": total})
+            rel = [c for c in cells if self.counts[c] > 0]
+            if len(rel) >= 2:
+                records.append({"job": q.job_id, "cohort": q.cohort, "cell": "+released",
+                                "count": sum(self.counts[c] for c in rel), "values": None})
+            if records:
+                self.history.add("*", q.scope, records)
+        return Release(q.job_id, q.scope, q.cohort, cells, total, dict(plan.suppressed),
+                       self.epsilon or 0.0, self.min_cohort,
+                       NOISE_LABEL if self.epsilon is not None else None,
+                       round(mask_security_bits(q, self._slots, len(self.values)), 2))
 
 
 def _empty(query: StatsQuery, n: int) -> dict[str, float]:
     return {m: 0.0 for m in query.moments} | {"count": float(n)}
+
+
+def check_mask_floor(query: StatsQuery, mask_bits_min: int) -> None:
+    """Refuse (:class:`PolicyDenied`, naming the policy key) masks below the holder's floor."""
+    if query.mask_bits < max(mask_bits_min, MASK_BITS_FLOOR):
+        raise PolicyDenied(f"mask_bits {query.mask_bits} is below the cohort holder's floor "
+                           f"{mask_bits_min} (policy key disclosure.stats_mask_bits_min)", where="he-stats")
 
 
 class CohortHolder:
@@ -682,11 +984,17 @@ class CohortHolder:
     Never decrypts anything; holds only ciphertexts under the owner's key.
     Its indicator vectors enter only as plaintext multipliers, and every
     ciphertext it returns is a sum over all aligned rows plus a fresh
-    encryption of a zero-sum random mask, so the owner's decryption shows
-    only per-cell totals.
+    encryption of an integer Gaussian zero-sum mask (``2^mask_bits`` times
+    the slot's bound) and a Gaussian flood of the same size in the imaginary
+    parts, so the owner's decryption shows only per-cell totals. Refuses
+    (:class:`PolicyDenied`) a query whose masks are below its own floor
+    ``mask_bits_min`` (policy key ``stats_mask_bits_min``).
     """
 
-    def __init__(self, query: StatsQuery, codes: np.ndarray, labels: Sequence[str]) -> None:
+    def __init__(self, query: StatsQuery, codes: np.ndarray, labels: Sequence[str], *,
+                 mask_bits_min: int = 40) -> None:
+        check_mask_floor(query, mask_bits_min)
+        self.mask_bits_min = mask_bits_min
         self.query = query
         self.codes = np.asarray(codes, dtype=np.int64)
         self.labels = [str(x) for x in labels]
@@ -710,16 +1018,20 @@ class CohortHolder:
         acc = None
         for k, blob in enumerate(self._cts[moment]):
             part = ind[k * SLOTS : (k + 1) * SLOTS]
-            if not part.any():
-                continue
             if isinstance(blob, bytes):
                 blob = self._cts[moment][k] = pk.load(blob, "he-stats: owner hello")
+            # multiply every chunk, even an all-zero one: the noise shape must not depend on the cohort
             prod = blob * part
             acc = prod if acc is None else acc + prod
-        mask = _zero_sum_mask(self._rng, _mask_bound(self.query, moment, len(self.codes)))
-        enc_mask = pk.load(pk.encrypt(mask)[0], "he-stats")
-        out = enc_mask if acc is None else acc + enc_mask
-        return out.serialize()
+        sigma = _mask_sigma(self.query, moment, len(self.codes), self.mask_bits_min)
+        # a fresh encryption of zero re-randomises the product; the mask rides on a plaintext
+        # whose slot sum is checked to be exactly zero
+        fresh = pk.load(pk.encrypt(np.zeros(SLOTS))[0], "he-stats")
+        out = fresh if acc is None else acc + fresh
+        # the imaginary channel carries noise x multipliers of size <= 2^-30 * bound: 2^-20 of the
+        # mask is > 2^50 times that
+        return add_masks(pk, out, lambda: _zero_sum_mask(self._rng, sigma),
+                         sigma * 2.0**-IMAG_FLOOD_BELOW_MASK, self._rng)
 
     def counts(self, hello: bytes) -> bytes:
         """Message 2: per group, masked Enc(count of cohort rows with a value)."""
@@ -757,17 +1069,23 @@ class CohortHolder:
             raise CryptoError("plan names unknown cells", where=w)
         if TOTAL in cells and not self.query.include_total:
             raise CryptoError("plan asks for a total the query did not include", where=w)
+        self.planned = list(cells)
         blobs = [self._masked_sum(m, c) for c in cells for m in self.query.moments if m != "count"]
         return pack(_MAGIC, _MOMENTS, self._pk.key_id, self._tag, {"cells": cells}, blobs)
 
 
 def run_local(query: StatsQuery, codes: np.ndarray, labels: Sequence[str], values: np.ndarray, *,
-              min_cohort: int = 11, history: ReleaseHistory | None = None,
-              accountant: BudgetAccountant | None = None,
-              transcript: list[tuple[str, str, str, bytes]] | None = None) -> Release:
-    """Run the vertical protocol in this process (tests, bench)."""
-    owner = DataOwner(query, values, min_cohort=min_cohort, history=history, accountant=accountant)
-    holder = CohortHolder(query, codes, labels)
+              min_cohort: int = 11, disclosure: Disclosure | None = None,
+              history: ReleaseHistory | None = None, accountant: BudgetAccountant | None = None,
+              transcript: list[tuple[str, str, str, bytes]] | None = None,
+              owner: DataOwner | None = None) -> Release:
+    """Run the vertical protocol in this process (tests, bench), with the owner's defaults
+    unless ``disclosure`` says otherwise."""
+    disclosure = disclosure if disclosure is not None else Disclosure()
+    if owner is None:
+        owner = DataOwner(query, values, min_cohort=min_cohort, disclosure=disclosure, history=history,
+                          accountant=accountant)
+    holder = CohortHolder(query, codes, labels, mask_bits_min=disclosure.mask_bits_min)
 
     def log(src: str, dst: str, step: str, b: bytes) -> bytes:
         if transcript is not None:
@@ -789,22 +1107,23 @@ class RegionKeyHolder:
     """Key holder and release-policy enforcer for a horizontal (regional) sum.
 
     Hosted by a node the regions trust not to collude with the combiner
-    (the coordinator, see :func:`combine`). Sees total counts per cell, and
-    value totals only of cells that pass the rules; never a region's part.
-    ``min_cohort`` should be the largest of the regions' (they send theirs;
-    the larger wins).
+    (the coordinator, see :func:`combine`). Sees total counts per cell —
+    noisy when every region has DP on (the default) — and value totals only
+    of cells that pass the rules; never a region's part. ``min_cohort``
+    should be the largest of the regions' (they send theirs; the larger wins).
     """
 
     def __init__(self, query: StatsQuery, labels: Sequence[str], *, min_cohort: int,
                  history: ReleaseHistory | None = None) -> None:
         self.query = query
         self.labels = [str(x) for x in labels]
-        self.min_cohort = min_cohort
+        self.min_cohort = max(min_cohort, query.min_cell)
         self.history = history if history is not None else ReleaseHistory()
         self._key = KeyOwner()
         self._tag = job_tag("he-stats-h", query.job_id)
         self.counts: dict[str, int] | None = None
         self._plan: Plan | None = None
+        self._dp = False
 
     def hello(self) -> bytes:
         """Public context for the regions (~0.48 MB)."""
@@ -816,22 +1135,28 @@ class RegionKeyHolder:
                      key_id=self._key.key_id, where=where)
         if msg.meta.get("phase") != phase or len(msg.blobs) != 1:
             raise CryptoError("unexpected combined message", where=where)
-        return self._key.decrypt(msg.blobs[0], where), msg.meta
+        return self._key.decrypt_raw(msg.blobs[0], where), msg.meta
 
     def plan(self, combined_counts: bytes) -> bytes:
         w = "he-stats-h: combined counts"
         vec, meta = self._vector(combined_counts, 1, w)
         self.min_cohort = max(self.min_cohort, int(meta.get("min_cohort", 0)))
+        self._dp = bool(meta.get("dp_all", False))
         counts = {}
         for g, lab in enumerate(self.labels):
             n = round(vec[g])
-            if abs(vec[g] - n) > 0.25 or n < 0:
+            if abs(vec[g] - n) > 0.25 or (n < 0 and not self._dp):
                 raise CryptoError(f"count for {lab!r} is not a count (wrong key?)", where=w)
             counts[lab] = int(n)
         self.counts = counts
         q = self.query
-        self._plan = plan_cells(counts, query=q, min_cohort=self.min_cohort,
-                                history=self.history.records(q.requester, q.scope))
+        if self._dp:
+            # noisy per-region counts summed: the total count is their sum (post-processing)
+            self._plan = plan_noisy({**counts, TOTAL: sum(counts.values())}, query=q,
+                                    min_cell=self.min_cohort)
+        else:
+            self._plan = plan_cells({k: max(0, v) for k, v in counts.items()}, query=q,
+                                    min_cohort=self.min_cohort, history=self.history.records("*", q.scope))
         return pack(_MAGIC, _PLAN, self._key.key_id, self._tag, {"compute": self._plan.compute}, [])
 
     def release(self, combined_moments: bytes) -> Release:
@@ -843,22 +1168,23 @@ class RegionKeyHolder:
         raw: dict[str, dict[str, float]] = {}
         for i, c in enumerate(plan.compute):
             raw[c] = {m: float(vec[i * len(mom_names) + j]) for j, m in enumerate(mom_names)}
+            if self._dp:
+                raw[c]["count"] = float(plan.counts[c])
         out = {c: _finish_stats(q, m) for c, m in raw.items()}
-        out.update(plan.replay)
         cells = {c: (out[c] if c in out else _finish_stats(q, _empty(q, n)))
                  for c, n in self.counts.items() if c not in plan.suppressed}
         total = out.get(TOTAL) if q.include_total else None
-        records = [{"job": q.job_id, "cohort": q.cohort, "cell": c, "count": self.counts[c],
-                    "values": cells[c]} for c in cells if self.counts[c] > 0 and c not in plan.replay]
-        if total is not None and TOTAL not in plan.replay:
-            records.append({"job": q.job_id, "cohort": q.cohort, "cell": TOTAL,
-                            "count": sum(self.counts.values()), "values": total})
-        if records:
-            self.history.add(q.requester, q.scope, records)
+        if not self._dp:
+            records = [{"job": q.job_id, "cohort": q.cohort, "cell": c, "count": self.counts[c],
+                        "values": cells[c]} for c in cells if self.counts[c] > 0]
+            if total is not None:
+                records.append({"job": q.job_id, "cohort": q.cohort, "cell": TOTAL,
+                                "count": sum(self.counts.values()), "values": total})
+            if records:
+                self.history.add("*", q.scope, records)
         eps = float(meta.get("epsilon", 0.0))
         return Release(q.job_id, q.scope, q.cohort, cells, total, dict(plan.suppressed), eps,
-                       float(meta.get("delta", 0.0)), self.min_cohort,
-                       q.dp.mechanism if q.dp else None, sorted(plan.replay))
+                       self.min_cohort, NOISE_LABEL if self._dp else None)
 
 
 class Region:
@@ -866,38 +1192,40 @@ class Region:
 
     ``codes`` are local group ids (-1 = not in the cohort by the manifest's
     filter), ``values`` the field (NaN = missing). Sends only encrypted
-    per-cell vectors: true counts (phase 1, for the rules) and, for planned
-    cells, value moments plus — with DP — its own noise, charged to its own
-    accountant (each region noises its own part: the total carries the sum of
-    the regions' noises). Refuses with PolicyDenied when its budget is spent.
+    per-cell vectors with an imaginary-part flood. With DP on (its own
+    ``disclosure``, default on) it charges the query's ε to its own dataset
+    budget (``budget_scope``) *before* computing anything — refused with
+    :class:`PolicyDenied` when spent — and noises its own counts (phase 1)
+    and moments (phase 2) with OpenDP discrete Laplace: the key holder only
+    ever sees sums of noisy parts.
     """
 
     def __init__(self, name: str, query: StatsQuery, codes: np.ndarray, labels: Sequence[str],
-                 values: np.ndarray, *, min_cohort: int,
-                 accountant: BudgetAccountant | None = None) -> None:
-        if query.dp is not None and accountant is None:
-            raise ConfigError("DP noise needs a budget accountant at the region", where=name)
+                 values: np.ndarray, *, min_cohort: int, disclosure: Disclosure | None = None,
+                 accountant: BudgetAccountant | None = None, budget_scope: str | None = None) -> None:
         self.name = name
         self.query = query
         self.codes = np.asarray(codes, dtype=np.int64)
         self.labels = [str(x) for x in labels]
         self.values = np.asarray(values, dtype=np.float64)
         self.min_cohort = min_cohort
+        self.disclosure = disclosure if disclosure is not None else Disclosure()
+        self.epsilon = self.disclosure.epsilon_for(query)
+        if self.epsilon is not None and accountant is None:
+            accountant = BudgetAccountant(self.disclosure.budget_epsilon, self.disclosure.budget_period)
         self.accountant = accountant
+        self.budget_scope = budget_scope or query.scope
         self._tag = job_tag("he-stats-h", query.job_id)
         self._pk: PublicKey | None = None
+        self._rng = _rng()
+        self._noisy_counts: dict[str, int] = {}
 
-    def _cell_moments(self, cells: Sequence[str]) -> list[float]:
-        mom = _moments_of(self.values, self.query)
-        out: list[float] = []
-        rng = _rng() if self.query.dp is not None else None
-        for c in cells:
-            sel = self.codes >= 0 if c == TOTAL else self.codes == self.labels.index(c)
-            m = {k: float(v[sel].sum()) for k, v in mom.items()}
-            if rng is not None:
-                m = _noise(self.query, m, rng)
-            out += [m[k] for k in self.query.moments]
-        return out
+    def _send(self, vec: list[float], meta: dict[str, Any]) -> bytes:
+        assert self._pk is not None
+        ct = self._pk.load(self._pk.encrypt(np.asarray(vec))[0], self.name)
+        # a fresh encryption's imaginary part is noise of ~2^-30, independent of vec: flood at 2^10
+        raw = flood_imaginary(self._pk, ct, 2.0**REGION_IMAG_FLOOD_LOG2, self._rng)
+        return pack(_MAGIC, _REGION, self._pk.key_id, self._tag, meta, [raw])
 
     def counts(self, hello: bytes) -> bytes:
         w = f"he-stats-h: hello at {self.name}"
@@ -906,15 +1234,19 @@ class Region:
         if pk.key_id != msg.key_id or msg.meta.get("labels") != self.labels:
             raise CryptoError("hello does not match this job", where=w)
         q = self.query
-        if q.dp is not None:
+        if self.epsilon is not None:
             assert self.accountant is not None
-            self.accountant.check(q.requester, q.scope, q.dp.epsilon, q.dp.delta)
+            self.accountant.charge(self.budget_scope, self.epsilon, q.job_id, q.requester)
         self._pk = pk
         mom = _moments_of(self.values, q)["count"]
-        vec = [float(mom[self.codes == g].sum()) for g in range(len(self.labels))]
-        (blob,) = pk.encrypt(np.asarray(vec))
-        meta = {"phase": 1, "min_cohort": self.min_cohort, "regions": [self.name]}
-        return pack(_MAGIC, _REGION, pk.key_id, self._tag, meta, [blob])
+        vec = [int(mom[self.codes == g].sum()) for g in range(len(self.labels))]
+        if self.epsilon is not None:
+            _, eps_q = q.dp_split(self.epsilon)
+            vec = discrete_laplace(vec, 1.0 / eps_q)
+        self._noisy_counts = dict(zip(self.labels, vec, strict=True))
+        meta = {"phase": 1, "min_cohort": self.min_cohort, "regions": [self.name],
+                "dp": self.epsilon is not None}
+        return self._send([float(v) for v in vec], meta)
 
     def moments(self, plan: bytes) -> bytes:
         if self._pk is None:
@@ -927,14 +1259,19 @@ class Region:
         q = self.query
         if len(cells) * len(q.moments) > SLOTS:
             raise ConfigError("too many cells x moments for one ciphertext", where=self.name)
-        eps = delta = 0.0
-        if q.dp is not None and cells:
-            assert self.accountant is not None
-            self.accountant.charge(q.requester, q.scope, q.dp.epsilon, q.dp.delta, q.job_id)
-            eps, delta = q.dp.epsilon, q.dp.delta
-        (blob,) = self._pk.encrypt(np.asarray(self._cell_moments(cells)))
-        meta = {"phase": 2, "epsilon": eps, "delta": delta, "regions": [self.name]}
-        return pack(_MAGIC, _REGION, self._pk.key_id, self._tag, meta, [blob])
+        mom = _moments_of(self.values, q)
+        raw: dict[str, dict[str, float]] = {}
+        for c in cells:
+            sel = self.codes >= 0 if c == TOTAL else self.codes == self.labels.index(c)
+            raw[c] = {k: float(v[sel].sum()) for k, v in mom.items()}
+        if self.epsilon is not None:
+            noisy = {**self._noisy_counts, TOTAL: sum(self._noisy_counts.values())}
+            raw = _noise_moments(q, raw, self.epsilon, noisy)
+        out: list[float] = []
+        for c in cells:
+            out += [raw[c][k] for k in q.moments]
+        meta = {"phase": 2, "epsilon": self.epsilon or 0.0, "regions": [self.name]}
+        return self._send(out, meta)
 
 
 def combine(job_id: str, hello: bytes, parts: Sequence[bytes]) -> bytes:
@@ -943,17 +1280,18 @@ def combine(job_id: str, hello: bytes, parts: Sequence[bytes]) -> bytes:
     Checks that every part is for this job and under the hello's key; outputs
     one ciphertext. The combiner learns nothing (it holds no secret key);
     ``min_cohort`` in the output is the largest any region asked for, ``epsilon``
-    the largest any region spent (each region accounts its own).
+    the largest any region spent (each region accounts its own), ``dp_all``
+    whether every region noised its part.
     """
     tag = job_tag("he-stats-h", job_id)
     h = unpack(hello, magic=_MAGIC, kind=_HELLO, tag=tag, key_id=None, where="combiner")
     pk = PublicKey(h.blobs[0], where="combiner")
     if not parts:
         raise FedgovError("nothing to combine", where="combiner")
-    acc = None
     phase = None
     regions: list[str] = []
-    mc, eps, delta = 0, 0.0, 0.0
+    blobs: list[bytes] = []
+    mc, eps, dp_all = 0, 0.0, True
     for i, p in enumerate(parts):
         msg = unpack(p, magic=_MAGIC, kind=_REGION, tag=tag, key_id=pk.key_id,
                      where=f"combiner: part {i}")
@@ -961,26 +1299,27 @@ def combine(job_id: str, hello: bytes, parts: Sequence[bytes]) -> bytes:
             phase = msg.meta.get("phase")
         elif msg.meta.get("phase") != phase:
             raise CryptoError("parts from different phases", where="combiner")
-        ct = pk.load(msg.blobs[0], f"combiner: part {i}")
-        acc = ct if acc is None else acc + ct
+        if len(msg.blobs) != 1:
+            raise CryptoError("a part must carry one ciphertext", where=f"combiner: part {i}")
+        blobs.append(msg.blobs[0])
         regions += list(msg.meta.get("regions", []))
         mc = max(mc, int(msg.meta.get("min_cohort", 0)))
         eps = max(eps, float(msg.meta.get("epsilon", 0.0)))
-        delta = max(delta, float(msg.meta.get("delta", 0.0)))
+        dp_all = dp_all and bool(msg.meta.get("dp", phase != 1))
     if len(set(regions)) != len(regions):
         raise CryptoError("a region contributed twice", where="combiner")
-    assert acc is not None
-    meta = {"phase": phase, "min_cohort": mc, "epsilon": eps, "delta": delta, "regions": regions}
-    return pack(_MAGIC, _REGION, pk.key_id, tag, meta, [acc.serialize()])
+    meta = {"phase": phase, "min_cohort": mc, "epsilon": eps, "regions": regions, "dp_all": dp_all}
+    return pack(_MAGIC, _REGION, pk.key_id, tag, meta, [pk.add_raw(blobs, "combiner")])
 
 
 def run_local_horizontal(query: StatsQuery, labels: Sequence[str],
                          regions: Mapping[str, tuple[np.ndarray, np.ndarray]], *,
                          min_cohort: int = 11, history: ReleaseHistory | None = None,
+                         disclosure: Disclosure | None = None,
                          accountants: Mapping[str, BudgetAccountant] | None = None) -> Release:
     """Run the horizontal protocol in this process; ``regions[name] = (codes, values)``."""
     kh = RegionKeyHolder(query, labels, min_cohort=min_cohort, history=history)
-    rs = [Region(n, query, c, labels, v, min_cohort=min_cohort,
+    rs = [Region(n, query, c, labels, v, min_cohort=min_cohort, disclosure=disclosure,
                  accountant=(accountants or {}).get(n)) for n, (c, v) in regions.items()]
     hello = kh.hello()
     plan = kh.plan(combine(query.job_id, hello, [r.counts(hello) for r in rs]))

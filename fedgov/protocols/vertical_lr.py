@@ -23,7 +23,8 @@ Every step consumes and produces ``bytes``; nothing here does I/O. Per batch
 
 The guest learns no host score and no host gradient; a host learns nothing
 about labels or the guest's features beyond its own gradient; the arbiter
-sees only uniformly masked slots.
+sees only uniformly masked slots (real and imaginary parts: :func:`add_mask`),
+and decrypts only the message kind each step of its schedule expects.
 """
 
 from __future__ import annotations
@@ -38,10 +39,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import tenseal.sealapi as sealapi
 
 from fedgov.crypto.ckks import CkksContext, CkksParams, PackedMatrix, bsgs_steps, mask_budget, random_mask
 from fedgov.errors import ConfigError, CryptoError, FedgovError
 from fedgov.metrics import auc  # noqa: F401  (re-exported: callers use this module's auc)
+from fedgov.params import vertical_lr as bounds
 
 __all__ = [
     "Arbiter",
@@ -68,6 +71,8 @@ _VERSION = 1
 _K_SCORES, _K_RESIDUAL, _K_MASKED, _K_REPLY, _K_SCORE_REQ = 1, 2, 3, 4, 5
 _HDR = struct.Struct("<4sBBIIII")  # magic, version, kind, epoch, batch, block, count
 MODEL_FORMAT = "fedgov.vertical-lr.model/1"
+#: fewest masked slots the arbiter adds into each decrypted gradient value
+MIN_SUMMED_SLOTS = 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,6 +134,25 @@ class VlrParams:
         cw = self.class_weight
         if not (cw is None or cw == "balanced" or (isinstance(cw, tuple) and len(cw) == 2 and min(cw) > 0)):
             raise ConfigError("class_weight must be null, 'balanced' or [w0, w1] with positive weights", where=w)
+        # absolute bounds on what the arbiter decrypts: no manifest or policy goes below them
+        if not bounds.MASK_BITS_MIN <= self.mask_bits <= bounds.MASK_BITS_MAX:
+            raise ConfigError(
+                f"mask_bits must be in [{bounds.MASK_BITS_MIN}, {bounds.MASK_BITS_MAX}], got {self.mask_bits}",
+                where=w,
+            )
+        if not bounds.MIN_HIDING_BITS_MIN <= self.min_hiding_bits <= self.mask_bits:
+            raise ConfigError(
+                f"min_hiding_bits must be in [{bounds.MIN_HIDING_BITS_MIN}, mask_bits], got {self.min_hiding_bits}",
+                where=w,
+            )
+        if not bounds.PRECISION_BITS_MIN <= self.precision_bits <= bounds.PRECISION_BITS_MAX:
+            raise ConfigError(
+                f"precision_bits must be in [{bounds.PRECISION_BITS_MIN}, {bounds.PRECISION_BITS_MAX}], "
+                f"got {self.precision_bits}",
+                where=w,
+            )
+        if not (math.isfinite(self.score_bound) and self.score_bound >= bounds.SCORE_BOUND_MIN):
+            raise ConfigError(f"score_bound must be >= {bounds.SCORE_BOUND_MIN:g}, got {self.score_bound}", where=w)
         self.ckks.validate(where=f"{w}: ckks")
         if self.ckks.depth < 3:
             raise ConfigError("CKKS chain must allow 3 rescalings (sigmoid 2 + matvec 1)", where=f"{w}: ckks")
@@ -369,29 +393,55 @@ class Arbiter:
         params.validate()
         self.params = params
         self.feature_counts = dict(feature_counts)
+        for party, count in self.feature_counts.items():
+            pp = bsgs_steps(int(count), params.ckks.slots)[0]
+            if params.ckks.slots // pp < MIN_SUMMED_SLOTS:
+                raise ConfigError(
+                    f"{party}: {count} gradient rows leave fewer than {MIN_SUMMED_SLOTS} slots per "
+                    "decrypted block sum",
+                    where="vertical-lr arbiter",
+                )
         self._ctx = CkksContext.create(params.ckks, rotation_steps=rotation_steps(feature_counts, params))
         self._public = self._ctx.public_bytes()
         self._rng = np.random.default_rng(int.from_bytes(os.urandom(32), "little"))
         self.requests = 0
+        #: decryptions served, by kind ("gradient", "scores")
+        self.decrypted: dict[str, int] = {"gradient": 0, "scores": 0}
 
     def public_context(self) -> bytes:
         """Serialised public key, relinearisation and Galois keys (no secret key)."""
         return self._public
 
-    def decrypt_masked(self, party: str, blob: bytes) -> bytes:
-        """Decrypt a masked gradient or masked score message from ``party``; see class docstring."""
+    def decrypt_masked(self, party: str, blob: bytes, *, expect: str = "gradient") -> bytes:
+        """Decrypt a masked gradient (``expect="gradient"``) or masked score request (``"scores"``).
+
+        The caller (the arbiter's schedule, fixed by the signed manifest) says
+        which kind of decryption this step is; a message of the other kind is
+        refused. The block size is the arbiter's own: a gradient reply is
+        always the block-sum of ``slots / block`` slots, with ``block`` from
+        the party's feature count as set up; a score reply is one value per
+        row (``block = slots``), which only the manifest's evaluation steps
+        ask for. See the class docstring.
+        """
         where = f"vertical-lr arbiter ({party})"
+        want = {"gradient": _K_MASKED, "scores": _K_SCORE_REQ}.get(expect)
+        if want is None:
+            raise FedgovError(f"unknown decryption kind {expect!r}", where=where)
         kind = blob[5] if len(blob) > _HDR.size else -1  # magic(4) version(1) kind(1)
-        if kind not in (_K_MASKED, _K_SCORE_REQ):
-            raise CryptoError("arbiter only decrypts masked gradient or masked score messages", where=where)
+        if kind != want:
+            raise CryptoError(
+                f"this step decrypts only masked {expect} messages (got message kind {kind})", where=where
+            )
         epoch, batch, block, parts = _unpack(blob, kind, where)
         slots = self._ctx.slots
-        if block < 1 or slots % block:
-            raise CryptoError(f"block size {block} must divide {slots}", where=where)
-        if kind == _K_MASKED and party in self.feature_counts:
+        if kind == _K_MASKED:
+            if party not in self.feature_counts:
+                raise CryptoError(f"{party} has no gradient in this job", where=where)
             expected = bsgs_steps(self.feature_counts[party], slots)[0]
-            if block != expected:
+            if block != expected or len(parts) != 1:
                 raise CryptoError(f"block size {block}, expected {expected} for {party}", where=where)
+        elif block != slots:
+            raise CryptoError(f"score requests are per row (block {slots}), got block {block}", where=where)
         out = []
         for p in parts:
             ct = self._ctx.ct_from_bytes(p, rescales=self.params.ckks.depth if kind == _K_MASKED else None)
@@ -399,6 +449,7 @@ class Arbiter:
             v = v + self._rng.normal(0.0, 2.0 ** -(self.params.precision_bits + 4), size=v.shape)
             out.append(_floats(v))
         self.requests += 1
+        self.decrypted[expect] += 1
         return _pack(_K_REPLY, epoch, batch, block, out)
 
 
@@ -493,7 +544,7 @@ class _Party:
         r = random_mask(self.ctx.slots, self.params.mask_bits)
         self._mask_sum = r.reshape(-1, self.block).sum(axis=0)
         self._pending = (epoch, batch)
-        masked = self.ctx.add_plain(t, r)
+        masked = add_mask(self.ctx, t, r, self.params.mask_bits)
         return _pack(_K_MASKED, epoch, batch, self.block, [self.ctx.ct_to_bytes(masked)])
 
     def apply_unmasked(self, reply: bytes) -> np.ndarray:
@@ -718,6 +769,27 @@ def _logloss(y: np.ndarray, z: np.ndarray) -> float:
     return float(np.mean(np.logaddexp(0, z) - y * z))
 
 
+def add_mask(ctx: CkksContext, ct: Any, mask: np.ndarray, mask_bits: int) -> Any:
+    """``ct + mask + i * flood``: the real mask, and a fresh uniform flood of every slot's imaginary part.
+
+    CKKS slots are complex; the parties' values are real, but products and
+    rescaling leave imaginary parts of size (value x noise) that a real mask
+    does not touch, and a key holder can decode them. ``flood`` is fresh,
+    uniform on ``[-2^mask_bits, 2^mask_bits)``, so the imaginary part the
+    arbiter could decode is as hidden as the real one. The real part is
+    unchanged (up to CKKS encoding error).
+    """
+    re = np.zeros(ctx.slots)
+    m = np.asarray(mask, dtype=np.float64).ravel()
+    re[: m.size] = m
+    im = random_mask(ctx.slots, mask_bits)
+    pt = sealapi.Plaintext()
+    ctx._encoder.encode((re + 1j * im).tolist(), ct.parms_id(), ct.scale, pt)
+    out = sealapi.Ciphertext()
+    ctx._evaluator.add_plain(ct, pt, out)
+    return out
+
+
 def _encrypt_rows(ctx: CkksContext, values: np.ndarray, kind: int) -> bytes:
     n = ctx.slots
     parts = [ctx.ct_to_bytes(ctx.encrypt(values[i : i + n])) for i in range(0, max(len(values), 1), n)]
@@ -748,7 +820,7 @@ def _mask_total(
     out = []
     for i in range(chunks):
         tot = ctx.add_plain(totals[i], own[i * n : (i + 1) * n])
-        out.append(ctx.ct_to_bytes(ctx.add_plain(tot, mask[i * n : (i + 1) * n])))
+        out.append(ctx.ct_to_bytes(add_mask(ctx, tot, mask[i * n : (i + 1) * n], params.mask_bits)))
     return mask, _pack(_K_SCORE_REQ, 0, 0, n, out)
 
 
@@ -1037,10 +1109,10 @@ def run_in_process(
             rec = {}
             for h, hp in hosts.items():
                 masked = hp.masked_gradient(count(f"{guest_name}->{h}", resid))
-                reply = arb.decrypt_masked(h, count(f"{h}->arbiter", masked))
+                reply = arb.decrypt_masked(h, count(f"{h}->arbiter", masked), expect="gradient")
                 rec[h] = hp.apply_unmasked(count(f"arbiter->{h}", reply))
             masked = guest.masked_gradient(e, b)
-            reply = arb.decrypt_masked(guest_name, count(f"{guest_name}->arbiter", masked))
+            reply = arb.decrypt_masked(guest_name, count(f"{guest_name}->arbiter", masked), expect="gradient")
             rec["__guest__"] = guest.apply_unmasked(count(f"arbiter->{guest_name}", reply))
             if record:
                 grads.append(rec)
@@ -1049,7 +1121,7 @@ def run_in_process(
         if params.patience:
             vs = {h: count(f"{h}->{guest_name}", hp.validation_scores()) for h, hp in hosts.items()}
             req = count(f"{guest_name}->arbiter", guest.masked_validation_total(vs))
-            reply_v = count(f"arbiter->{guest_name}", arb.decrypt_masked(guest_name, req))
+            reply_v = count(f"arbiter->{guest_name}", arb.decrypt_masked(guest_name, req, expect="scores"))
         for hp in hosts.values():
             hp.snapshot()
         if not guest.end_epoch(reply_v):
@@ -1083,6 +1155,6 @@ def score_in_process(
         sent[f"{h}->guest"] = len(b)
     req = gs.masked_total(blobs)
     sent["guest->arbiter"] = len(req)
-    reply = arb.decrypt_masked(guest_model.party, req)
+    reply = arb.decrypt_masked(guest_model.party, req, expect="scores")
     sent["arbiter->guest"] = len(reply)
     return gs.scores(reply), sent

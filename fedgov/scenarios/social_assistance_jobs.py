@@ -248,7 +248,7 @@ def stats_lines(result: dict[str, Any], owner: str = "hrss") -> list[str]:
 
 def read_reference(data_dir: Path, node: str, dataset: str) -> pa.Table:
     """Read a generated dataset through its reference profile (tests, bench: plaintext checks)."""
-    from fedgov.demo import node_specs  # lazy: the demo imports this module
+    from fedgov.scenarios.profiles import node_specs
 
     spec = next((s for s in node_specs(data_dir) if s.name == node), None)
     d = next((d for d in spec.datasets if d.name == dataset), None) if spec else None

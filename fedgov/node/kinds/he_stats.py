@@ -28,7 +28,7 @@ Drives :mod:`fedgov.protocols.he_stats` over the sealed relay. Manifest
     group_by = "district"              # the cohort holder's categorical field (optional)
     stats = ["count", "sum", "mean"]   # count sum mean variance histogram
     clip = [0.0, 50000.0]
-    dp = { mechanism = "laplace", epsilon = 0.5 }   # optional, owner-side noise
+    dp = { mechanism = "laplace", epsilon = 0.5 }   # optional: the ε to spend (DP is on anyway)
 
 Both parties first align their rows by ECDH-PSI (inner join, reusing the
 vertical-LR alignment): the owner learns only the intersection size. The
@@ -47,18 +47,18 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from fedgov.errors import ConfigError, PolicyDenied
+from fedgov.errors import ConfigError
 from fedgov.manifest import Participant
 from fedgov.node.context import TaskContext, id_column, numeric
 from fedgov.node.kinds.vertical_lr import align
-from fedgov.node.privacy_store import PrivacyStore
+from fedgov.node.privacy_store import PrivacyStore, member_id
 from fedgov.protocols import he_stats as hs
 from fedgov.protocols.cohort_count import row_mask
 from fedgov.protocols.psi import normalize_ids
 
 _W = "he-stats"
 PARAM_KEYS = ("field", "group_by", "groups", "stats", "clip", "bins", "include_total", "dp",
-              "mask_bits", "psi_workers")
+              "mask_bits", "min_cell", "psi_workers")
 
 
 def _roles(ctx: TaskContext) -> tuple[Participant, Participant]:
@@ -93,20 +93,40 @@ def _query_options(ctx: TaskContext, group_by: str | None) -> dict[str, Any]:
     if "dp" in p:
         raw = p["dp"]
         if not isinstance(raw, dict) or set(raw) - {"mechanism", "epsilon", "delta"}:
-            raise ConfigError("'dp' must be a table {mechanism, epsilon, delta}", where=w)
+            raise ConfigError("'dp' must be a table {mechanism, epsilon}", where=w)
         try:
-            dp = hs.DPConfig(str(raw.get("mechanism", "laplace")), float(raw.get("epsilon", 1.0)),
+            dp = hs.DPConfig(str(raw.get("mechanism", "laplace")),  # type: ignore[arg-type]
+                             float(raw.get("epsilon", hs.DEFAULT_QUERY_EPSILON)),
                              float(raw.get("delta", 0.0)))
         except (TypeError, ValueError):
             raise ConfigError("dp epsilon/delta must be numbers", where=w) from None
     include_total = p.get("include_total", group_by is not None)
     if not isinstance(include_total, bool):
         raise ConfigError("'include_total' must be true or false", where=w)
-    mask_bits = p.get("mask_bits", 20)
+    mask_bits = p.get("mask_bits", hs.DEFAULT_MASK_BITS)
     if isinstance(mask_bits, bool) or not isinstance(mask_bits, int):
         raise ConfigError("'mask_bits' must be an integer", where=w)
+    min_cell = p.get("min_cell", 0)
+    if isinstance(min_cell, bool) or not isinstance(min_cell, int):
+        raise ConfigError("'min_cell' must be an integer", where=w)
     return {"stats": tuple(stats), "clip": (clip[0], clip[1]), "bins": bins, "dp": dp,
-            "include_total": include_total, "mask_bits": mask_bits}
+            "include_total": include_total, "mask_bits": mask_bits, "min_cell": min_cell}
+
+
+def _disclosure(ctx: TaskContext) -> hs.Disclosure:
+    """This node's own settings for the dataset (policy.toml ``[...disclosure]``, safe defaults)."""
+    return hs.Disclosure.from_settings(ctx.decision.disclosure)
+
+
+def _min_cell(ctx: TaskContext, query: hs.StatsQuery) -> int:
+    """The largest of the policy's min_cohort, its stats_min_cell and the manifest's min_cell."""
+    return max(ctx.decision.min_cohort, int(ctx.decision.disclosure.get("stats_min_cell", 11)),
+               query.min_cell)
+
+
+def _accountant(ctx: TaskContext, store: PrivacyStore) -> hs.BudgetAccountant:
+    d = _disclosure(ctx)
+    return hs.BudgetAccountant(d.budget_epsilon, d.budget_period, store=store.budget())
 
 
 def _requester(ctx: TaskContext) -> str:
@@ -167,6 +187,21 @@ def _labels(ctx: TaskContext, table: pa.Table, group_by: str | None) -> list[str
     return sorted({str(v) for v in table.column(group_by).to_pylist() if v is not None})
 
 
+def small_cohort_as_empty(codes: np.ndarray, min_cell: int) -> np.ndarray:
+    """Civil affairs' own minimum cohort, applied silently: a cohort of 1..min_cell-1 aligned
+    rows is computed as empty — never a refusal, which would tell an analyst "1 to 10 align"
+    apart from "none do" at no ε (the owner's answer is then the same as for nobody)."""
+    in_cohort = int((codes >= 0).sum())
+    if 0 < in_cohort < min_cell:
+        return np.full_like(codes, -1)
+    return codes
+
+
+def budget_scope(ctx: TaskContext) -> str:
+    """The owner's ε budget key: its dataset — one budget for every requester and field."""
+    return f"{ctx.me}.{ctx.participant.dataset}"
+
+
 def _holder(ctx: TaskContext, query: hs.StatsQuery, group_by: str | None, owner: str) -> dict[str, Any]:
     me = ctx.participant
     table, slot, n = align(ctx, tag="stats", dataset=me.dataset, guest=ctx.me, hosts=[owner], join="inner")
@@ -186,13 +221,30 @@ def _holder(ctx: TaskContext, query: hs.StatsQuery, group_by: str | None, owner:
         lab = "all" if group_by is None else (None if groups[i] is None else str(groups[i]))
         if lab in index:
             codes[s] = index[lab]
-    in_cohort = int((codes >= 0).sum())
-    if 0 < in_cohort < ctx.decision.min_cohort:
-        raise PolicyDenied(f"the cohort has fewer than {ctx.decision.min_cohort} of {ctx.me}'s rows "
-                           "(its own minimum cohort)", where=_W)
-    h = hs.CohortHolder(query, codes, labels)
+    min_cell = _min_cell(ctx, query)
+    codes = small_cohort_as_empty(codes, min_cell)
+    state_dir = ctx.notes.get("state_dir")
+    if not state_dir:
+        raise ConfigError("node gave the handler no state_dir (needed for the auditor)", where=_W)
+    store = PrivacyStore(state_dir)
+    # the auditor's history: every cohort released on the owner's dataset, whatever the field
+    scope = f"{owner}.{ctx.manifest.participant(owner).dataset}"
+    slot_ids = [""] * n
+    for rid, s_ in id_slot.items():
+        slot_ids[s_] = member_id(rid)
+    missing = [k for k, v in enumerate(slot_ids) if not v]
+    for k in missing:
+        slot_ids[k] = f"unaligned-{k}"
+    codes, _ = hs.audit_cohort(codes, slot_ids, store.released_cohorts(scope), min_cell)
+    h = hs.CohortHolder(query, codes, labels, mask_bits_min=_disclosure(ctx).mask_bits_min)
     ctx.channel.send(owner, "he-stats/counts", h.counts(ctx.channel.recv(owner, "he-stats/hello")))
     ctx.channel.send(owner, "he-stats/moments", h.moments(ctx.channel.recv(owner, "he-stats/plan")))
+    released = []
+    for c in h.planned:
+        sel = codes >= 0 if c == hs.TOTAL else codes == labels.index(c)
+        released.append([slot_ids[k] for k in np.flatnonzero(sel)])
+    if released:
+        store.add_released_cohorts(scope, ctx.job_id, released)
     return {}
 
 
@@ -201,12 +253,13 @@ def _owner(ctx: TaskContext, query: hs.StatsQuery, field: str, holder: str) -> d
     if not state_dir:
         raise ConfigError("node gave the handler no state_dir (needed for the privacy budget)", where=_W)
     store = PrivacyStore(state_dir)
-    accountant = None
-    if query.dp is not None:
-        e_lim, d_lim = store.limits()
-        accountant = hs.BudgetAccountant(e_lim, d_lim, store=store.budget(e_lim, d_lim))
-        # refuse before any alignment work; charged (atomically, re-checked) at release
-        accountant.check(query.requester, query.scope, query.dp.epsilon, query.dp.delta)
+    disclosure = _disclosure(ctx)
+    accountant = _accountant(ctx, store)
+    scope = budget_scope(ctx)
+    epsilon = disclosure.epsilon_for(query)
+    if epsilon is not None:
+        # charged before any alignment work, whatever the answer turns out to be
+        accountant.charge(scope, epsilon, query.job_id, query.requester)
     me = ctx.participant
     table, slot, n = align(ctx, tag="stats", dataset=me.dataset, guest=holder, hosts=[ctx.me], join="inner")
     raw = numeric(table.column(field).to_pylist())
@@ -214,23 +267,24 @@ def _owner(ctx: TaskContext, query: hs.StatsQuery, field: str, holder: str) -> d
     for i in np.nonzero(slot >= 0)[0]:
         if np.isnan(values[slot[i]]):
             values[slot[i]] = raw[i]
-    owner = hs.DataOwner(query, values, min_cohort=ctx.decision.min_cohort,
-                         history=hs.ReleaseHistory(store.history()), accountant=accountant)
+    owner = hs.DataOwner(query, values, min_cohort=_min_cell(ctx, query), disclosure=disclosure,
+                         history=hs.ReleaseHistory(store.history()), accountant=accountant,
+                         budget_scope=scope, prepaid=True)
     ctx.channel.send(holder, "he-stats/hello", owner.hello())
     ctx.channel.send(holder, "he-stats/plan", owner.plan(ctx.channel.recv(holder, "he-stats/counts")))
     release = owner.release(ctx.channel.recv(holder, "he-stats/moments"))
     out = release.to_json()
     out["field"] = field
     out["cohort"] = json.loads(query.cohort)
-    if query.dp is not None and accountant is not None:
-        out["epsilon_remaining"] = round(accountant.remaining(query.requester, query.scope)[0], 9)
+    if epsilon is not None:
+        out["epsilon_remaining"] = round(accountant.remaining(scope), 9)
     return out
 
 
 # --------------------------------------------------------------------------- horizontal
 
 H_PARAM_KEYS = ("field", "group_by", "groups", "stats", "clip", "bins", "include_total", "dp",
-                "mask_bits", "key_holder", "combiner")
+                "mask_bits", "min_cell", "key_holder", "combiner")
 
 
 def _h_roles(ctx: TaskContext) -> tuple[list[Participant], str, str]:
@@ -296,11 +350,7 @@ def _h_region(ctx: TaskContext, query: hs.StatsQuery, field: str, group_by: str 
     me = ctx.participant
     store = PrivacyStore(str(ctx.notes["state_dir"]))
     query = dataclasses.replace(query, scope=f"{ctx.me}.{me.dataset}.{field}")
-    accountant = None
-    if query.dp is not None:
-        e_lim, d_lim = store.limits()
-        accountant = hs.BudgetAccountant(e_lim, d_lim, store=store.budget(e_lim, d_lim))
-        accountant.check(query.requester, query.scope, query.dp.epsilon, query.dp.delta)
+    accountant = _accountant(ctx, store)
     cols = sorted({field, *([group_by] if group_by else []), *(c.field for c in me.where)})
     table = ctx.load(cols)
     inside = row_mask(table, me.where).to_pylist()
@@ -311,7 +361,8 @@ def _h_region(ctx: TaskContext, query: hs.StatsQuery, field: str, group_by: str 
         dtype=np.int64,
     )
     region = hs.Region(ctx.me, query, codes, labels, numeric(table.column(field).to_pylist()),
-                       min_cohort=ctx.decision.min_cohort, accountant=accountant)
+                       min_cohort=_min_cell(ctx, query), disclosure=_disclosure(ctx), accountant=accountant,
+                       budget_scope=budget_scope(ctx))
     ctx.channel.send(comb, "he-stats-h/counts", region.counts(ctx.channel.recv(kh, "he-stats-h/hello")))
     ctx.channel.send(comb, "he-stats-h/moments", region.moments(ctx.channel.recv(kh, "he-stats-h/plan")))
     return {}
@@ -328,7 +379,7 @@ def _h_combiner(ctx: TaskContext, query: hs.StatsQuery, regions: list[str], kh: 
 def _h_key_holder(ctx: TaskContext, query: hs.StatsQuery, field: str, labels: list[str],
                   regions: list[str], comb: str) -> dict[str, Any]:
     store = PrivacyStore(str(ctx.notes["state_dir"]))
-    kh = hs.RegionKeyHolder(query, labels, min_cohort=ctx.decision.min_cohort,
+    kh = hs.RegionKeyHolder(query, labels, min_cohort=_min_cell(ctx, query),
                             history=hs.ReleaseHistory(store.history()))
     hello = kh.hello()
     for t in [*regions, comb]:

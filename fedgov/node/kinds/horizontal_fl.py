@@ -8,8 +8,10 @@ Participants (see ``examples/horizontal_fl/manifest.toml``):
   policy check) to a CSV in its private output area, creates a SuperNode
   authentication key pair (the private key never leaves the node) and runs a
   SuperNode whose ClientApp reads that CSV. Exactly one region names
-  ``eval_dataset``: the labelled validation table it sends (sealed) to the
-  aggregator for AUC and leave-one-out contributions.
+  ``eval_dataset``: the labelled validation table it keeps; after training it
+  scores the final model of every track (all regions, and each
+  leave-one-out) on it locally and sends the aggregator one AUC per track.
+  No held-out row, label or score leaves it (:mod:`fedgov.hfl.evaluate`).
 - **aggregator** (``role = "arbiter"``, named by ``parameters.aggregator``;
   a data-less node at the coordinator host): runs the SuperLink (TLS with a
   per-job CA, SuperNode authentication, Control API loopback-only) and the
@@ -27,7 +29,8 @@ Sealed messages (``ctx.channel``), all JSON:
 step                  from → to          content
 ====================  =================  =======================================
 ``hfl/hello``         region → agg.      SuperNode public key, feature names
-``hfl/validation``    val. region → agg  validation CSV (bytes)
+``hfl/eval-models``   agg. → val. region final weights per track (or ``ok = false``)
+``hfl/eval-metrics``  val. region → agg  one AUC per track, row count
 ``hfl/kh-hello``      key holder → agg.  CSR (TLS), public CKKS context, sha256
 ``hfl/pin``           key holder → reg.  sha256 of the public context
 ``hfl/kh-cert``       agg. → key holder  signed cert, job CA, broker address
@@ -51,7 +54,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import io
 import json
 import logging
 import threading
@@ -62,7 +64,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.csv as pacsv
 
 from fedgov.crypto import kits, pki
 from fedgov.errors import ConfigError, FedgovError, JobFailed
@@ -74,9 +75,11 @@ from fedgov.hfl.deployment import (
     generate_supernode_keys,
     hostport,
 )
+from fedgov.hfl.evaluate import contribution, track_aucs
 from fedgov.hfl.logreg import LABEL
 from fedgov.node.context import TaskContext
 from fedgov.node.kinds.vertical_lr import feature_matrix
+from fedgov.params.horizontal_fl import MIN_CLIENTS_FLOOR
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +101,8 @@ def _flower_params(ctx: TaskContext) -> dict[str, Any]:
                 where="parameters",
             )
         out[key] = type(DEFAULT_PARAMS[key])(v)
-    if int(out["min-clients"]) < 1:
-        raise ConfigError("min_clients must be >= 1", where="parameters")
+    if int(out["min-clients"]) < MIN_CLIENTS_FLOOR:
+        raise ConfigError(f"min_clients must be >= {MIN_CLIENTS_FLOOR}", where="parameters")
     return out
 
 
@@ -205,13 +208,16 @@ def _region(ctx: TaskContext, agg: str, kh: str | None, val_region: str, p: dict
     dep_dir = work / "deployment"
     _, pub = generate_supernode_keys(dep_dir / "nodes" / ctx.me)
     _send(ctx, agg, "hfl/hello", {"auth_key": pub.read_text().strip(), "features": names})
+    held_out = None
     if ctx.me == val_region:
+        # the held-out rows stay here: this region evaluates the final models itself
         vt, vnames = _feature_table(ctx, str(ctx.participant.extra["eval_dataset"]))
         if vnames != names:
             raise FedgovError("the validation set's features differ from the training set's", where=ctx.me)
-        buf = io.BytesIO()
-        pacsv.write_csv(vt, buf)
-        ctx.channel.send(agg, "hfl/validation", buf.getvalue())
+        held_out = (
+            np.column_stack([vt.column(n).to_numpy() for n in vnames]) if vnames else np.zeros((vt.num_rows, 0)),
+            vt.column(LABEL).to_numpy().astype(np.float64),
+        )
     pin = _recv(ctx, kh, "hfl/pin")["sha256"] if kh else ""
     link = _recv(ctx, agg, "hfl/link")
     ca = work / "superlink-ca.crt"
@@ -222,6 +228,12 @@ def _region(ctx: TaskContext, agg: str, kh: str | None, val_region: str, p: dict
         if pin:
             conf["he-context-sha256"] = pin
         dep.start_supernode(ctx.me, conf)
+        if held_out is not None:
+            ask = _recv(ctx, agg, "hfl/eval-models", timeout=_job_timeout(p))
+            if ask.get("ok"):
+                regions = [q.node for q in ctx.manifest.data_participants]
+                aucs = track_aucs(ask["tracks"], held_out[0], held_out[1], regions)
+                _send(ctx, agg, "hfl/eval-metrics", {"aucs": aucs})
         stop = _recv(ctx, agg, "hfl/stop", timeout=_job_timeout(p))
     if not stop.get("ok"):
         raise JobFailed(f"aggregator ended the job: {stop.get('reason', '')}", where=ctx.job_id)
@@ -257,7 +269,7 @@ def _key_holder(ctx: TaskContext, agg: str, regions: list[str], p: dict[str, Any
                 kit,
                 km.secret_context,
                 str(reply["broker"]),
-                min_contributors=min(2, int(p["min-clients"])),
+                min_contributors=secure_agg.MIN_SUM_CONTRIBUTORS,
                 audit_log=work / "decryptions.jsonl",
                 stop=stop,
             )
@@ -292,6 +304,7 @@ def _aggregator(
     dep = Deployment(work / "deployment", listen=str(ctx.notes.get("hfl_listen", "127.0.0.1")),
                      advertise=ctx.notes.get("hfl_advertise"))
     ok, reason = False, "the aggregator failed"
+    asked_eval = False
     try:
         with _stop_on_abort(ctx, dep):
             dep.start_superlink()
@@ -305,15 +318,13 @@ def _aggregator(
                     lambda r: dep.register_public_key(r, str(hellos[r]["auth_key"]).encode()), regions
                 )
                 ids = dict(zip(regions, found, strict=True))
-            val_path = work / "validation.csv"
-            val_path.write_bytes(ctx.channel.recv(val_region, "hfl/validation"))
             run_cfg: dict[str, Any] = {
                 **{k: p[k] for k in DEFAULT_PARAMS},
                 "mode": "encrypted" if kh else "plain",
                 "expected-clients": len(regions),
                 "job-id": ctx.job_id,
                 "result-path": str(dep.workdir / "result.json"),
-                "val-path": str(val_path.resolve()),
+                "dim": len(features) + 1,
                 "region-nodes": ",".join(f"{n}={i}" for n, i in ids.items()),
             }
             if kh:
@@ -354,11 +365,19 @@ def _aggregator(
                 _send(ctx, r, "hfl/link",
                       {"host": dep.advertise, "port": dep.port, "ca": dep.ca_cert.read_text()})
             res = dep.run_app(run_cfg, timeout=_job_timeout(p))
+            # validation where the held-out data is: models out, one AUC per track back
+            _send(ctx, val_region, "hfl/eval-models", {"ok": True, "tracks": res.get("track_weights", {})})
+            asked_eval = True
+            got = _recv(ctx, val_region, "hfl/eval-metrics")
+            res.update(contribution({str(k): float(v) for k, v in dict(got["aucs"]).items()}, regions))
             ok, reason = True, ""
     except FedgovError as exc:
         reason = str(exc)
         raise
     finally:
+        if not asked_eval:
+            with contextlib.suppress(Exception):
+                _send(ctx, val_region, "hfl/eval-models", {"ok": False, "reason": reason})
         for t in [*regions, *([kh] if kh else [])]:
             with contextlib.suppress(Exception):
                 _send(ctx, t, "hfl/stop", {"ok": ok, "reason": reason})

@@ -25,7 +25,8 @@ import json
 import struct
 import time
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -33,8 +34,12 @@ import pyarrow as pa
 from fedgov.errors import ConfigError, FedgovError
 from fedgov.node.context import TaskContext, id_column, numeric
 from fedgov.node.kinds.psi import guest_and_hosts, psi_pairwise
+from fedgov.params.vertical_lr import check_model_id, mask_refusals
 from fedgov.protocols import vertical_lr as vlr
 from fedgov.protocols.psi import normalize_ids
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fedgov.manifest import Manifest
 
 #: manifest parameters consumed here rather than by VlrParams
 NODE_PARAMS = ("join", "psi_workers", "model", "shapley")
@@ -178,20 +183,57 @@ def _hello(ctx: TaskContext, arbiter: str, info: dict[str, Any]) -> bytes:
     return ctx.channel.recv(arbiter, "vlr/context")
 
 
+@dataclass(frozen=True)
+class ArbiterPlan:
+    """Every decryption the arbiter will serve in one job, read from the signed manifest alone.
+
+    Never from a party's message: a guest cannot ask for an evaluation the
+    manifest did not name, nor for more coalition re-scorings than its
+    ``shapley`` flag implies.
+    """
+
+    training: bool
+    validation_per_epoch: bool  # total validation scores once per epoch (patience > 0)
+    eval_scores: bool  # one per-row score decryption of the evaluation (or scoring) rows
+    coalitions: int  # per-row coalition score decryptions (Shapley re-scoring)
+
+
+def arbiter_plan(manifest: Manifest, params: vlr.VlrParams, guest: str, hosts: list[str], *, training: bool) -> ArbiterPlan:
+    """The arbiter's schedule for ``manifest`` (see :class:`ArbiterPlan`)."""
+    if not training:
+        return ArbiterPlan(False, False, True, 0)
+    has_eval = bool(manifest.participant(guest).extra.get("eval_dataset"))
+    shapley = bool(manifest.parameters.get("shapley", False)) and has_eval
+    return ArbiterPlan(
+        True, params.patience > 0, has_eval, (2 ** len(hosts) - 2) if shapley else 0
+    )
+
+
+def _agreed(hello: dict[str, dict[str, Any]], key: str) -> Any:
+    values = {json.dumps(h.get(key), sort_keys=True) for h in hello.values()}
+    if len(values) != 1:
+        raise FedgovError(f"the parties disagree on '{key}'", where="vertical-lr arbiter")
+    return next(iter(hello.values())).get(key)
+
+
 def _arbiter(
     ctx: TaskContext, params: vlr.VlrParams, guest: str, hosts: list[str], *, training: bool
 ) -> dict[str, Any]:
+    plan = arbiter_plan(ctx.manifest, params, guest, hosts, training=training)
     hello = {p: json.loads(ctx.channel.recv(p, "vlr/hello")) for p in [guest, *hosts]}
     if training:
         counts = {p: int(h["features"]) for p, h in hello.items()}
         arb = vlr.Arbiter(params, counts)
+        # every party derives the batch count from N it learned in alignment: all must agree
+        n_batches = int(_agreed(hello, "batches"))
     else:
-        arb = vlr.Arbiter(vlr.VlrParams.from_json(hello[guest]["params"]), {})
+        # scoring: the model's parameters, which every party holds in its own stored part
+        arb = vlr.Arbiter(vlr.VlrParams.from_json(_agreed(hello, "params")), {})
+        n_batches = 0
     public = arb.public_context()
     for p in [guest, *hosts]:
         ctx.channel.send(p, "vlr/context", public)
     if training:
-        n_batches = int(hello[guest]["batches"])
         for _epoch in range(params.epochs):
             for _b in range(n_batches):
                 for h in hosts:
@@ -201,19 +243,19 @@ def _arbiter(
                 ctx.channel.send(
                     guest, "vlr/grad-reply", arb.decrypt_masked(guest, ctx.channel.recv(guest, "vlr/grad"))
                 )
-            if params.patience:
-                ctx.channel.send(
-                    guest, "vlr/val-reply", arb.decrypt_masked(guest, ctx.channel.recv(guest, "vlr/val"))
-                )
+            if plan.validation_per_epoch:
+                blob = ctx.channel.recv(guest, "vlr/val")
+                ctx.channel.send(guest, "vlr/val-reply", arb.decrypt_masked(guest, blob, expect="scores"))
             if ctx.channel.recv(guest, "vlr/epoch") != b"\x01":
                 break
-    if hello[guest].get("eval", True):
-        ctx.channel.send(
-            guest, "vlr/score-reply", arb.decrypt_masked(guest, ctx.channel.recv(guest, "vlr/score-total"))
-        )
-    for _ in range(int(hello[guest].get("coalitions", 0))):
+    if plan.eval_scores:
+        blob = ctx.channel.recv(guest, "vlr/score-total")
+        ctx.channel.send(guest, "vlr/score-reply", arb.decrypt_masked(guest, blob, expect="scores"))
+    for _ in range(plan.coalitions):
         blob = ctx.channel.recv(guest, "vlr/coalition")
-        ctx.channel.send(guest, "vlr/coalition-reply", arb.decrypt_masked(guest, blob))
+        ctx.channel.send(guest, "vlr/coalition-reply", arb.decrypt_masked(guest, blob, expect="scores"))
+    # what this process decrypted, kept locally for its operator's audit (and tests)
+    ctx.save_json("arbiter-decryptions", dict(arb.decrypted))
     return {}
 
 
@@ -264,11 +306,8 @@ def run_vertical_lr(ctx: TaskContext) -> dict[str, Any]:
     x, y, names = _party_matrix(ctx, table, slot, n, join=join, is_guest=is_guest)
     train_rows, _ = vlr.split_rows(n, params)
     n_batches = len(vlr.batches_for(len(train_rows), params))
-    info: dict[str, Any] = {"features": x.shape[1] + (1 if is_guest else 0)}
+    info: dict[str, Any] = {"features": x.shape[1] + (1 if is_guest else 0), "batches": n_batches}
     shapley = bool(ctx.manifest.parameters.get("shapley", False)) and has_eval
-    if is_guest:
-        extra = 2 ** len(hosts) - 2 if shapley else 0  # coalitions besides none and all
-        info.update(batches=n_batches, eval=has_eval, coalitions=extra)
     public = _hello(ctx, arbiter, info)
     started = time.monotonic()
     epochs = 0
@@ -349,14 +388,17 @@ def run_vertical_lr(ctx: TaskContext) -> dict[str, Any]:
 
 def run_vertical_lr_score(ctx: TaskContext) -> dict[str, Any]:
     """Score new rows with a stored model; only the guest learns the scores (kept locally)."""
-    model_job = str(ctx.manifest.parameters.get("model", ""))
-    if not model_job:
-        raise ConfigError("vertical-lr-score needs parameters.model = <training job id>", where="parameters")
+    model_job = check_model_id(ctx.manifest.parameters.get("model"))
     guest, hosts, arbiter = _roles(ctx)
     if ctx.me == arbiter:
         return _arbiter(ctx, vlr.VlrParams(), guest, hosts, training=False)
     stored = ctx.load_json(model_job, "model")
     model = vlr.ModelPart.from_bytes(json.dumps(stored["part"]))
+    # the stored part's masks and precision must still meet this department's floors
+    # (they were checked when the model was trained; the owner may have raised them since)
+    late = mask_refusals(model.params, ctx.decision.disclosure, source=ctx.decision.disclosure_source)
+    if late:
+        raise ConfigError("; ".join(str(r) for r in late), where=f"model {model_job}")
     join = str(stored.get("join", "inner"))
     is_guest = ctx.me == guest
     me = ctx.participant
@@ -372,7 +414,7 @@ def run_vertical_lr_score(ctx: TaskContext) -> dict[str, Any]:
         x[slot[used]] = x_rows[used]
     else:
         x, _, _ = _party_matrix(ctx, table, slot, n, join=join, is_guest=False)
-    public = _hello(ctx, arbiter, {"params": model.params, "eval": True} if is_guest else {})
+    public = _hello(ctx, arbiter, {"params": model.params})
     scores = _score_rows(ctx, model, x, public, guest, hosts, arbiter)
     if not is_guest or scores is None:
         return {}
