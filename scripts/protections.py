@@ -419,14 +419,7 @@ def _load_area_rows() -> None:
 #: docs/security.md rows that have no guard in this table yet: each is listed on docs/protections.md
 #: as "not yet guarded" and is the only way a documented row may lack one. Remove an id when its
 #: area module (scripts/protection_rows/) adds the row; a guarded id here is ignored.
-NOT_YET_GUARDED: tuple[str, ...] = (
-    "he-stats-owner",
-    "he-stats-horizontal",
-    "vlr-masking",
-    "hfl-aggregator",
-    "hfl-contributions",
-    "ledger-tamper",
-)
+NOT_YET_GUARDED: tuple[str, ...] = ()
 
 
 def disable(row_id: str) -> None:

@@ -193,16 +193,10 @@ def test_dp_option_bounds_the_model_end_to_end(regional: dict, tmp_path: Path) -
 
 
 def _routable_ipv4() -> str | None:
-    """This host's non-loopback IPv4 address (a UDP connect sends nothing), or None."""
-    import socket
+    """A non-loopback IPv4 address (a dummy interface as root when the host has none): see conftest."""
+    from tests.conftest import routable_ipv4
 
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(("192.0.2.1", 9))
-        except OSError:
-            return None
-        ip = s.getsockname()[0]
-    return None if ip.startswith("127.") else ip
+    return routable_ipv4()
 
 
 def test_superlink_on_all_interfaces_keeps_control_api_local(tmp_path: Path) -> None:

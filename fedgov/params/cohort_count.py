@@ -24,7 +24,8 @@ SCHEMA = KindSchema(
     kind="cohort-count",
     params=(
         Param("dp", "table", doc="{epsilon}: the ε this count spends (within each owner's range)",
-              governed_by=("stats_epsilon_min", "stats_epsilon_max", "stats_dp")),
+              governed_by=("stats_epsilon_min", "stats_epsilon_max", "stats_dp"),
+              fields=(Param("epsilon", "float", min=0),)),
     ),
     settings=COUNT_SETTINGS,
     refusals=refusals,

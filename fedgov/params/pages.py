@@ -147,7 +147,7 @@ PAGES: dict[str, KindPage] = {
         "vertical-lr",
         "docs/protocols/vertical-lr.md",
         (
-            ("arbiter", "sizes, counts and timing of messages; feature counts; masked slots (statistically hidden)"),
+            ("arbiter", "sizes, counts and timing of messages; feature counts; masked slots, real and imaginary (statistically hidden)"),
             ("host", "its own batch gradients `X_hᵀ d` (as in FATE), its own weights"),
             ("guest", "its own batch gradients (incl. intercept), its own weights"),
         ),
@@ -196,9 +196,9 @@ PAGES: dict[str, KindPage] = {
         "docs/protocols/he-stats.md",
         (
             ("cohort holder (C)", "Nothing from ciphertexts."),
-            ("owner (O)", "Not the cohort membership of any row."),
-            ("requester (R)", "the release: per cell count / sum / mean / variance / histogram"),
-            ("coordinator", "sizes and timing."),
+            ("owner (O)", "Not the cohort membership of any row: real parts are masked (above), imaginary parts flooded."),
+            ("requester (R)", "the release — per cell noisy count / sum / mean / variance / histogram, the noisy total when it passes, suppression reasons, ε spent, ε remaining."),
+            ("coordinator", "sizes and timing (results are sealed to the requester)."),
         ),
         {
             "cohort": (
@@ -255,7 +255,7 @@ PAGES: dict[str, KindPage] = {
         (
             ("aggregator", "Not any region's update"),
             ("key holder", "nothing per region."),
-            ("region", "the global models it is sent."),
+            ("region", "the global models it is sent (the validation region: also the final track models it evaluates)."),
         ),
         {
             "region": (
