@@ -121,19 +121,19 @@ def world(tmp_path_factory: pytest.TempPathFactory):
     w.ca = str(fed.kits / "auditor" / "ca.crt")
     with fed:
         w.online = ["--kit", str(fed.kits / "auditor"), "--coordinator", fed.address]
+        # the jobs every test reads, run here so that each test also runs alone
+        first = run(fed, [("alpha", ["y"], '{ field = "y", op = "==", value = 1 }'), ("beta", ["x1"], "")])
+        assert first.state == "succeeded", first.reason
+        second = run(fed, [("alpha", ["y", "x0"], ""), ("beta", ["x1"], "")])
+        assert second.state == "succeeded", second.reason
+        refused = run(fed, [("alpha", ["y"], ""), ("beta", ["secret"], "")])
+        assert refused.state == "rejected"
+        w.jobs = {"first": first.job_id, "second": second.job_id, "refused": refused.job_id}
+        wait_for("the awards of both jobs in the log", lambda: outbox_empty(fed))
         yield w
 
 
-def test_jobs_leave_the_expected_entries(world: World, tmp_path_factory: pytest.TempPathFactory) -> None:
-    fed = world.fed
-    first = run(fed, [("alpha", ["y"], '{ field = "y", op = "==", value = 1 }'), ("beta", ["x1"], "")])
-    assert first.state == "succeeded", first.reason
-    second = run(fed, [("alpha", ["y", "x0"], ""), ("beta", ["x1"], "")])
-    assert second.state == "succeeded", second.reason
-    refused = run(fed, [("alpha", ["y"], ""), ("beta", ["secret"], "")])
-    assert refused.state == "rejected"
-    world.jobs = {"first": first.job_id, "second": second.job_id, "refused": refused.job_id}
-
+def test_jobs_leave_the_expected_entries(world: World) -> None:
     rows = last_json(ledger_cli("show", "--json", *world.online))
     types = [r["type"] for r in rows]
     assert types[0] == "points_rules"

@@ -554,21 +554,25 @@ class NodeWitness:
         reply = self.registry.ListNodes(registry_pb2.ListNodesRequest(), timeout=self.timeout)
         return sorted({n.name for n in reply.nodes})
 
-    def _consistent(self, a: SignedTreeHead, b: SignedTreeHead) -> bool:
-        """Whether heads ``a`` and ``b`` (both log-signed) are prefixes of one history (proof from the coordinator)."""
-        small, big = (a, b) if a.size <= b.size else (b, a)
-        if small.size == big.size:
-            return small.root == big.root
-        if small.size == 0:
-            return True
-        got = self.stub.GetConsistencyProof(
-            ledger_pb2.ConsistencyProofRequest(old_size=small.size, new_size=big.size), timeout=self.timeout
-        )
-        try:
-            merkle.verify_consistency(
-                small.size, big.size, small.root, big.root, [bytes(h) for h in got.hashes]
+    def _consistent(self, mine: SignedTreeHead, theirs: SignedTreeHead) -> bool:
+        """Whether another department's log-signed head and this node's head are one history.
+
+        :meth:`Witness.check_peer` decides, with the RFC 9162 consistency proof
+        between the two (from the coordinator; equal sizes need equal roots).
+        A ``False`` here is evidence of a split view (the caller raises it).
+        """
+        assert self._witness is not None and self._witness.last_head == mine
+        small, big = (mine, theirs) if mine.size <= theirs.size else (theirs, mine)
+        proof: list[bytes] = []
+        if 0 < small.size < big.size:
+            got = self.stub.GetConsistencyProof(
+                ledger_pb2.ConsistencyProofRequest(old_size=small.size, new_size=big.size),
+                timeout=self.timeout,
             )
-        except merkle.ProofError:
+            proof = [bytes(h) for h in got.hashes]
+        try:
+            self._witness.check_peer(theirs, proof)
+        except LogForked:
             return False
         return True
 
