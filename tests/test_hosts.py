@@ -266,8 +266,11 @@ def test_psi_vlr_and_hfl_across_four_hosts_with_a_link_down_mid_job(hosts: Hosts
     # -- the nodes: FATE guest/host + VLR arbiter; three HFL regions; aggregator + key holder
     psi_spec, vlr_spec = load_spec(_fate_spec(tmp_path, "psi")), load_spec(_fate_spec(tmp_path, "vertical-lr"))
     fate_nodes = federation_for(vlr_spec, tmp_path / "profiles-fate").nodes
-    for n in fate_nodes:  # the same parties may also run PSI
-        n.policy.write_text(n.policy.read_text().replace("kinds = [\"vertical-lr\", ", "kinds = [\"psi\", \"vertical-lr\", "))
+    for n in fate_nodes:  # the same parties may also run PSI (one operator owns them all: exact sizes)
+        text = n.policy.read_text().replace("kinds = [\"vertical-lr\", ", "kinds = [\"psi\", \"vertical-lr\", ")
+        head, sep, rest = text.partition("\n\n")
+        n.policy.write_text(head + '\n[defaults.disclosure]\npsi_size_release = "exact"\npsi_id_recipients = ["*"]\n'
+                            + sep + rest)
     regional = generate_regional(tmp_path / "regional", households=1500)
     regions = sorted(regional["regions"])
     assert len(regions) == 3

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fedgov.crypto.envelope import MemorySequenceTracker, open_envelope
-from fedgov.errors import JobFailed
+from fedgov.errors import FedgovError
 from fedgov.protocols._psi_worker import hash_to_u
 from fedgov.protocols.psi import _tag
 from fedgov.runner import DatasetSpec, LocalFederation, NodeSpec
@@ -64,9 +64,11 @@ def test_cardinality_mode_reveals_only_the_size(tmp_path: Path) -> None:
     assert summary["outputs"] == {}  # nobody gets the members
 
 
-def test_malformed_ids_fail_the_job_with_the_row(tmp_path: Path) -> None:
+def test_malformed_ids_stop_the_node_naming_the_row(tmp_path: Path) -> None:
+    """An empty required ID is found when the node starts (it reads every dataset before it
+    dials), so no job ever runs on it: the error names the file, row and column."""
     spec = _spec(tmp_path, ["1", "2", "", "4"], ["1", "2"])
-    with pytest.raises(JobFailed, match="row 3"):
+    with pytest.raises(FedgovError, match=r"g\.csv row 3 column id: empty value in required ID field"):
         run_spec(spec)
 
 
