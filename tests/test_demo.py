@@ -88,7 +88,10 @@ def _deterministic_part(s: dict[str, Any]) -> dict[str, Any]:
     """Everything but wall-clock times, the model's AUC digits and the DP-noised releases."""
     model = {k: v for k, v in s["model"].items() if k not in ("seconds_per_epoch", "auc_joint")}
     rest = {k: v for k, v in s.items() if k not in ("seconds", "model", *DP_RELEASES)}
-    shapes = {k: sorted(s[k].get("counts", s[k].get("cells", {}))) for k in DP_RELEASES}
+    # which groups were asked about is fixed; which of them pass the owner's *noisy* minimum cell
+    # is not (thresholds apply to noisy counts), so released and suppressed groups count together
+    shapes = {k: sorted({*s[k].get("counts", s[k].get("cells", {})), *s[k].get("suppressed", [])}
+                        - {"__total__"}) for k in DP_RELEASES}
     return {**rest, "model": model, "dp_release_keys": shapes}
 
 
