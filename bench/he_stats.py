@@ -110,7 +110,7 @@ def bench_grouped_sum(rows: int, groups: int, seed: int) -> dict[str, Any]:
 def bench_demo_stats_dp(households: int, seed: int) -> dict[str, Any]:
     """The demo's statistics step in-process, with the owners' default disclosure (DP on)."""
     from fedgov.scenarios.social_assistance import generate
-    from fedgov.scenarios.social_assistance_jobs import read_reference
+    from fedgov.scenarios.social_assistance_jobs import DEMO_PENSION_CLIP, read_reference
 
     with tempfile.TemporaryDirectory(prefix="fedgov-bench-dp-") as tmp:
         generate(Path(tmp), seed=seed, households=households)
@@ -129,7 +129,7 @@ def bench_demo_stats_dp(households: int, seed: int) -> dict[str, Any]:
     pension = np.array([value[r] for r in common])
     codes, labels = hs.group_codes(district, in_cohort=eligible == 0)
     q = hs.StatsQuery(job_id="bench-demo-dp", requester="analyst", scope="hrss.insurance.pension_monthly",
-                      cohort="demo", stats=("count", "sum", "mean"), clip=(0.0, 50000.0),
+                      cohort="demo", stats=("count", "sum", "mean"), clip=DEMO_PENSION_CLIP,
                       include_total=True, dp=hs.DPConfig(epsilon=1.0))
     rel = hs.run_local(q, codes, labels, pension)
     want = hs.plaintext_stats(q, codes, pension, labels)

@@ -28,6 +28,7 @@ from fedgov.runner import LocalFederation
 from fedgov.scenarios.profiles import ARBITER, DEPARTMENTS, PROFILES, node_specs
 from fedgov.scenarios.social_assistance import generate
 from fedgov.scenarios.social_assistance_jobs import (
+    DEMO_PENSION_CLIP,
     decisions_changed,
     eligibility_manifest,
     stats_lines,
@@ -281,7 +282,7 @@ def _submit(
 MODEL_DECIMALS = 2
 #: he-stats sums carry CKKS decode error; docs/protocols/he-stats.md bounds it
 #: by ``2^(mask_bits-45) * ceil(n/4096) * clip`` = 2^-15 * 50000 ≈ 1.5 CNY for
-#: the demo's cells (mask_bits 30, clip 50000, n < 4096). Sums are published to
+#: the demo's cells (mask_bits 30, clip 50000 or less, n < 4096). Sums are published to
 #: the next power of ten above that bound (10 CNY), means from the published sum
 #: to 0.1 CNY; counts are exact. (Measured error: ~1e-2 CNY.)
 SUM_DECIMALS = -1
@@ -473,7 +474,7 @@ def run_demo(
             story.say(
                 "   by district. HRSS holds the key, checks every cell itself and suppresses small ones:"
             )
-            stats = _submit(fed, stats_manifest(dp_epsilon=1.0), must_succeed="statistics")
+            stats = _submit(fed, stats_manifest(dp_epsilon=1.0, clip=DEMO_PENSION_CLIP), must_succeed="statistics")
             rel = stats["result"]["hrss"]
             shown = {"hrss": {**rel, "cells": _he_stats_cells(rel["cells"])}}
             if rel.get("total"):

@@ -101,6 +101,12 @@ def _toml(value: Any) -> str:
     return json.dumps(value)  # JSON scalars, strings and arrays are valid TOML
 
 
+#: the demo's clip for monthly pensions (CNY): the analyst's bound on one person's value. It sets
+#: the DP sensitivity of sums, so a tight bound (the generator's pensions stay below it) keeps
+#: the owners' noise useful; values above it are clipped by the owner.
+DEMO_PENSION_CLIP = (0.0, 8000.0)
+
+
 def stats_manifest(
     *,
     field: str = "pension_monthly",
