@@ -31,6 +31,7 @@ under ``CI=true`` where it must run (.ci/run installs iproute2).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -73,6 +74,8 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
+_HOSTS_MADE = itertools.count()
+
 class Hosts:
     """Namespaces ``<tag>-coord``, ``<tag>-d1..d3`` on a bridge; removed by :meth:`close`."""
 
@@ -110,6 +113,8 @@ class Hosts:
             if item == "bridge":
                 _ip("link", "del", self.bridge, check=False)
             else:
+                # the root end of the host's link goes now, even if a straggler keeps the namespace alive
+                _ip("link", "del", self.veth(item.rpartition("-")[2]), check=False)
                 _ip("netns", "del", item, check=False)
         self.made.clear()
 
@@ -138,8 +143,10 @@ def hosts() -> Iterator[Hosts]:
         _unavailable("network namespaces need root")
     if shutil.which("ip") is None or shutil.which("ss") is None:
         _unavailable("`ip` / `ss` (iproute2) not installed")
-    tag = f"fg{os.getpid() % 100000}"
-    h = Hosts(tag, f"10.{200 + os.getpid() % 50}.{os.getpid() % 250}")
+    # unique per fixture (names of interfaces: at most 15 characters), not only per process
+    n = next(_HOSTS_MADE)
+    tag = f"fg{os.getpid() % 100000}{n % 10}"
+    h = Hosts(tag, f"10.{200 + os.getpid() % 50}.{(os.getpid() + 17 * n) % 250}")
     try:
         h.make()
     except subprocess.CalledProcessError as exc:
