@@ -77,7 +77,7 @@ def run_reference(fed: LocalFederation, manifest: str, *, who: str = "analyst",
             if state in TERMINAL:
                 break
             assert time.monotonic() < deadline, f"reference job {job_id} still {state}"
-            time.sleep(0.02)
+            time.sleep(0.005)
         st = c.status(job_id)
         assert st.state == "succeeded", st.reason
     return job_id, most
@@ -119,8 +119,15 @@ def run_with_coordinator_restart(fed: LocalFederation, manifest: str, kill_at: i
 
 
 def _half(most: int) -> int:
-    assert most >= 4, f"reference job relayed only {most} envelopes"
-    return most // 2
+    """Where to kill: half the envelopes the reference was *seen* to hold.
+
+    The relay is emptied when a job ends, so polling sees a lower bound of
+    its peak (on a loaded machine, a quick PSI may be seen at 2). Mid-job is
+    asserted by :func:`run_with_coordinator_restart` itself (still running at
+    the kill, more envelopes after it), not by this number.
+    """
+    assert most >= 2, f"reference job relayed only {most} envelopes"
+    return max(1, most // 2)
 
 
 # -- PSI and vertical LR on the FATE breast data ----------------------------------

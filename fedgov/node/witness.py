@@ -39,6 +39,8 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -168,13 +170,17 @@ def _state_key(path: Path) -> str | None:
 def write_private_json(path: Path, doc: Any) -> None:
     """Write ``doc`` atomically (fsync'd) as a 0600 JSON file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(doc, fh, sort_keys=True, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    # a temporary name of its own (mkstemp: 0600, O_EXCL), so two writers never share one
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(doc, fh, sort_keys=True, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 # ------------------------------------------------------------------- the loop
@@ -302,6 +308,8 @@ class NodeWitness:
             self._pinned = load_pinned_key(Path(kit_dir) / PINNED_KEY_FILE)
         self._witness: Witness | None = None
         self._next = 0.0
+        #: job threads (``expect``) and the witness loop read-modify-write the same files
+        self._lock = threading.RLock()
         self._state = self._load_node()
 
     # ------------------------------------------------------------ node state
@@ -323,7 +331,8 @@ class NodeWitness:
         return doc
 
     def _save_node(self) -> None:
-        write_private_json(self.node_path, self._state)
+        with self._lock:
+            write_private_json(self.node_path, self._state)
 
     def _alarm(self, kind: str, message: str, **evidence: Any) -> None:
         """Persist an alarm record and log it at ERROR (``ALARM: ...``)."""
@@ -403,29 +412,30 @@ class NodeWitness:
 
     def expect(self, fact: bytes) -> None:
         """Remember a fact this node signed: the witness checks it is included (``pending_facts``)."""
-        doc = self._facts()
-        digest = hashlib.sha256(fact).hexdigest()
-        signed = doc.setdefault("signed", [])
-        if digest not in signed:
-            signed.append(digest)
-            del signed[:-100_000]
-        if any(p.get("sha256") == digest for p in doc["pending"]) or digest in doc.get(
-            "included_digests", []
-        ):
+        with self._lock:
+            doc = self._facts()
+            digest = hashlib.sha256(fact).hexdigest()
+            signed = doc.setdefault("signed", [])
+            if digest not in signed:
+                signed.append(digest)
+                del signed[:-100_000]
+            if any(p.get("sha256") == digest for p in doc["pending"]) or digest in doc.get(
+                "included_digests", []
+            ):
+                self._save_facts(doc)
+                return
+            head = self.last_head or (
+                SignedTreeHead.from_dict(h) if (h := _read_json(self.state_path).get("head")) else None
+            )
+            doc["pending"].append(
+                {
+                    "sha256": digest,
+                    "entry": fact.decode("utf-8"),
+                    "since": now_ms(),
+                    "from_size": head.size if head is not None else 0,
+                }
+            )
             self._save_facts(doc)
-            return
-        head = self.last_head or (
-            SignedTreeHead.from_dict(h) if (h := _read_json(self.state_path).get("head")) else None
-        )
-        doc["pending"].append(
-            {
-                "sha256": digest,
-                "entry": fact.decode("utf-8"),
-                "since": now_ms(),
-                "from_size": head.size if head is not None else 0,
-            }
-        )
-        self._save_facts(doc)
 
     def republish(self, key: str, content: Any, build: Callable[[], bytes]) -> bytes:
         """The fact this node signed for ``key`` if ``content`` is unchanged, else ``build()`` (expected).
@@ -434,16 +444,17 @@ class NodeWitness:
         a dataset only when it changed), so its inclusion check never waits
         for a fact that was rightly not logged again.
         """
-        doc = self._facts()
-        stamp = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode("utf-8")).hexdigest()
-        old = doc.setdefault("published", {}).get(key)
-        if isinstance(old, dict) and old.get("content") == stamp:
-            return str(old["fact"]).encode("utf-8")
-        fact = build()
-        doc["published"][key] = {"content": stamp, "fact": fact.decode("utf-8")}
-        self._save_facts(doc)
-        self.expect(fact)
-        return fact
+        with self._lock:
+            doc = self._facts()
+            stamp = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+            old = doc.setdefault("published", {}).get(key)
+            if isinstance(old, dict) and old.get("content") == stamp:
+                return str(old["fact"]).encode("utf-8")
+            fact = build()
+            doc["published"][key] = {"content": stamp, "fact": fact.decode("utf-8")}
+            self._save_facts(doc)
+            self.expect(fact)
+            return fact
 
     @property
     def pending_facts(self) -> list[dict[str, Any]]:
@@ -649,7 +660,9 @@ class NodeWitness:
         this department* that it never signed (the coordinator's own words,
         or a signature by someone holding its key): a ``foreign-fact`` alarm.
         """
-        doc = self._facts()
+        with self._lock:
+            doc = self._facts()
+        seen = {p["sha256"] for p in doc["pending"]}
         pending = doc["pending"]
         q = self.quorum
         if q is not None:
@@ -661,8 +674,7 @@ class NodeWitness:
             pending = self._scan_for_facts(doc, pending, start, head)
             doc["scanned_to"] = max(int(doc["scanned_to"]), head.size)
         if not pending:
-            doc["pending"] = pending
-            self._save_facts(doc)
+            self._save_checked(doc, pending, seen)
             return
         limit = self.settings.starve_after * 1000
         overdue = [p for p in pending if not p.get("alarmed") and now_ms() - int(p["since"]) > limit]
@@ -675,8 +687,18 @@ class NodeWitness:
         for p in pending:
             if p.get("withheld") or p["sha256"] in late:
                 self._withheld(p)
-        doc["pending"] = pending
-        self._save_facts(doc)
+        self._save_checked(doc, pending, seen)
+
+    def _save_checked(self, doc: dict[str, Any], pending: list[dict[str, Any]], seen: set[str]) -> None:
+        """Save a check's outcome, keeping facts that job threads signed while it looked (``expect``)."""
+        with self._lock:
+            now = self._facts()
+            pending = pending + [p for p in now["pending"] if p["sha256"] not in seen]
+            for key in ("signed", "published"):
+                if key in now:
+                    doc[key] = now[key]
+            doc["pending"] = pending
+            self._save_facts(doc)
 
     def _withheld(self, p: dict[str, Any]) -> None:
         if p.get("alarmed"):
