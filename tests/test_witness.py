@@ -410,3 +410,47 @@ def test_node_witness_status_shows_alarms_and_exits_while_halted(
         nwit.print_status(config)
     out = capsys.readouterr().out
     assert "ALARM split-view" in out and "verified head: size 1" in out
+
+
+def test_facts_signed_by_concurrent_jobs_are_all_kept(tmp_path: Path, key: Ed25519PrivateKey, depts) -> None:
+    """Job threads sign facts while the witness loop checks: none may be lost, no write may fail.
+
+    (CI once saw ``FileNotFoundError`` on ``ledger-facts.json.tmp`` when two
+    standing checks finished together: both wrote through one temporary name.)
+    """
+    import threading
+
+    log = _log(tmp_path / "l.db", key, ["a"])
+    tax = _node(tmp_path, "tax", LogStub(log, "tax", {}, depts), depts, quorum=1)
+    tax.check()
+    facts = [sign_fact(E.job_approved(f"j{i}", "tax"), "tax", depts["tax"].sign).encode() for i in range(64)]
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def sign(chunk: list[bytes]) -> None:
+        try:
+            for f in chunk:
+                tax.expect(f)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    def witness() -> None:
+        try:
+            while not stop.is_set():
+                tax.check()
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    loop = threading.Thread(target=witness)
+    loop.start()
+    workers = [threading.Thread(target=sign, args=(facts[i::8],)) for i in range(8)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    stop.set()
+    loop.join()
+    assert errors == []
+    want = {nwit.hashlib.sha256(f).hexdigest() for f in facts}
+    assert {p["sha256"] for p in tax.pending_facts} == want
+    assert not list((tmp_path / "tax").glob("*.tmp"))
