@@ -23,8 +23,7 @@ Progress goes to stderr; the last stdout line is one JSON object
 (scikit-learn LogisticRegression on the pooled data, same split),
 ``auc_plain`` (numpy, same algorithm), ``seconds_per_epoch_protocol``
 (in-process CKKS driver, all roles sequential in one process),
-``seconds_per_epoch_fedgov`` (full stack; null until the lead wires the
-``vertical-lr`` job kind), ``seconds_per_epoch_plain``,
+``seconds_per_epoch_fedgov`` (full stack), ``seconds_per_epoch_plain``,
 ``seconds_per_epoch_paillier`` (FATE-style hetero-LR with 2048-bit ``phe``
 Paillier and gmpy2, measured on a subset and scaled per row: see
 ``paillier_note``), ``speedup_vs_paillier`` and ``bytes_per_epoch``.
@@ -344,7 +343,18 @@ def bench_fate_shape(params: vlr.VlrParams, rows: int = 100_000) -> dict[str, An
 CASES = ["default_credit", "synthetic_100k", "fate_shape"]
 
 
+def _missing_bench_extra() -> list[str]:
+    """The ``bench`` extra's modules that are not importable (checked before minutes of work)."""
+    import importlib.util
+
+    return [m for m in ("sklearn", "phe", "gmpy2") if importlib.util.find_spec(m) is None]
+
+
 def main() -> int:
+    if missing := _missing_bench_extra():
+        print(f"bench/vertical_lr.py needs the bench extra ({', '.join(missing)} missing): "
+              "pip install -e '.[bench]'", file=sys.stderr)
+        return 2
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="subsets and 3 epochs")
     ap.add_argument("--epochs", type=int, default=None)
