@@ -490,6 +490,22 @@ def cmd_demo(ns: argparse.Namespace) -> None:
         _print_json(summary)
 
 
+def cmd_console(ns: argparse.Namespace) -> None:
+    from fedgov.console.serve import run_console
+
+    kit = ns.kit or os.environ.get("FEDGOV_KIT")
+    coord = ns.coordinator or os.environ.get("FEDGOV_COORDINATOR")
+    if not kit or not coord:
+        raise FedgovError("give --kit and --coordinator (or set FEDGOV_KIT and FEDGOV_COORDINATOR)")
+    _setup_logging("warning")
+
+    def ready(url: str) -> None:
+        print(f"fedgov console for {Path(kit)} at {coord}; open this link (it works once):", flush=True)
+        print(url, flush=True)
+
+    run_console(Path(kit), coord, port=ns.port, lang=ns.lang, node_config=ns.node_config, on_ready=ready)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="fedgov", description="Usable-but-invisible computation across departments."
@@ -627,6 +643,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--out", type=Path, help="write per-party outputs here")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("console", help="the web console on 127.0.0.1, acting as your kit's person")
+    p.add_argument("--kit", help="your startup kit directory (or FEDGOV_KIT)")
+    p.add_argument("--coordinator", help="host:port (or FEDGOV_COORDINATOR)")
+    p.add_argument("--port", type=int, default=0, help="loopback port (default: a random free one)")
+    p.add_argument("--lang", choices=["zh", "en"], default="en", help="interface language (switchable in the page)")
+    p.add_argument("--node-config", type=Path,
+                   help="approvers: your department's node.toml (the approval inbox reads and signs locally)")
+    p.set_defaults(func=cmd_console)
 
     from fedgov.cli_ledger import add_ledger_parser, add_quality_parser
 

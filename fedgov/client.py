@@ -93,6 +93,26 @@ class JobStatus:
         }
 
 
+def _dataset_info(d: Any) -> dict[str, Any]:
+    """One catalogue entry: name, rows, schema digest, field names, the full schema (field types,
+    descriptions, units, ranges) and the node's public quality scores ({} when it publishes none).
+    Metadata only: the catalogue never carries a row."""
+    schema = json.loads(d.schema_json or "{}")
+    try:
+        quality = json.loads(d.quality_json) if d.quality_json else {}
+    except ValueError:
+        quality = {}
+    return {
+        "name": d.name,
+        "rows": d.rows,
+        "schema_digest": d.schema_digest,
+        "fields": [f["name"] for f in schema.get("fields", [])],
+        "description": (schema.get("dataset") or {}).get("description", ""),
+        "schema": schema.get("fields", []),
+        "quality": quality if isinstance(quality, dict) else {},
+    }
+
+
 class Client:
     """A connection to the coordinator as the person whose kit is given."""
 
@@ -128,15 +148,7 @@ class Client:
                 "name": n.name,
                 "online": n.online,
                 "last_seen": n.last_seen,
-                "datasets": [
-                    {
-                        "name": d.name,
-                        "rows": d.rows,
-                        "schema_digest": d.schema_digest,
-                        "fields": [f["name"] for f in json.loads(d.schema_json or "{}").get("fields", [])],
-                    }
-                    for d in n.datasets
-                ],
+                "datasets": [_dataset_info(d) for d in n.datasets],
             }
             for n in reply.nodes
         ]
