@@ -63,6 +63,8 @@ class JobStatus:
     participants: tuple[Participant, ...]
     created_at: float
     updated_at: float
+    #: the signed manifest text (from :meth:`Client.status` only; "" in :meth:`Client.list`)
+    manifest: str = ""
 
     @classmethod
     def from_pb(cls, s: jobs_pb2.JobStatus) -> JobStatus:
@@ -79,6 +81,7 @@ class JobStatus:
             ),
             created_at=s.created_at,
             updated_at=s.updated_at,
+            manifest=s.manifest_toml,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -106,7 +106,7 @@ def test_every_response_carries_the_security_headers() -> None:
         assert r.headers["content-security-policy"] == CSP
         assert r.headers["x-frame-options"] == "DENY"
         assert r.headers["cache-control"] == "no-store"
-        assert r.headers["referrer-policy"] == "no-referrer"
+        assert r.headers["referrer-policy"] == "same-origin"
     assert "default-src 'self'" in CSP and "frame-ancestors 'none'" in CSP and "unsafe-inline" not in CSP
     assert "<script" not in c.get("/thing").text and "style=" not in c.get("/thing").text
 

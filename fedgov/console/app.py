@@ -12,8 +12,9 @@
   from another Origin) is refused with 403 (:mod:`fedgov.console.pages`);
 - **headers**: a strict Content-Security-Policy (``default-src 'self'``, no
   inline script or style, ``frame-ancestors 'none'``), ``X-Frame-Options:
-  DENY``, ``Cache-Control: no-store``, ``Referrer-Policy: no-referrer`` (the
-  token never leaks in a Referer), ``X-Content-Type-Options: nosniff``.
+  DENY``, ``Cache-Control: no-store``, ``Referrer-Policy: same-origin`` (the
+  token never leaks to another site in a Referer; no-referrer would make Chromium send
+  ``Origin: null`` with every form), ``X-Content-Type-Options: nosniff``.
 
 Nothing secret is put in a page: keys stay in the kit; the console shows
 what the SDK returns to this person.
@@ -44,6 +45,8 @@ from fedgov.console.pages import PEOPLE, NavEntry, Page, PageContext, endpoint, 
 #: page modules, in nav order; each exports ``PAGE`` (see fedgov/console/__init__.py)
 PAGE_MODULES: tuple[str, ...] = (
     "fedgov.console.pages_federation",
+    "fedgov.console.pages_jobs",
+    "fedgov.console.pages_approvals",
 )
 
 SESSION_COOKIE = "fedgov_console"
@@ -55,7 +58,7 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"content-security-policy", CSP.encode()),
     (b"x-frame-options", b"DENY"),
     (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
+    (b"referrer-policy", b"same-origin"),
     (b"cross-origin-opener-policy", b"same-origin"),
     (b"cross-origin-resource-policy", b"same-origin"),
 )
