@@ -485,7 +485,7 @@ def cmd_demo(ns: argparse.Namespace) -> None:
     from fedgov.demo import run_demo
 
     _setup_logging("warning")
-    summary = run_demo(keep=ns.keep, households=ns.households, seed=ns.seed, quiet=ns.json)
+    summary = run_demo(keep=ns.keep, households=ns.households, seed=ns.seed, quiet=ns.json, console=ns.console)
     if ns.json:
         _print_json(summary)
 
@@ -664,6 +664,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--households", type=int, default=6000,
                    help="size of the synthetic city (smaller runs faster; 1500 takes about half the time)")
     p.add_argument("--seed", type=int, default=7, help="seed of the synthetic city (same seed, same numbers)")
+    p.add_argument("--console", action="store_true",
+                   help="afterwards keep the federation up and serve the analyst's web console (Ctrl-C stops)")
     p.set_defaults(func=cmd_demo)
     return ap
 

@@ -148,3 +148,26 @@ def test_every_message_exists_in_both_languages(lang: str) -> None:
     missing = sorted(set(catalogue[other]) - set(catalogue[lang]))
     assert not missing, f"{lang} lacks {missing}"
     assert set(catalogue) == set(i18n.LANGS)
+
+
+def test_the_console_is_for_people_and_the_inbox_for_approvers(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    from fedgov.crypto.kits import issue_kit
+    from fedgov.crypto.pki import create_ca
+
+    create_ca(tmp_path / "ca", "test federation")
+    issue_kit(tmp_path / "ca", tmp_path / "tax", "tax", "node")
+    issue_kit(tmp_path / "ca", tmp_path / "ana", "ana", "analyst")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "fedgov", "console", "--coordinator", "127.0.0.1:9", *args],
+                              capture_output=True, text=True, timeout=60)
+
+    r = run("--kit", str(tmp_path / "tax"))
+    assert r.returncode == 2 and "the console is for people" in r.stderr and "token" not in r.stdout
+    r = run("--kit", str(tmp_path / "ana"), "--node-config", str(tmp_path / "node.toml"))
+    assert r.returncode == 2 and "--node-config is for an approver" in r.stderr
+    r = run("--kit", str(tmp_path / "missing"))
+    assert r.returncode == 2 and "missing" in r.stderr

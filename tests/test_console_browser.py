@@ -123,7 +123,7 @@ def test_analyst_submits_approvers_approve_analyst_sees_roc(world: dict[str, Any
     page.goto(world["consoles"]["analyst"].base + f"/jobs/{job_id}")
     # the job page reloads itself (meta refresh) until the job ends
     terminal = re.compile(r"^(succeeded|failed|rejected|cancelled)$")
-    page.locator("#job-state", has_text=terminal).wait_for(timeout=240_000)
+    page.locator("#job-state", has_text=terminal).wait_for(timeout=120_000)
     assert page.locator("#job-state").inner_text() == "succeeded", page.locator("body").inner_text()
     assert page.locator("#steps [data-state=done]").count() == 5
     _shot(world, page, "job-succeeded")

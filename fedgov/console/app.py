@@ -40,7 +40,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fedgov.console import i18n
-from fedgov.console.pages import PEOPLE, NavEntry, Page, PageContext, endpoint, route
+from fedgov.console.pages import PEOPLE, NavEntry, Page, PageContext, endpoint, role_allowed, route
 
 #: page modules, in nav order; each exports ``PAGE`` (see fedgov/console/__init__.py)
 PAGE_MODULES: tuple[str, ...] = (
@@ -99,7 +99,7 @@ class ConsoleState:
         return sid
 
     def visible_nav(self) -> list[NavEntry]:
-        return [n for n in self.nav if self.identity.role in n.roles]
+        return [n for n in self.nav if role_allowed(self.identity.role, n.roles)]
 
     def render(self, request: Request, template: str, *, status_code: int = 200, **context: Any) -> HTMLResponse:
         assert self.env is not None
@@ -120,6 +120,13 @@ class ConsoleState:
         }
         html = self.env.get_template(template).render(**(base | context))
         return HTMLResponse(html, status_code=status_code)
+
+
+def loopback_host(host_header: str) -> bool:
+    """True when a ``Host`` header names 127.0.0.1, localhost or [::1] (any port): a page served under
+    another name (DNS rebinding) is refused before it can spend the token or reach a session."""
+    hostname = host_header.rsplit(":", 1)[0] if not host_header.endswith("]") else host_header
+    return hostname.lower() in LOOPBACK_HOSTS
 
 
 def _error(state: ConsoleState, scope: Scope, status: int, title_key: str, body_key: str) -> HTMLResponse:
@@ -153,9 +160,7 @@ class ConsoleGate:
         lang = i18n.pick_lang(request.query_params.get("lang")) or i18n.pick_lang(
             request.cookies.get(LANG_COOKIE)) or st.lang
         scope["fedgov.lang"] = lang
-        host = request.headers.get("host", "")
-        hostname = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-        if hostname not in LOOPBACK_HOSTS:
+        if not loopback_host(request.headers.get("host", "")):
             await _error(st, scope, 400, "err.title", "err.host.body")(scope, receive, send_secured)
             return
         path = scope["path"]

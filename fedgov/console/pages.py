@@ -125,13 +125,18 @@ def csrf_ok(form: FormData, expected: str) -> bool:
     return bool(expected) and isinstance(given, str) and hmac.compare_digest(given.encode(), expected.encode())
 
 
+def role_allowed(role: str, roles: frozenset[str]) -> bool:
+    """True when a certificate ``role`` may use a route for ``roles`` (the nav applies the same rule)."""
+    return role in roles
+
+
 def endpoint(pr: PageRoute, state: ConsoleState) -> Callable[[Request], Any]:
     """The Starlette endpoint of ``pr``: role check, CSRF check on POST, handler in a thread."""
 
     async def _run(request: Request) -> Response:
         t = state.translator(request.scope.get("fedgov.lang", state.lang))
         role = state.identity.role
-        if role not in pr.roles:
+        if not role_allowed(role, pr.roles):
             roles = ", ".join(t(f"role.{r}") for r in sorted(pr.roles))
             return state.render(request, "error.html", status_code=403, title=t("err.forbidden.title"),
                                 message=t("err.forbidden.role", role=t(f"role.{role}"), roles=roles))

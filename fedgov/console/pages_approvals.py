@@ -67,9 +67,14 @@ def show(ctx: PageContext) -> Response:
     return _brief_page(ctx, ctx.request.path_params["job_id"])
 
 
-def decide(ctx: PageContext) -> Response:
+def _record(config: Any, job_id: str, kit: Any, *, approve: bool, reason: str) -> str:
+    """Record the decision exactly as ``fedgov node approve|reject`` does: signed here with the kit's key."""
     from fedgov.node import approvals
 
+    return approvals.decide(config, job_id, kit, approve=approve, reason=reason)
+
+
+def decide(ctx: PageContext) -> Response:
     job_id = ctx.request.path_params["job_id"]
     config = _config(ctx)
     if config is None or ctx.state.kit is None:
@@ -79,7 +84,7 @@ def decide(ctx: PageContext) -> Response:
         return _brief_page(ctx, job_id, error=ctx.t("appr.choose"), status_code=400)
     reason = str(ctx.form.get("reason") or "").strip()
     try:
-        msg = approvals.decide(config, job_id, ctx.state.kit, approve=decision == "approve", reason=reason)
+        msg = _record(config, job_id, ctx.state.kit, approve=decision == "approve", reason=reason)
     except FedgovError as exc:
         return _brief_page(ctx, job_id, error=str(exc), status_code=400)
     return _brief_page(ctx, job_id, done=msg)
