@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -305,3 +308,47 @@ def test_a_real_node_restart_fails_the_job_naming_that_node(tmp_path: Path) -> N
             st = c.wait(job_id, timeout=120)
         assert st.state == "failed"
         assert "node 'host' restarted during the job" in st.reason, st.reason
+
+
+def test_an_impostor_cannot_take_a_live_nodes_identity_right_after_a_restart(tmp_path: Path) -> None:
+    """The session gate after a restart: a second process with the host's certificate identity
+    (another session id) starts while the live host is still reconnecting; it is refused — the
+    registered session from before the restart still counts — and the live host carries on.
+    (Before: the gate's sessions lived in memory only, so the first caller claimed the identity.)"""
+    spec = load_spec(_fate_spec(tmp_path, "psi"))
+    with federation_for(spec, tmp_path / "w") as fed:
+        host = fed.procs["host"].popen
+        cfg = (fed.workdir / "nodes" / "host" / "node.toml").read_text()
+        twin_cfg = tmp_path / "twin.toml"
+        twin_cfg.write_text(cfg.replace(str(fed.workdir / "state" / "host"), str(tmp_path / "twin-state")))
+        twin_log = tmp_path / "twin.log"
+        os.kill(host.pid, signal.SIGSTOP)  # the live host cannot reconnect before the twin calls
+        try:
+            fed.kill("coordinator", signal.SIGKILL)
+            fed.restart_coordinator_on_same_port()
+            with twin_log.open("wb") as fh:
+                twin = subprocess.Popen([sys.executable, "-m", "fedgov", "node", "start", "--config", str(twin_cfg)],
+                                        stdout=fh, stderr=subprocess.STDOUT)
+            try:
+                deadline = time.monotonic() + 25  # inside the coordinator's restart grace (30 s)
+                while "registration refused" not in twin_log.read_text(errors="replace"):
+                    assert twin.poll() is None and time.monotonic() < deadline, twin_log.read_text()[-2000:]
+                    time.sleep(0.1)
+                os.kill(host.pid, signal.SIGCONT)
+                twin.wait(timeout=90)
+            finally:
+                if twin.poll() is None:  # it took the identity (or hangs): never leave it running
+                    twin.kill()
+                    twin.wait()
+        finally:
+            os.kill(host.pid, signal.SIGCONT)
+        out = twin_log.read_text(errors="replace")
+        assert twin.returncode == 2, out[-2000:]
+        assert "node 'host' is already connected from another process" in out.strip().splitlines()[-1], out[-2000:]
+        assert "registered before the coordinator restarted" in out, out[-2000:]
+        # the live host kept its identity: a job runs with it, and it never restarted or was replaced
+        ref, _ = run_reference(fed, manifest_for(spec))
+        assert _result(fed, ref)["guest"]["intersection_size"] == 569
+        assert host.poll() is None and fed.procs["host"].popen is host
+        log = fed.procs["host"].log.read_text(errors="replace")
+        assert "Traceback" not in log, fed.tail("host", 40)
