@@ -260,6 +260,18 @@ def _one_process() -> None:
 
 
 @row(
+    "session-after-restart",
+    "`fedgov.coordinator.gate:Sessions._carried_over`: after a coordinator restart the session a node "
+    "registered before it stays the node's for the restart grace (switched off: memory only, first caller wins)",
+    "tests/test_gate_restart.py::test_an_impostor_cannot_take_a_live_nodes_identity_right_after_a_restart",
+    "tests/test_restart_stack.py::test_an_impostor_cannot_take_a_live_nodes_identity_right_after_a_restart",
+    level="stack",
+)
+def _session_after_restart() -> None:
+    _patch("fedgov.coordinator.gate:Sessions._carried_over", lambda self, node, now: None)
+
+
+@row(
     "kit-check",
     "`fedgov.node.agent:NodeAgent._check_own_kit` stops a node whose kit cannot work, with the reason",
     _ID + "test_a_node_with_a_broken_kit_exits_with_the_reason",

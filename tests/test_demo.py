@@ -85,8 +85,8 @@ DP_RELEASES = ("cohort_count", "small_cell", "he_stats")
 
 
 def _deterministic_part(s: dict[str, Any]) -> dict[str, Any]:
-    """Everything but wall-clock times, the model's AUC digits and the DP-noised releases."""
-    model = {k: v for k, v in s["model"].items() if k not in ("seconds_per_epoch", "auc_joint")}
+    """Everything but wall-clock times and the DP-noised releases (the model's AUC as printed included)."""
+    model = {k: v for k, v in s["model"].items() if k != "seconds_per_epoch"}
     rest = {k: v for k, v in s.items() if k not in ("seconds", "model", *DP_RELEASES)}
     # which groups were asked about is fixed; which of them pass the owner's *noisy* minimum cell
     # is not (thresholds apply to noisy counts), so released and suppressed groups count together
@@ -104,6 +104,11 @@ def test_same_seed_same_numbers(two_runs) -> None:
     da, db = _deterministic_part(a), _deterministic_part(b)
     assert da == db, {k: (da[k], db.get(k)) for k in da if da[k] != db.get(k)}
     assert a["ledger"] == b["ledger"] and a["points"] == b["points"]
-    # the joint AUC comes from a model trained under CKKS with fresh encryption and flooding
-    # noise (os.urandom, on purpose): published at two decimals, it agrees to that resolution
-    assert abs(a["model"]["auc_joint"] - b["model"]["auc_joint"]) <= 0.01 + 1e-9
+    # the joint AUC as printed (MODEL_DECIMALS): equal. The model is trained under CKKS with fresh
+    # encryption, mask and flooding noise (on purpose), so the unrounded AUCs may differ by a pair
+    # or two of held-out rows: measured for this world (seed 11, 1500 households) 0.842385 in
+    # both runs, coalition AUCs differing by <= 4.1e-4, i.e. ~6x below the distance (0.0026) to the
+    # nearest rounding boundary. A world whose AUC lies within ~1e-3 of a boundary could print
+    # differently; see docs/protocols/vertical-lr.md, "Reproducibility, measured".
+    assert a["model"]["auc_joint"] == b["model"]["auc_joint"]
+    assert a["model"]["decimals"] == 2 and f"{a['model']['auc_joint']:.2f}" == f"{b['model']['auc_joint']:.2f}"

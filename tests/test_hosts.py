@@ -35,7 +35,6 @@ import itertools
 import json
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -52,6 +51,7 @@ from fedgov.crypto.pki import create_ca
 from fedgov.runner import DatasetSpec, LocalFederation, NodeSpec, Proc
 from fedgov.runspec import federation_for, load_spec, manifest_for
 from fedgov.scenarios.regional import generate_regional
+from tests.relay_wait import TERMINAL, relay_state, wait_for_relay
 from tests.test_hfl_job import _policy as hfl_policy
 from tests.test_hfl_job import _schema as hfl_schema
 from tests.test_hfl_job import manifest as hfl_manifest
@@ -59,7 +59,6 @@ from tests.test_hfl_job import manifest as hfl_manifest
 pytestmark = pytest.mark.slow
 
 FATE = Path(__file__).resolve().parents[1] / "examples" / "fate" / "data"
-TERMINAL = ("succeeded", "failed", "rejected", "cancelled")
 HFL_PARAMS = {"rounds": 2, "local-steps": 20, "min-clients": 3, "round-timeout": 60.0, "node-wait-timeout": 60.0}
 
 
@@ -218,17 +217,6 @@ def _fate_spec(tmp: Path, kind: str) -> Path:
     return spec
 
 
-def _relay_state(fed: LocalFederation, job_id: str) -> tuple[str, int]:
-    db = fed.workdir / "state" / "coordinator" / "coordinator.db"
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    try:
-        row = con.execute("SELECT state FROM jobs WHERE job_id=?", (job_id,)).fetchone()
-        n = con.execute("SELECT COUNT(*) FROM relay WHERE job_id=?", (job_id,)).fetchone()[0]
-    finally:
-        con.close()
-    return (row[0] if row else "unknown"), int(n)
-
-
 class ListenerAudit:
     """Samples every department host's listeners while jobs run; probes each from the other hosts."""
 
@@ -317,14 +305,8 @@ def test_psi_vlr_and_hfl_across_four_hosts_with_a_link_down_mid_job(hosts: Hosts
 
             # vertical LR across d1, d2, d3, with d2's link down in the middle of training
             job_id = c.submit(manifest_for(vlr_spec)).job_id
-        deadline = time.monotonic() + 300
-        while True:  # mid-job: the alignment is done and training envelopes flow
-            state, n = _relay_state(fed, job_id)
-            assert state not in TERMINAL, f"vertical LR ended ({state}) before the link went down"
-            if n >= 12:
-                break
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        # mid-job: the alignment is done and training envelopes flow
+        wait_for_relay(fed, job_id, 12, poll=0.02, why="(the link was to go down there)")
         host_log = fed.procs["host"].log
         seen = host_log.read_text(errors="replace").count("coordinator connection lost")
         _ip("link", "set", hosts.veth("d2"), "down")
@@ -335,7 +317,7 @@ def test_psi_vlr_and_hfl_across_four_hosts_with_a_link_down_mid_job(hosts: Hosts
             while host_log.read_text(errors="replace").count("coordinator connection lost") == seen:
                 assert time.monotonic() < deadline, fed.tail("host", 30)
                 time.sleep(0.2)
-            relay_at_down = _relay_state(fed, job_id)
+            relay_at_down = relay_state(fed, job_id)
         finally:
             _ip("link", "set", hosts.veth("d2"), "up")
         outage = time.monotonic() - t_down
@@ -349,7 +331,7 @@ def test_psi_vlr_and_hfl_across_four_hosts_with_a_link_down_mid_job(hosts: Hosts
         summary["vertical_lr"] = {"state": vlr_st.state, "epochs": vlr_res["epochs"],
                                   "link_down": "d2 (host)", "outage_seconds": round(outage, 1),
                                   "relay_envelopes_when_down": relay_at_down[1],
-                                  "relay_envelopes_at_end": _relay_state(fed, job_id)[1]}
+                                  "relay_envelopes_at_end": relay_state(fed, job_id)[1]}
 
         # horizontal FL: one region per department host, aggregator + key holder on the coordinator host
         with fed.client() as c:
@@ -386,15 +368,11 @@ def test_a_link_down_longer_than_node_timeout_fails_the_job_naming_the_host(host
     with fed:
         with fed.client() as c:
             job_id = c.submit(manifest_for(vlr_spec)).job_id
-        deadline = time.monotonic() + 300
-        while _relay_state(fed, job_id)[1] < 12:
-            assert _relay_state(fed, job_id)[0] not in TERMINAL
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_for_relay(fed, job_id, 12, poll=0.02, why="(the link was to go down there)")
         _ip("link", "set", hosts.veth("d2"), "down")
         try:
             deadline = time.monotonic() + 120
-            while _relay_state(fed, job_id)[0] not in TERMINAL:  # the watchdog's move, not a sleep
+            while relay_state(fed, job_id)[0] not in TERMINAL:  # the watchdog's move, not a sleep
                 assert time.monotonic() < deadline
                 time.sleep(0.2)
         finally:

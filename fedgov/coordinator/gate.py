@@ -22,10 +22,21 @@ this order:
    cosignatures (whose authority is the node's signature, not its
    connection) are not tied to a session.
 
+   Sessions live in memory, but after a coordinator restart the gate
+   consults the session each node last *registered* (persisted in
+   ``coordinator.db``, ``nodes.session``): for :data:`RESTART_GRACE_SECONDS`
+   after the coordinator started, that process counts as live although it has
+   not called yet (it is reconnecting with backoff), so another process with
+   the same certificate identity but another session id is refused
+   (``ALREADY_EXISTS``) instead of claiming the identity first and breaking the
+   live node's jobs. After the grace a silent registered process may be taken
+   over, as in the live rule.
+
 What it does not do: the TLS handshake itself still completes for a revoked
 certificate (no RPC runs on it); a process that omits the session metadata
-counts as session ``""``; sessions live in memory, so after a coordinator
-restart the first process to call claims the identity.
+counts as session ``""``; a process holding the identity's key and the live
+process's session id is indistinguishable from it (the session id is a
+liveness marker, not a credential).
 """
 
 from __future__ import annotations
@@ -49,6 +60,10 @@ log = logging.getLogger("fedgov.coordinator")
 
 #: A node session with no call in progress counts as live this long after its last call.
 GRACE_SECONDS = 5.0
+#: After a coordinator (re)start, a node's persisted registered session counts as live this long
+#: although it has not called yet: longer than a node's reconnect backoff (at most 15 s), shorter
+#: than a new node process's patience with such a refusal (``fedgov.node.agent.RESTART_PATIENCE``).
+RESTART_GRACE_SECONDS = 30.0
 REGISTER_METHOD = "/fedgov.v1.Registry/Register"
 #: The calls through which a process acts as the node: bound to its one live session.
 SESSION_METHODS = frozenset({
@@ -74,16 +89,37 @@ class _Slot:
     session: str
     active: int
     last: float
+    #: live until then even if quiet (a registered session carried over a coordinator restart)
+    live_until: float = 0.0
+    #: carried over from before the restart and not heard from since
+    carried: bool = False
 
 
 class Sessions:
     """Which process (session id) currently is each node, and whether it is alive."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic, grace: float = GRACE_SECONDS) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, grace: float = GRACE_SECONDS, *,
+        persisted: Callable[[str], str | None] | None = None, restart_grace: float = RESTART_GRACE_SECONDS,
+    ) -> None:
+        """``persisted(node)``: the session id ``node`` last registered with before this
+        coordinator started (``None`` if none); it is live until ``restart_grace`` after now."""
         self._clock = clock
         self._grace = grace
+        self._persisted = persisted
+        self._started = clock()
+        self._carried_until = self._started + restart_grace
         self._slots: dict[str, _Slot] = {}
         self._lock = threading.Lock()
+
+    def _carried_over(self, node: str, now: float) -> _Slot | None:
+        """The registered session of ``node`` from before the restart, while it may still reconnect."""
+        if self._persisted is None or now >= self._carried_until:
+            return None
+        saved = self._persisted(node)
+        if not saved:
+            return None
+        return _Slot(saved, 0, self._started, live_until=self._carried_until, carried=True)
 
     def enter(self, node: str, session: str, *, registering: bool) -> None:
         """A call of ``node`` from ``session`` starts; raise DuplicateSession if another is live.
@@ -95,15 +131,25 @@ class Sessions:
         now = self._clock()
         with self._lock:
             slot = self._slots.get(node)
+            if slot is None:
+                slot = self._carried_over(node, now)
+                if slot is not None:
+                    self._slots[node] = slot
             if slot is None or slot.session == session:
                 if slot is None:
                     slot = self._slots[node] = _Slot(session, 0, now)
                 slot.active += 1
                 slot.last = now
+                slot.carried = False
                 return
             quiet = now - slot.last
-            if slot.active > 0 or quiet < self._grace:
-                heard = "a call in progress" if slot.active > 0 else f"heard {quiet:.1f} s ago"
+            if slot.active > 0 or quiet < self._grace or now < slot.live_until:
+                if slot.active > 0:
+                    heard = "a call in progress"
+                elif slot.carried:
+                    heard = "registered before the coordinator restarted and not yet back"
+                else:
+                    heard = f"heard {quiet:.1f} s ago"
                 raise DuplicateSession(
                     f"node '{node}' is already connected from another process ({heard}); refusing a "
                     "second process with the same identity: stop the other one (or revoke the kit if "

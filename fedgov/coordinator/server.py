@@ -36,7 +36,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from fedgov.coordinator.gate import PeerGate
+from fedgov.coordinator.gate import PeerGate, Sessions
 from fedgov.coordinator.service import (
     JobsService,
     LedgerService,
@@ -156,7 +156,8 @@ class Coordinator:
         statement = key_statement(
             self.ledger, self.material.cert, endorse_log_key(self.material.key, self.ledger.public_key)
         )
-        self.gate = PeerGate(self.revocations)
+        # sessions registered before this start stay the node's for RESTART_GRACE_SECONDS (gate.py)
+        self.gate = PeerGate(self.revocations, Sessions(persisted=self.store.registered_session))
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=64), options=SERVER_OPTIONS, interceptors=[self.gate]
         )

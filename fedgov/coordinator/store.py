@@ -525,6 +525,12 @@ class CoordinatorStore:
             self._db.execute("UPDATE nodes SET last_seen=? WHERE name=?", (now, name))
             self._touched[name] = now
 
+    def registered_session(self, name: str) -> str | None:
+        """The session id node ``name`` last registered with (persisted across restarts), if any."""
+        with self.tx() as db:
+            row = db.execute("SELECT session FROM nodes WHERE name=?", (name,)).fetchone()
+        return str(row[0]) if row is not None and row[0] else None
+
     def reset_liveness(self) -> None:
         """After a coordinator restart, give every node a fresh grace period."""
         with self.tx() as db:

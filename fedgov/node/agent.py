@@ -81,6 +81,9 @@ log = logging.getLogger("fedgov.node")
 #: How long a node keeps retrying a registration refused because another process
 #: holds its identity (covers a restart right after a crash) before it exits.
 DUPLICATE_PATIENCE = 10.0
+#: The same when the refusal says the identity is held by the process registered before a
+#: coordinator restart: longer than the coordinator's ``RESTART_GRACE_SECONDS`` (30 s).
+RESTART_PATIENCE = 45.0
 
 
 class DuplicateIdentity(FedgovError):
@@ -216,8 +219,9 @@ class NodeAgent:
                 if code == grpc.StatusCode.FAILED_PRECONDITION:
                     raise FedgovError(f"registration refused: {exc.details()}") from None
                 if deadline is None:
-                    deadline = time.monotonic() + DUPLICATE_PATIENCE
-                    log.warning("registration refused: %s (retrying for %.0f s)", exc.details(), DUPLICATE_PATIENCE)
+                    patience = RESTART_PATIENCE if "coordinator restarted" in (exc.details() or "") else DUPLICATE_PATIENCE
+                    deadline = time.monotonic() + patience
+                    log.warning("registration refused: %s (retrying for %.0f s)", exc.details(), patience)
                 if time.monotonic() >= deadline or self.stop.is_set():
                     raise DuplicateIdentity(f"registration refused: {exc.details()}") from None
                 self.stop.wait(1.0)

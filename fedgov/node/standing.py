@@ -2,7 +2,8 @@
 
 :func:`align_standing` is a drop-in for :func:`fedgov.node.kinds.vertical_lr.align`
 with ``join = "left"``: it returns ``(table, slot, n)`` where the guest's
-order is all its distinct batch rows, shuffled by a job-specific key, and a
+order is all its distinct batch rows, sorted by a key only the guest holds
+(:mod:`fedgov.node.row_order`, fresh per job), and a
 host's ``slot[i]`` is the batch position of its row ``i`` (-1: not in the
 batch). State lives under ``<state_dir>/psi-standing/`` (scalars in 0600
 files, replaced atomically). Locks are held only around local
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import struct
@@ -40,14 +40,11 @@ import pyarrow as pa
 
 from fedgov.errors import ConfigError, FedgovError, PolicyDenied
 from fedgov.node.context import TaskContext, id_column
+from fedgov.node.row_order import guest_order_key, ordered
 from fedgov.protocols import psi_standing as st
 from fedgov.protocols.psi import CHUNK_ELEMS, POINT_WIDTH, normalize_ids
 
 _W = "standing alignment"
-
-
-def _order_key(job_id: str, tag: str) -> bytes:
-    return hashlib.sha256(f"fedgov/v1 standing-order\0{job_id}\0{tag}".encode()).digest()
 
 
 @contextlib.contextmanager
@@ -158,8 +155,8 @@ def _guest(
         matches[h] = st.match(cache, reply)
         delta[h] = len(values) // POINT_WIDTH
     ctx.notes["standing_delta"] = delta
-    key = _order_key(ctx.job_id, tag)
-    rows = sorted(first.values(), key=lambda r: hashlib.sha256(key + ids[r].encode()).digest())
+    key = guest_order_key(str(ctx.notes["state_dir"]), domain="standing", tag=tag, job_id=ctx.job_id, seed=None)
+    rows = ordered(first.values(), ids, key)
     slot = np.full(len(ids), -1, dtype=np.int64)
     slot[np.array(rows, dtype=np.int64)] = np.arange(len(rows))
     first_rows = np.fromiter(first.values(), dtype=np.int64, count=len(first))

@@ -269,6 +269,16 @@ def _psi_masked() -> None:
 
 
 @row(
+    "row-order-secret",
+    "`fedgov.node.row_order:node_order_secret` keys the guest's aligned order with the guest's own secret "
+    "(switched off: an empty secret, so the key follows from public inputs)",
+    "tests/test_row_order.py::test_a_host_cannot_place_a_person_it_does_not_hold_in_the_guests_order",
+)
+def _row_order_secret() -> None:
+    _patch("fedgov.node.row_order:node_order_secret", lambda state_dir: b"")
+
+
+@row(
     "psi-set-order",
     "`fedgov.protocols.psi:_Party._compute_masked` sends the masked set sorted by value (not in row order)",
     _PSI_STACK + "test_host_never_receives_guest_ids_in_the_clear",

@@ -13,13 +13,13 @@ its rows that host has). Two joins:
 
 Besides what the training protocol reveals (docs/protocols/vertical-lr.md),
 alignment tells each host the size N of the training set and, for each of its
-matched people, only an index into a guest-side order that the guest shuffles
-with a job-specific key.
+matched people, only an index into a guest-side order keyed by a secret only
+the guest holds (:mod:`fedgov.node.row_order`; for training and evaluation,
+per manifest ``seed``, so one seed on the same data trains on the same batches).
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import struct
@@ -34,6 +34,7 @@ import pyarrow as pa
 from fedgov.errors import ConfigError, FedgovError
 from fedgov.node.context import TaskContext, id_column, numeric
 from fedgov.node.kinds.psi import guest_and_hosts, psi_pairwise
+from fedgov.node.row_order import guest_order_key, ordered
 from fedgov.params.vertical_lr import check_model_id, mask_refusals
 from fedgov.protocols import vertical_lr as vlr
 from fedgov.protocols.psi import normalize_ids
@@ -97,18 +98,18 @@ def feature_matrix(
     return np.column_stack(cols), names
 
 
-def _order_key(job_id: str, tag: str) -> bytes:
-    return hashlib.sha256(f"fedgov/v1 vlr-order\0{job_id}\0{tag}".encode()).digest()
-
-
 def align(
-    ctx: TaskContext, *, tag: str, dataset: str, guest: str, hosts: list[str], join: str
+    ctx: TaskContext, *, tag: str, dataset: str, guest: str, hosts: list[str], join: str,
+    seed: int | None = None,
 ) -> tuple[pa.Table, np.ndarray, int]:
     """Align this party's rows with the guest; returns (table, slot per row or -1, N).
 
     The guest's training order is its matched (inner) or all distinct (left)
-    rows, shuffled by a job-specific key. For a host, ``slot[i]`` is the
-    training position of its row ``i`` (``-1``: not used).
+    rows, sorted by a key only the guest can compute
+    (:mod:`fedgov.node.row_order`): with ``seed`` (vertical LR passes the
+    manifest's) the same for every job of that seed on the same data, else
+    fresh per job. For a host, ``slot[i]`` is the training position of its
+    row ``i`` (``-1``: not used); it learns N and its own rows' positions.
     """
     me = ctx.participant
     id_col = id_column(ctx)
@@ -128,8 +129,10 @@ def align(
                 keep &= set(rows.tolist())
         else:
             keep = set(first.values())
-        key = _order_key(ctx.job_id, tag)
-        order = sorted(keep, key=lambda r: hashlib.sha256(key + ids[r].encode()).digest())
+        key = guest_order_key(
+            str(ctx.notes["state_dir"]), domain="align", tag=tag, job_id=ctx.job_id, seed=seed
+        )
+        order = ordered(keep, ids, key)
         slot = np.full(len(ids), -1, dtype=np.int64)
         slot[np.array(order, dtype=np.int64)] = np.arange(len(order))
         for h, rows in pair_rows.items():
@@ -302,7 +305,8 @@ def run_vertical_lr(ctx: TaskContext) -> dict[str, Any]:
         return _arbiter(ctx, params, guest, hosts, training=True)
     is_guest = ctx.me == guest
     me = ctx.participant
-    table, slot, n = align(ctx, tag="train", dataset=me.dataset, guest=guest, hosts=hosts, join=join)
+    table, slot, n = align(ctx, tag="train", dataset=me.dataset, guest=guest, hosts=hosts, join=join,
+                            seed=params.seed)
     x, y, names = _party_matrix(ctx, table, slot, n, join=join, is_guest=is_guest)
     train_rows, _ = vlr.split_rows(n, params)
     n_batches = len(vlr.batches_for(len(train_rows), params))
@@ -366,7 +370,8 @@ def run_vertical_lr(ctx: TaskContext) -> dict[str, Any]:
         eval_ds = str(me.extra.get("eval_dataset") or "")
         if not eval_ds:
             raise ConfigError("the guest names eval_dataset, so every data party must", where=ctx.job_id)
-        et, eslot, en = align(ctx, tag="eval", dataset=eval_ds, guest=guest, hosts=hosts, join=join)
+        et, eslot, en = align(ctx, tag="eval", dataset=eval_ds, guest=guest, hosts=hosts, join=join,
+                              seed=params.seed)
         ex, ey, _ = _party_matrix(ctx, et, eslot, en, join=join, is_guest=is_guest)
         coalitions: dict[str, float] | None = {} if shapley and is_guest else None
         scores = _score_rows(ctx, model, ex, public, guest, hosts, arbiter, labels=ey, coalitions=coalitions)
