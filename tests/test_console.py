@@ -111,6 +111,30 @@ def test_every_response_carries_the_security_headers() -> None:
     assert "<script" not in c.get("/thing").text and "style=" not in c.get("/thing").text
 
 
+def _boom(ctx: PageContext) -> Any:
+    raise RuntimeError("kaboom-detail /secret/path/key.pem")
+
+
+def test_an_unhandled_error_is_a_500_page_with_the_security_headers_and_no_traceback(
+        caplog: pytest.LogCaptureFixture) -> None:
+    app = create_app(client=FakeClient("analyst"), pages=(),
+                     extra_pages=[TEST_PAGE, Page(routes=[route("/boom", _boom, {"analyst"})])])
+    c = _signed_in(app)
+    c = TestClient(app, base_url=BASE, raise_server_exceptions=False, cookies=dict(c.cookies))
+    for r in (c.get("/boom"), c.get("/boom?lang=zh"), c.get("/no/such/page")):
+        assert r.status_code in (404, 500)
+        assert r.headers.get("content-security-policy") == CSP, r.headers
+        assert r.headers.get("x-frame-options") == "DENY"
+        assert r.headers.get("cache-control") == "no-store"
+        assert r.headers.get("x-content-type-options") == "nosniff"
+        for leak in ("kaboom", "secret", "Traceback", "RuntimeError", "File \""):
+            assert leak not in r.text
+        assert r.headers["content-type"].startswith("text/html")
+    assert c.get("/boom").status_code == 500
+    assert "控制台内部出错" in c.get("/boom?lang=zh").text
+    assert any("kaboom-detail" in (rec.exc_text or str(rec.exc_info)) for rec in caplog.records)  # in the log
+
+
 def test_a_foreign_host_header_is_refused() -> None:
     app, _ = _app()
     c = TestClient(app, base_url="http://attacker.example:8765")
