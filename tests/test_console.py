@@ -195,3 +195,47 @@ def test_the_console_is_for_people_and_the_inbox_for_approvers(tmp_path: Any) ->
     assert r.returncode == 2 and "--node-config is for an approver" in r.stderr
     r = run("--kit", str(tmp_path / "missing"))
     assert r.returncode == 2 and "missing" in r.stderr
+
+
+class JobsClient(FakeClient):
+    """A stand-in SDK client with one job and the events the coordinator recorded for it."""
+
+    def __init__(self, events: tuple[Any, ...]) -> None:
+        super().__init__("analyst")
+        from fedgov.client import JobStatus, Participant
+
+        self.job = JobStatus(job_id="job-1", kind="cohort-count", purpose="p", requester="analyst-1",
+                             state="succeeded", reason="", created_at=1_700_000_000.0, updated_at=1_700_000_090.0,
+                             participants=(Participant("tax", "approved", "ok", "succeeded", ("ann",)),),
+                             events=events)
+
+    def status(self, job_id: str) -> Any:
+        assert job_id == "job-1"
+        return self.job
+
+
+def test_the_job_timeline_shows_the_coordinators_events_with_iso_times() -> None:
+    from fedgov.client import JobEvent
+    from fedgov.opsview import iso
+
+    events = (JobEvent(1_700_000_000.25, "job-submitted", "", "cohort-count by analyst-1"),
+              JobEvent(1_700_000_012.0, "node-approved", "tax", "ok (approvers: ann)"),
+              JobEvent(1_700_000_047.0, "task-succeeded", "tax", ""),
+              JobEvent(1_700_000_090.0, "job-succeeded", "", ""),
+              JobEvent(1_700_000_091.0, "job-archived", "", "later kind"))
+    app = create_app(client=JobsClient(events), pages=("fedgov.console.pages_jobs",))
+    c = _signed_in(app)
+    html = c.get("/jobs/job-1").text
+    timeline = html.split('id="timeline"', 1)[1].split("</ol>", 1)[0]
+    items = re.findall(r'<li data-event="([a-z-]+)"><time class="muted" datetime="([^"]+)">([^<]+)</time> ([^<]+)</li>',
+                       timeline)
+    assert [(ev, when, shown) for ev, when, shown, _ in items] == [(e.event, iso(e.ts), iso(e.ts)) for e in events]
+    texts = [what for *_, what in items]
+    assert texts[1] == "tax approved: ok (approvers: ann)" and texts[2] == "tax finished its part"
+    assert texts[4] == events[4].text  # an event this console does not know: the SDK's wording
+    zh = c.get("/jobs/job-1?lang=zh").text
+    assert "tax 已批准: ok (approvers: ann)" in zh and iso(events[2].ts) in zh
+    # a coordinator that records no events: the status's own two times
+    app = create_app(client=JobsClient(()), pages=("fedgov.console.pages_jobs",))
+    plain = _signed_in(app).get("/jobs/job-1").text.split('id="timeline"', 1)[1].split("</ol>", 1)[0]
+    assert iso(1_700_000_000.0) in plain and "data-event" not in plain

@@ -63,7 +63,28 @@ def jobs(ctx: PageContext) -> Response:
     return ctx.render("jobs.html", jobs=rows, can_submit=ctx.identity.role in SUBMITTERS)
 
 
-def _timeline(st: Any) -> list[tuple[float | None, str]]:
+#: events the coordinator records (fedgov.client.EVENT_TEXT); each has a message ``ev.<event>`` here
+EVENTS = ("job-submitted", "job-running", "job-succeeded", "job-failed", "job-rejected", "job-cancelled",
+          "node-received", "node-approved", "node-rejected", "task-started", "task-succeeded", "task-failed")
+
+
+def event_line(ev: Any, t: Any) -> str:
+    """One timeline line for a :class:`fedgov.client.JobEvent` in the page's language (the SDK's English
+    :attr:`~fedgov.client.JobEvent.text` for an event this console does not know)."""
+    if ev.event not in EVENTS:
+        return str(ev.text)
+    return t(f"ev.{ev.event}", node=ev.node or "?") + (f": {ev.detail}" if ev.detail else "")
+
+
+def _timeline(st: Any, t: Any) -> list[tuple[float | None, str, str]]:
+    """The job's timeline: the coordinator's recorded events with their times (``Client.status``), or,
+    from a coordinator that records none, what the status says (times of submission and last change only)."""
+    if st.events:
+        return [(e.ts, e.event, event_line(e, t)) for e in st.events]
+    return [(ts, "", what) for ts, what in _status_timeline(st)]
+
+
+def _status_timeline(st: Any) -> list[tuple[float | None, str]]:
     items: list[tuple[float | None, str]] = [(st.created_at, f"submitted by {st.requester}")]
     for p in st.participants:
         if p.decision != "pending":
@@ -88,7 +109,7 @@ def job(ctx: PageContext) -> Response:
     refusals = [(p.node, p.reason) for p in st.participants if p.decision == "rejected"]
     return ctx.render(
         "job.html", job=st, manifest=manifest, manifest_text=st.manifest, graph=graph,
-        refusals=refusals, timeline=_timeline(st), live=st.state not in TERMINAL,
+        refusals=refusals, timeline=_timeline(st, ctx.t), live=st.state not in TERMINAL,
         can_read_result=st.state == "succeeded" and (st.requester == ctx.identity.name
                                                       or ctx.identity.role == "admin"),
     )
@@ -216,6 +237,13 @@ PAGE = Page(
             "submit.send": "Sign and submit", "submit.empty": "Give a manifest: paste it or choose a file.",
             "submit.too_big": "That file is larger than 256 KiB; a manifest is a short TOML file.",
             "submit.not_utf8": "That file is not UTF-8 text.",
+            "job.timeline_clock": "Times are the coordinator's, in UTC.",
+            "ev.job-submitted": "Job submitted", "ev.job-running": "All departments approved: job running",
+            "ev.job-succeeded": "Job succeeded", "ev.job-failed": "Job failed", "ev.job-rejected": "Job refused",
+            "ev.job-cancelled": "Job cancelled", "ev.node-received": "{node} received the job for its policy check",
+            "ev.node-approved": "{node} approved", "ev.node-rejected": "{node} refused",
+            "ev.task-started": "{node} started its part", "ev.task-succeeded": "{node} finished its part",
+            "ev.task-failed": "{node} failed",
         },
         "zh": {
             "nav.jobs": "任务", "nav.submit": "提交任务",
@@ -247,6 +275,13 @@ PAGE = Page(
             "submit.file": "或选择文件", "submit.send": "签名并提交", "submit.empty": "请提供任务清单：粘贴或选择文件。",
             "submit.too_big": "文件超过 256 KiB；任务清单应是简短的 TOML 文件。",
             "submit.not_utf8": "该文件不是 UTF-8 文本。",
+            "job.timeline_clock": "时间为协调方时钟（UTC）。",
+            "ev.job-submitted": "任务已提交", "ev.job-running": "各部门均已批准：任务运行中",
+            "ev.job-succeeded": "任务成功", "ev.job-failed": "任务失败", "ev.job-rejected": "任务被拒绝",
+            "ev.job-cancelled": "任务已取消", "ev.node-received": "{node} 已收到任务并进行策略检查",
+            "ev.node-approved": "{node} 已批准", "ev.node-rejected": "{node} 已拒绝",
+            "ev.task-started": "{node} 开始执行其部分", "ev.task-succeeded": "{node} 已完成其部分",
+            "ev.task-failed": "{node} 执行失败",
         },
     },
 )

@@ -328,6 +328,10 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         self._readable(job, ident, context)
         st = job_status(job)
         st.manifest_toml = job.manifest  # readers of the job may read what it asked
+        st.events.extend(  # the same readers: when each of those things happened
+            jobs_pb2.JobEvent(ts=e.ts, event=e.event, node=e.node, detail=e.detail)
+            for e in self.store.job_events(job.job_id)
+        )
         return st
 
     def List(self, request, context):  # noqa: N802
