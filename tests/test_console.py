@@ -239,3 +239,29 @@ def test_the_job_timeline_shows_the_coordinators_events_with_iso_times() -> None
     app = create_app(client=JobsClient(()), pages=("fedgov.console.pages_jobs",))
     plain = _signed_in(app).get("/jobs/job-1").text.split('id="timeline"', 1)[1].split("</ol>", 1)[0]
     assert iso(1_700_000_000.0) in plain and "data-event" not in plain
+
+
+def test_a_stats_result_shows_each_figures_dp_error_from_the_shared_function() -> None:
+    from fedgov.protocols import he_stats as hs
+
+    q = hs.StatsQuery(job_id="job-1", requester="analyst-1", scope="hrss.p.x", cohort="c", clip=(0.0, 8000.0),
+                      stats=("count", "sum", "mean"), dp=hs.DPConfig("laplace", epsilon=0.5))
+    release = hs.Release("job-1", q.scope, q.cohort, {"east": {"count": 120, "sum": 240000.0, "mean": 2000.0}},
+                         {"count": 130, "sum": 250000.0, "mean": 1923.1}, {"west": "noisy count below 11"}, 0.5, 11,
+                         hs.NOISE_LABEL, dp_noise={"parties": [hs.dp_noise_spec(q, 0.5)]}).to_json()
+    client = JobsClient(())
+    client.result = lambda job_id: {"hrss": release}  # type: ignore[attr-defined]
+    app = create_app(client=client, pages=("fedgov.console.pages_jobs",))
+    c = _signed_in(app)
+    html = c.get("/jobs/job-1/result").text
+    err = hs.dp_error(release)
+    for label, cell in (("east", "east"), (hs.TOTAL, "Total (all cells)")):
+        row = html.split(f'<tr data-cell="{cell}">', 1)[1].split("</tr>", 1)[0]
+        for stat in ("count", "sum", "mean"):
+            td = row.split(f'data-stat="{stat}">', 1)[1].split("</td>", 1)[0]
+            assert f"± {err[label][stat]:.3g}" in td, (stat, td)
+    assert 'id="dp-error"' in html and 'data-suppressed="west"' in html
+    assert err["east"]["sum"] > err["east"]["count"] > 0  # the figures differ by statistic (clip 8,000)
+    # a release without DP noise: no ± anywhere
+    client.result = lambda job_id: {"hrss": {**release, "dp_noise": None}}  # type: ignore[attr-defined]
+    assert "dp-err" not in c.get("/jobs/job-1/result").text

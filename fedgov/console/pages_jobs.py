@@ -22,6 +22,7 @@ from fedgov.console import svg
 from fedgov.console.pages import NavEntry, Page, PageContext, route
 from fedgov.errors import FedgovError
 from fedgov.manifest import parse_manifest
+from fedgov.protocols.he_stats import TOTAL, dp_error
 
 READERS = frozenset({"analyst", "auditor", "admin"})
 SUBMITTERS = frozenset({"analyst", "admin"})
@@ -147,14 +148,38 @@ def result(ctx: PageContext) -> Response:
             view["contributions"] = contrib
             view["contrib_svg"] = svg.bars(contrib) if contrib else ""
         if isinstance(value, dict) and isinstance(value.get("cells"), dict):
-            view["cells"] = sorted(value["cells"].items())
+            stats = sorted({k for c in value["cells"].values() if isinstance(c, dict) for k in c})
+            errors = dp_error(value)  # the release's own noise parameters -> each figure's noise sd
+            rows = sorted(value["cells"].items())
+            if isinstance(value.get("total"), dict):
+                rows.append((TOTAL, value["total"]))
+            view["cells"] = [(ctx.t("res.total") if label == TOTAL else label,
+                              [(st, _figure(cell.get(st, "") if isinstance(cell, dict) else ""),
+                                _sd_text(errors.get(label, {}).get(st))) for st in stats])
+                             for label, cell in rows]
+            view["has_error"] = bool(errors)
             view["suppressed"] = sorted((value.get("suppressed") or {}).items())
-            view["stats"] = sorted({k for c in value["cells"].values() if isinstance(c, dict) for k in c})
+            view["stats"] = stats
         if isinstance(value, dict) and isinstance(value.get("counts"), dict):
             view["counts"] = sorted(value["counts"].items())
         views.append(view)
     return ctx.render("result.html", job=st, views=views, raw=json.dumps(res, indent=2, sort_keys=True,
                                                                          ensure_ascii=False))
+
+
+def _figure(v: Any) -> str:
+    if isinstance(v, list):
+        return ", ".join(str(x) for x in v)
+    return "" if v is None else str(v)
+
+
+def _sd_text(sd: Any) -> str:
+    """``± σ`` to three significant figures ("" when there is none); a histogram's σ is the same per bin."""
+    if isinstance(sd, list):
+        sd = sd[0] if sd else None
+    if not isinstance(sd, (int, float)):
+        return ""
+    return "± " + f"{float(sd):.3g}"
 
 
 def result_download(ctx: PageContext) -> Response:
@@ -228,6 +253,10 @@ PAGE = Page(
             "res.cells": "Statistics", "res.cell": "Cell", "res.suppressed": "suppressed",
             "res.suppressed_cells": "Suppressed cells", "res.dp": "Differential privacy: ε spent {eps}, noise {noise}; "
             "every released figure carries this noise (cells below {mc} are suppressed).",
+            "res.total": "Total (all cells)",
+            "res.dp_error": "± is the standard deviation of the differential-privacy noise in that figure "
+            "(from the ε and clip bound the department used; for a mean, to first order; a histogram's is per "
+            "bin). Laplace noise stays within twice its standard deviation about 94% of the time.",
             "res.counts": "Counts", "res.download": "Download the released result (JSON)",
             "res.raw": "Released result as received (opened with this kit's per-job key)",
             "res.none": "No department released a result to you.",
@@ -267,6 +296,9 @@ PAGE = Page(
             "res.cells": "统计结果", "res.cell": "单元格", "res.suppressed": "已抑制",
             "res.suppressed_cells": "被抑制的单元格", "res.dp": "差分隐私：已消耗 ε {eps}，噪声 {noise}；"
             "所有发布的数值都含此噪声（小于 {mc} 的单元格被抑制）。",
+            "res.total": "合计（全部单元格）",
+            "res.dp_error": "± 为该数值所含差分隐私噪声的标准差（由部门实际使用的 ε 和截断上界算出；均值为一阶近似；"
+            "直方图为每个分箱的值）。拉普拉斯噪声约 94% 的情况下不超过其标准差的两倍。",
             "res.counts": "计数", "res.download": "下载已发布的结果（JSON）",
             "res.raw": "收到的已发布结果（用本密钥包的单任务密钥解封）",
             "res.none": "没有部门向您发布结果。",
