@@ -477,6 +477,8 @@ def cmd_catalog(ns: argparse.Namespace) -> None:
         print(f"{n['name']} ({'online' if n['online'] else 'offline'})")
         for d in n["datasets"]:
             print(f"  {d['name']}: {d['rows']} rows; fields {', '.join(d['fields'])}")
+            allowed = "; ".join(f"{p} ({', '.join(k)})" for p, k in sorted(d.get("purposes", {}).items()))
+            print(f"    purposes its policy allows: {allowed or 'none'}")
 
 
 def cmd_run(ns: argparse.Namespace) -> None:

@@ -134,8 +134,9 @@ class JobStatus:
 
 def _dataset_info(d: Any) -> dict[str, Any]:
     """One catalogue entry: name, rows, schema digest, field names, the full schema (field types,
-    descriptions, units, ranges) and the node's public quality scores ({} when it publishes none).
-    Metadata only: the catalogue never carries a row."""
+    descriptions, units, ranges), the node's public quality scores ({} when it publishes none) and
+    ``purposes``: what its policy allows the dataset for, ``{purpose: [job kinds]}`` ({}: nothing, or a
+    node from before purposes were published). Metadata and policy only: the catalogue never carries a row."""
     schema = json.loads(d.schema_json or "{}")
     try:
         quality = json.loads(d.quality_json) if d.quality_json else {}
@@ -149,6 +150,7 @@ def _dataset_info(d: Any) -> dict[str, Any]:
         "description": (schema.get("dataset") or {}).get("description", ""),
         "schema": schema.get("fields", []),
         "quality": quality if isinstance(quality, dict) else {},
+        "purposes": {p.purpose: list(p.kinds) for p in d.purposes},
     }
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from fedgov.runner import LocalFederation
-from tests.test_federation import build_world, manifest
+from tests.test_federation import PURPOSE, build_world, manifest
 
 pytestmark = pytest.mark.slow
 
@@ -112,6 +112,20 @@ def test_job_follow_streams_changes_until_done(fed: LocalFederation) -> None:
     assert re.search(r"submitted \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ by analyst", shown.stdout), shown.stdout
     listed = fedgov(fed, "analyst", "job", "list")
     assert job.job_id in listed.stdout and re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", listed.stdout)
+
+
+def test_the_catalogue_shows_the_purposes_each_policy_allows(fed: LocalFederation) -> None:
+    from fedgov.policy import load_policy
+
+    out = fedgov(fed, "other_analyst", "catalog", "--json")
+    assert out.returncode == 0, out.stderr
+    nodes = {n["name"]: n for n in json.loads(out.stdout)}
+    for spec in fed.nodes:  # each node published what its own policy.toml allows, as {purpose: [kinds]}
+        want = {p: list(k) for p, k in load_policy(spec.policy).datasets["data"].allowed_purposes().items()}
+        got = {d["name"]: d for d in nodes[spec.name]["datasets"]}["data"]["purposes"]
+        assert want and got == want, (spec.name, got, want)
+    text = fedgov(fed, "other_analyst", "catalog").stdout
+    assert f"purposes its policy allows: {PURPOSE} (cohort-count)" in text, text
 
 
 def test_job_status_and_follow_show_the_coordinators_events(fed: LocalFederation) -> None:

@@ -143,6 +143,7 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
                 "schema_digest": d.schema_digest,
                 "rows": d.rows,
                 "fact": bytes(d.fact),
+                "purposes": {p.purpose: sorted(set(p.kinds)) for p in d.purposes if p.purpose},
             }
             if d.quality_json:
                 try:
@@ -178,6 +179,10 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
                             schema_digest=d["schema_digest"],
                             rows=d["rows"],
                             quality_json=json.dumps(d["quality"], sort_keys=True) if d.get("quality") else "",
+                            purposes=[
+                                common_pb2.PurposeAllowed(purpose=p, kinds=k)
+                                for p, k in sorted((d.get("purposes") or {}).items())
+                            ],
                         )
                         for d in n["catalog"]
                     ],
