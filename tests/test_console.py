@@ -18,6 +18,10 @@ from fedgov.console import i18n
 from fedgov.console.app import CSP, PAGE_MODULES, create_app, load_pages, messages_of
 from fedgov.console.pages import NavEntry, Page, PageContext, route
 
+# at import (collection), not inside a test: TenSEAL aborts the process when it is first loaded after
+# grpc_tools' protoc (tests/test_protos.py) in the same process
+from fedgov.protocols import he_stats as hs
+
 BASE = "http://127.0.0.1:8765"
 
 
@@ -242,8 +246,6 @@ def test_the_job_timeline_shows_the_coordinators_events_with_iso_times() -> None
 
 
 def test_a_stats_result_shows_each_figures_dp_error_from_the_shared_function() -> None:
-    from fedgov.protocols import he_stats as hs
-
     q = hs.StatsQuery(job_id="job-1", requester="analyst-1", scope="hrss.p.x", cohort="c", clip=(0.0, 8000.0),
                       stats=("count", "sum", "mean"), dp=hs.DPConfig("laplace", epsilon=0.5))
     release = hs.Release("job-1", q.scope, q.cohort, {"east": {"count": 120, "sum": 240000.0, "mean": 2000.0}},

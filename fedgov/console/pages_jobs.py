@@ -22,7 +22,6 @@ from fedgov.console import svg
 from fedgov.console.pages import NavEntry, Page, PageContext, route
 from fedgov.errors import FedgovError
 from fedgov.manifest import parse_manifest
-from fedgov.protocols.he_stats import TOTAL, dp_error
 
 READERS = frozenset({"analyst", "auditor", "admin"})
 SUBMITTERS = frozenset({"analyst", "admin"})
@@ -148,6 +147,9 @@ def result(ctx: PageContext) -> Response:
             view["contributions"] = contrib
             view["contrib_svg"] = svg.bars(contrib) if contrib else ""
         if isinstance(value, dict) and isinstance(value.get("cells"), dict):
+            # imported here: he_stats loads TenSEAL (CKKS), which only a statistics result needs
+            from fedgov.protocols.he_stats import TOTAL, dp_error
+
             stats = sorted({k for c in value["cells"].values() if isinstance(c, dict) for k in c})
             errors = dp_error(value)  # the release's own noise parameters -> each figure's noise sd
             rows = sorted(value["cells"].items())
