@@ -87,7 +87,8 @@ def test_analyst_submits_approvers_approve_analyst_sees_roc(world: dict[str, Any
     # the purposes tax's policy allows, as tax's node published them (policy.toml -> catalogue -> page)
     from fedgov.policy import load_policy
 
-    allowed = load_policy(world["fed"].workdir / "nodes" / "tax" / "policy.toml").datasets["data"].allowed_purposes()
+    tax = next(n for n in world["fed"].nodes if n.name == "tax")
+    allowed = load_policy(tax.policy).datasets["data"].allowed_purposes()
     shown = page.locator("[data-dataset='tax.data'] .purpose")
     assert allowed and sorted(shown.evaluate_all("els => els.map(e => e.dataset.purpose)")) == sorted(allowed)
     _shot(world, page, "federation")
