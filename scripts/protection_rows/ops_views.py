@@ -47,3 +47,14 @@ def _operator_status_mtls() -> None:
 )
 def _empty_required_id() -> None:
     _patch("fedgov.datasources:_check_required_ids", lambda table, schema, where, row_offset=0: table)
+
+
+@row(
+    "job-status-readers",
+    "`fedgov.coordinator.service:JobsService._readable` (a job's status, manifest and recorded events go to "
+    "its requester, admins, auditors and its own nodes; switched off: to any member)",
+    "tests/test_status.py::test_job_status_and_follow_show_the_coordinators_events",
+    level="stack",
+)
+def _job_status_readers() -> None:
+    _patch("fedgov.coordinator.service:JobsService._readable", lambda self, job, ident, context: None)
