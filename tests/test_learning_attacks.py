@@ -185,37 +185,74 @@ def test_arbiter_plan_comes_from_the_signed_manifest() -> None:
     assert vlr_node.arbiter_plan(m, p, "guest", hosts, training=False) == vlr_node.ArbiterPlan(False, False, True, 0)
 
 
-def test_a_guest_cannot_buy_decryptions_with_its_hello() -> None:
-    """The guest's hello claims an evaluation and 50 coalition re-scorings; the manifest has
-    neither. After training the arbiter serves nothing more: a score request goes unanswered."""
-    gx, y, hx = _breast()
-    p = vlr.VlrParams(epochs=1, batch_size=128, seed=1)
-    m = _vlr("epochs = 1\nbatch_size = 128")
-    pipe, saved = _Pipe(), {}
-    th, errors = _run_arbiter(m, p, pipe, saved)
+def _train_one_batch(pipe: _Pipe, p: vlr.VlrParams, gx: np.ndarray, y: np.ndarray, hx: np.ndarray,
+                     hello: dict) -> tuple[vlr.Guest, vlr.Host]:
+    """Scripted guest and host: hellos, then one honest batch and the end of training."""
     g, h = pipe.end("guest"), pipe.end("host")
-    g.send("arbiter", "vlr/hello", json.dumps({"features": gx.shape[1] + 1, "batches": 1, "eval": True,
-                                               "coalitions": 50}).encode())
+    g.send("arbiter", "vlr/hello", json.dumps({"features": gx.shape[1] + 1, "batches": 1, **hello}).encode())
     h.send("arbiter", "vlr/hello", json.dumps({"features": hx.shape[1], "batches": 1}).encode())
     ctx = g.recv("arbiter", "vlr/context")
     assert h.recv("arbiter", "vlr/context") == ctx
     host = vlr.Host("host", p, hx, ctx)
     guest = vlr.Guest("guest", p, gx, y, ctx, ["host"])
-    scores = host.partial_scores(0, 0)
-    resid = guest.residual_for_hosts(0, 0, {"host": scores})
+    resid = guest.residual_for_hosts(0, 0, {"host": host.partial_scores(0, 0)})
     h.send("arbiter", "vlr/grad", host.masked_gradient(resid))
     host.apply_unmasked(h.recv("arbiter", "vlr/grad-reply"))
     g.send("arbiter", "vlr/grad", guest.masked_gradient(0, 0))
     guest.apply_unmasked(g.recv("arbiter", "vlr/grad-reply"))
     g.send("arbiter", "vlr/epoch", b"\x00")
+    return guest, host
+
+
+def test_a_guest_cannot_buy_decryptions_with_its_hello() -> None:
+    """The guest's hello claims an evaluation and 50 coalition re-scorings; the manifest has
+    neither: the arbiter refuses before decrypting anything, naming the manifest. A guest that
+    says nothing and sends a coalition request anyway is refused at that request.
+    (Through real node processes: tests/test_learning_attacks_stack.py.)"""
+    gx, y, hx = _breast()
+    p = vlr.VlrParams(epochs=1, batch_size=128, seed=1)
+    m = _vlr("epochs = 1\nbatch_size = 128")
+    pipe, saved = _Pipe(), {}
+    th, errors = _run_arbiter(m, p, pipe, saved)
+    g = pipe.end("guest")
+    g.send("arbiter", "vlr/hello", json.dumps({"features": gx.shape[1] + 1, "batches": 1, "eval": True,
+                                               "coalitions": 50}).encode())
+    pipe.end("host").send("arbiter", "vlr/hello", json.dumps({"features": hx.shape[1], "batches": 1}).encode())
+    th.join(timeout=30)
+    assert not th.is_alive()
+    (err,) = errors
+    assert "the guest's hello asks for 1 evaluation and 50 coalition score decryptions" in str(err)
+    assert "the signed manifest allows 0 evaluation and 0 coalition" in str(err)
+    assert "parameters.shapley = false" in str(err)
+    assert saved["arbiter-decryptions"] == {"gradient": 0, "scores": 0}
+    with pytest.raises(queue.Empty):
+        g.recv("arbiter", "vlr/context", timeout=0.2)
+
+    pipe, saved = _Pipe(), {}
+    th, errors = _run_arbiter(m, p, pipe, saved)
+    guest, host = _train_one_batch(pipe, p, gx, y, hx, {})
+    # the host's partial scores, masked by the guest as a "coalition request": refused, not decrypted
+    _, req = vlr._mask_total(guest.ctx, np.zeros(0), {"host": host.validation_scores()}, ["host"], p, "guest")
+    pipe.end("guest").send("arbiter", "vlr/coalition", req)
+    th.join(timeout=30)
+    assert not th.is_alive()
+    (err,) = errors
+    assert "refused: the guest sent coalition score request 1" in str(err)
+    assert saved["arbiter-decryptions"] == {"gradient": 2, "scores": 0}
+    with pytest.raises(queue.Empty):
+        pipe.end("guest").recv("arbiter", "vlr/coalition-reply", timeout=0.2)
+
+
+def test_an_honest_guest_ends_its_requests_and_the_arbiter_finishes() -> None:
+    gx, y, hx = _breast()
+    p = vlr.VlrParams(epochs=1, batch_size=128, seed=1)
+    pipe, saved = _Pipe(), {}
+    th, errors = _run_arbiter(_vlr("epochs = 1\nbatch_size = 128"), p, pipe, saved)
+    _train_one_batch(pipe, p, gx, y, hx, {"eval": False, "coalitions": 0})
+    pipe.end("guest").send("arbiter", "vlr/coalition", b"")  # the end marker
     th.join(timeout=30)
     assert not th.is_alive() and not errors
     assert saved["arbiter-decryptions"] == {"gradient": 2, "scores": 0}
-    # the host's partial scores, masked by the guest as a "score request": nobody decrypts them
-    _, req = vlr._mask_total(guest.ctx, np.zeros(0), {"host": host.validation_scores()}, ["host"], p, "guest")
-    g.send("arbiter", "vlr/score-total", req)
-    with pytest.raises(queue.Empty):
-        g.recv("arbiter", "vlr/score-reply", timeout=0.5)
 
 
 def test_a_score_request_in_a_gradient_step_is_refused() -> None:

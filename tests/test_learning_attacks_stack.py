@@ -8,6 +8,7 @@ itself recorded (its audit log, its private files).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from fedgov.errors import ConfigError
 from fedgov.runner import DatasetSpec, LocalFederation, NodeSpec
 from fedgov.runspec import federation_for, load_spec, manifest_for
 from fedgov.scenarios.regional import generate_regional
+from tests.helpers_learning import LYING_GUEST, node_audit, vlr_spec
 from tests.test_hfl_job import _policy, _schema, manifest
 from tests.test_vlr_stack import _spec
 
@@ -154,3 +156,72 @@ def test_hfl_owner_settings_and_the_eval_dataset_decision_through_real_jobs(tmp_
         for r in others:  # the other regions approved automatically
             assert [e for e in _audit(fed.workdir, r, job.job_id)
                     if e["action"] == "decision" and e["detail"]["approve"]]
+
+
+def _lying_guest_federation(tmp_path: Path) -> tuple[LocalFederation, str, Path]:
+    """Guest, two hosts and an arbiter; the guest node process runs tests/liars/vlr_guest."""
+    spec = load_spec(vlr_spec(tmp_path, epochs=2, hosts=2))
+    fed = federation_for(spec, tmp_path / "w")
+    liar = tmp_path / "liar"
+    liar.mkdir()
+    guest = next(n for n in fed.nodes if n.name == "guest")
+    path = os.environ.get("PYTHONPATH", "")
+    guest.env = {"FEDGOV_TEST_LIAR": str(liar),
+                 "PYTHONPATH": os.pathsep.join([str(LYING_GUEST), *([path] if path else [])])}
+    text = manifest_for(spec)
+    assert "shapley" not in text  # the signed manifest: no coalition (Shapley) re-scoring
+    return fed, text, liar
+
+
+def _arbiter_served(fed: LocalFederation, job_id: str) -> tuple[dict, dict[str, int]]:
+    """(the arbiter process's own decryption counts, what it sent per step from its audit log)."""
+    counts = json.loads(
+        (fed.workdir / "state" / "arbiter" / "outputs" / job_id / "arbiter-decryptions.json").read_text())
+    sent: dict[str, int] = {}
+    for e in node_audit(fed.workdir, "arbiter", job_id, "relay-send"):
+        sent[e["step"]] = sent.get(e["step"], 0) + 1
+    return counts, sent
+
+
+def test_a_lying_guest_gets_no_decryption_beyond_the_signed_manifest(tmp_path: Path) -> None:
+    """Finding 2 through real node processes: the guest node lies (hello, extra coalition
+    requests, a full-vector score request in a gradient step); each job fails with the
+    arbiter's reason, and the arbiter's own records show nothing decrypted beyond the manifest."""
+    fed, text, liar = _lying_guest_federation(tmp_path)
+    with fed, fed.client() as c:
+        # (a) the hello claims an evaluation and a Shapley re-scoring the manifest does not have
+        (liar / "mode").write_text("hello-coalitions")
+        job = c.submit(text).job_id
+        st = c.wait(job, timeout=180)
+        assert st.state == "failed", st
+        assert "refused: the guest's hello asks for 1 evaluation and 2 coalition score decryptions" in st.reason
+        assert ("the signed manifest allows 1 evaluation and 0 coalition score decryptions "
+                "(parameters.shapley = false, guest eval_dataset 'eval')") in st.reason
+        counts, sent = _arbiter_served(fed, job)
+        assert counts == {"gradient": 0, "scores": 0} and sent == {}  # refused before the context
+        assert not (liar / f"loot-{job}.json").exists()
+
+        # (a') an honest hello, then the coalition requests anyway, after the evaluation
+        (liar / "mode").write_text("quiet-coalitions")
+        job = c.submit(text).job_id
+        st = c.wait(job, timeout=180)
+        assert st.state == "failed", st
+        assert "refused: the guest sent coalition score request 1; the signed manifest allows 1 evaluation " \
+               "and 0 coalition score decryptions" in st.reason
+        counts, sent = _arbiter_served(fed, job)
+        assert counts["scores"] == sent["vlr/score-reply"] == 1  # the manifest's one evaluation
+        assert counts["gradient"] == sent["vlr/grad-reply"] > 0
+        assert "vlr/coalition-reply" not in sent
+        assert not (liar / f"loot-{job}.json").exists()
+
+        # (b) a host's per-row partial scores wrapped as a score request in a gradient step
+        (liar / "mode").write_text("grad-score")
+        job = c.submit(text).job_id
+        st = c.wait(job, timeout=180)
+        assert st.state == "failed", st
+        assert "refused guest's 'vlr/grad' message, not decrypted: this step decrypts only masked gradient " \
+               "messages" in st.reason and "schedule comes from the signed manifest" in st.reason
+        counts, sent = _arbiter_served(fed, job)
+        assert counts["scores"] == 0 and "vlr/score-reply" not in sent
+        assert counts["gradient"] == sent.get("vlr/grad-reply", 0)
+        assert not (liar / f"loot-{job}.json").exists()
