@@ -86,16 +86,17 @@ def vlr_spec(tmp: Path, *, epochs: int = 5, extra: str = "", hosts: int = 1) -> 
     return spec
 
 
-def _participant(node: str, role: str, dataset: str | None = None, fields: Sequence[str] = (),
+def _participant(node: str, role: str | None, dataset: str | None = None, fields: Sequence[str] = (),
                  extra: str = "") -> str:
     lines = ["[[participants]]", f'node = "{node}"']
     if dataset is not None:
         lines += [f'dataset = "{dataset}"', f"fields = {json.dumps(list(fields))}"]
-    lines.append(f'role = "{role}"')
+    if role is not None:  # None: no role line (the kind's default role applies)
+        lines.append(f'role = "{role}"')
     return "\n".join(lines) + ("\n" + extra.strip() if extra.strip() else "") + "\n"
 
 
-def vlr_manifest(
+def vlr_manifest_text(
     params: str = "",
     guest_extra: str = "",
     *,
@@ -103,21 +104,25 @@ def vlr_manifest(
     purpose: str = "test-purpose",
     job_extra: str = "",
     guest: tuple[str, str, Sequence[str]] = ("guest", "g", ("id", "y", "x0")),
+    label: str | None = "y",
     host: tuple[str, str, Sequence[str]] = ("host", "h", ("id", "x1")),
+    host_role: str | None = "host",
     host_extra: str = "",
     arbiter: str = "arbiter",
     tail: str = "",
 ) -> str:
-    """Manifest text of a vertical-LR job: one guest (``label = "y"`` unless ``guest_extra``
-    sets it), one host, one arbiter; ``params`` is the body of ``[parameters]``, ``tail`` any
-    further tables (e.g. ``[results]``)."""
-    g_extra = guest_extra if "label" in guest_extra else 'label = "y"\n' + guest_extra
+    """Manifest text of a small vertical-LR job: one guest (with ``label`` unless None), one
+    host (``host_role = None``: no role line), one arbiter. ``params`` is the body of ``[parameters]``; ``*_extra`` are further
+    lines of the job table or a participant's entry; ``tail`` further tables (``[results]``)."""
+    g_extra = (f'label = "{label}"\n' if label else "") + guest_extra
+    job = job_extra.strip() + "\n" if job_extra.strip() else ""
+    body = params.strip() + "\n" if params.strip() else ""
     return (
-        f'[job]\nkind = "{kind}"\npurpose = "{purpose}"\n{job_extra.strip() + chr(10) if job_extra.strip() else ""}'
+        f'[job]\nkind = "{kind}"\npurpose = "{purpose}"\n{job}'
         + _participant(guest[0], "guest", guest[1], guest[2], g_extra)
-        + _participant(host[0], "host", host[1], host[2], host_extra)
+        + _participant(host[0], host_role, host[1], host[2], host_extra)
         + _participant(arbiter, "arbiter")
-        + f"[parameters]\n{params.strip() + chr(10) if params.strip() else ''}"
+        + f"[parameters]\n{body}"
         + tail
     )
 

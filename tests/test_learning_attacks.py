@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import queue
 import threading
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -27,35 +26,11 @@ from fedgov.params import horizontal_fl as hfl_params
 from fedgov.params import vertical_lr as vlr_params
 from fedgov.policy import Decision, parse_policy
 from fedgov.protocols import vertical_lr as vlr
-
-FATE = Path(__file__).resolve().parents[1] / "examples" / "fate" / "data"
-
-VLR = """
-[job]
-kind = "vertical-lr"
-purpose = "test-purpose"
-[[participants]]
-node = "guest"
-dataset = "g"
-fields = ["id", "y", "x0"]
-role = "guest"
-label = "y"
-{guest_extra}
-[[participants]]
-node = "host"
-dataset = "h"
-fields = ["id", "x1"]
-role = "host"
-[[participants]]
-node = "arbiter"
-role = "arbiter"
-[parameters]
-{params}
-"""
+from tests.helpers_learning import FATE, hfl_manifest_text, vlr_manifest_text
 
 
 def _vlr(params_toml: str = "", guest_extra: str = "") -> Any:
-    return parse_manifest(VLR.format(params=params_toml, guest_extra=guest_extra))
+    return parse_manifest(vlr_manifest_text(params_toml, guest_extra))
 
 
 def _refusals(manifest: Any, node: str, policy: dict | None = None, dataset: str = "h") -> list[str]:
@@ -175,7 +150,7 @@ def _breast() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def test_arbiter_plan_comes_from_the_signed_manifest() -> None:
     p = vlr.VlrParams()
     hosts = ["a", "b", "c"]
-    m = parse_manifest(VLR.format(params="shapley = true", guest_extra=""))
+    m = _vlr("shapley = true")
     assert vlr_node.arbiter_plan(m, p, "guest", hosts, training=True) == vlr_node.ArbiterPlan(True, False, False, 0)
     m = _vlr("shapley = true", 'eval_dataset = "g2"')
     assert vlr_node.arbiter_plan(m, p, "guest", hosts, training=True).coalitions == 6
@@ -289,36 +264,8 @@ def test_scoring_parameters_must_agree_between_guest_and_hosts() -> None:
 
 # --------------------------------------------------------------------------- finding 3: HFL
 
-HFL = """
-[job]
-kind = "horizontal-fl"
-purpose = "test-purpose"
-[[participants]]
-node = "north"
-dataset = "apps"
-fields = ["x", "eligible"]
-role = "region"
-{extra}
-[[participants]]
-node = "south"
-dataset = "apps"
-fields = ["x", "eligible"]
-role = "region"
-[[participants]]
-node = "agg"
-role = "arbiter"
-[[participants]]
-node = "kh"
-role = "arbiter"
-[parameters]
-aggregator = "agg"
-key_holder = "kh"
-{params}
-"""
-
-
 def _hfl(params_toml: str = "", extra: str = 'eval_dataset = "validation"') -> Any:
-    return parse_manifest(HFL.format(params=params_toml, extra=extra))
+    return parse_manifest(hfl_manifest_text(params_toml, extra))
 
 
 def test_hfl_plain_aggregation_and_few_clients_are_the_regions_decision() -> None:
@@ -428,8 +375,7 @@ def test_key_holder_refuses_a_sum_of_one_and_a_second_decryption() -> None:
 def test_model_must_be_a_job_id_never_a_path(bad: str) -> None:
     with pytest.raises(ConfigError, match="is not a training job id"):
         vlr_params.check_model_id(bad)
-    m = parse_manifest(VLR.format(params=f'model = "{bad}"', guest_extra="").replace(
-        'kind = "vertical-lr"', 'kind = "vertical-lr-score"'))
+    m = parse_manifest(vlr_manifest_text(f'model = "{bad}"', kind="vertical-lr-score"))
     with pytest.raises(ConfigError, match="never by a path"):
         params.disclosure_refusals(m, m.participant("host"), params.default_disclosure())
     assert vlr_params.check_model_id("job-0123456789ab") == "job-0123456789ab"
