@@ -45,6 +45,9 @@ class NodeSpec:
     name: str
     policy: Path
     datasets: list[DatasetSpec] = field(default_factory=list)
+    #: extra environment of this node's process only, on top of the caller's (tests: e.g. a
+    #: PYTHONPATH whose sitecustomize makes this one node misbehave); empty for real federations
+    env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -144,10 +147,10 @@ class LocalFederation:
         return path
 
     # -- processes ---------------------------------------------------------
-    def _spawn(self, name: str, args: list[str]) -> Proc:
+    def _spawn(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> Proc:
         log = self.workdir / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(extra_env or {}))
         with log.open("ab") as fh:
             popen = subprocess.Popen(
                 [sys.executable, "-m", "fedgov", *args],
@@ -201,7 +204,7 @@ class LocalFederation:
             time.sleep(0.05)
 
     def start_node(self, spec: NodeSpec) -> None:
-        self._spawn(spec.name, ["node", "start", "--config", str(self.node_config(spec))])
+        self._spawn(spec.name, ["node", "start", "--config", str(self.node_config(spec))], spec.env)
 
     def client(self, who: str = "analyst") -> Client:
         return Client(self.kits / who, self.address)

@@ -15,34 +15,23 @@ from fedgov.node.approvals import duplicate_approver, enough, self_approval
 from fedgov.node.brief import Brief, build_brief
 from fedgov.params.pages import PAGES
 from fedgov.policy import Decision
+from tests.helpers_learning import hfl_manifest_text, vlr_manifest_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
-VLR = """
-[job]
-kind = "vertical-lr"
-purpose = "credit-scoring"
-description = "Default risk from income and benefits"
-[[participants]]
-node = "bank"
-dataset = "loans"
-fields = ["id", "y", "age"]
-role = "guest"
-where = [{ field = "age", op = ">=", value = 18 }]
-[[participants]]
-node = "tax"
-dataset = "income"
-fields = ["id", "income"]
-where = [{ field = "income", op = "<", value = 90000 }]
-[[participants]]
-node = "arb"
-role = "arbiter"
-[parameters]
-epochs = 3
-shapley = true
-[results]
-recipients = ["requester", "bank"]
-"""
+VLR = vlr_manifest_text(
+    "epochs = 3\nshapley = true",
+    'where = [{ field = "age", op = ">=", value = 18 }]',
+    purpose="credit-scoring",
+    job_extra='description = "Default risk from income and benefits"',
+    guest=("bank", "loans", ("id", "y", "age")),
+    label=None,
+    host=("tax", "income", ("id", "income")),
+    host_role=None,
+    host_extra='where = [{ field = "income", op = "<", value = 90000 }]',
+    arbiter="arb",
+    tail='[results]\nrecipients = ["requester", "bank"]\n',
+)
 
 
 def _brief(node: str = "tax", rows: int | None = 1000) -> Brief:
@@ -175,31 +164,7 @@ def test_opt_in_messages_are_listed_only_when_the_manifest_opts_in() -> None:
     assert "vlr/coalition-reply" not in steps and "vlr/grad-reply" in steps
 
 
-HFL = """
-[job]
-kind = "horizontal-fl"
-purpose = "p-1"
-[[participants]]
-node = "north"
-dataset = "d"
-fields = ["y"]
-role = "region"
-eval_dataset = "holdout"
-[[participants]]
-node = "south"
-dataset = "d"
-fields = ["y"]
-role = "region"
-[[participants]]
-node = "agg"
-role = "arbiter"
-[[participants]]
-node = "kh"
-role = "arbiter"
-[parameters]
-aggregator = "agg"
-key_holder = "kh"
-"""
+HFL = hfl_manifest_text(extra='eval_dataset = "holdout"', purpose="p-1", dataset="d", fields=("y",))
 
 HE_H = """
 [job]

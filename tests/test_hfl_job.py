@@ -14,68 +14,14 @@ import tenseal as ts
 
 from fedgov.hfl import logreg
 from fedgov.hfl.deployment import DEFAULT_PARAMS, MARKER_ENV
-from fedgov.runner import DatasetSpec, LocalFederation, NodeSpec, run_job
-from fedgov.scenarios.regional import FEATURES, generate_regional
+from fedgov.runner import LocalFederation, run_job
+from tests.helpers_learning import hfl_manifest, hfl_nodes, node_audit
 
 pytestmark = pytest.mark.slow
 
-PURPOSE = "social-assistance-eligibility"
 #: docs/protocols/horizontal-fl.md: CKKS error ~1e-9 on the weights (2 rounds); 10x margin
 WEIGHT_TOL = 1e-8
 PARAMS = {"rounds": 2, "local-steps": 20, "min-clients": 2, "round-timeout": 40.0, "node-wait-timeout": 40.0}
-
-
-def _schema(name: str) -> str:
-    lines = ["[dataset]", f'name = "{name}"', 'update_frequency = "adhoc"']
-    for f in FEATURES:
-        lines += ["", "[[fields]]", f'name = "{f}"', 'type = "float"']
-    lines += ["", "[[fields]]", 'name = "eligible"', 'type = "int"', "required = true"]
-    return "\n".join(lines) + "\n"
-
-
-def _policy(datasets: list[str]) -> str:
-    lines = ["[defaults]", "min_cohort = 11", 'approval = "auto"']
-    for ds in datasets:
-        lines += [
-            "",
-            f"[[datasets.{ds}.rules]]",
-            f'purposes = ["{PURPOSE}"]',
-            'kinds = ["horizontal-fl"]',
-            f"fields = {json.dumps([*FEATURES, 'eligible'])}",
-        ]
-    return "\n".join(lines) + "\n"
-
-
-def manifest(regions: list[str], val_region: str, params: dict) -> str:
-    lines = ["[job]", 'kind = "horizontal-fl"', f'purpose = "{PURPOSE}"', 'requester = "analyst"']
-    for r in regions:
-        lines += [
-            "",
-            "[[participants]]",
-            f'node = "{r}"',
-            'dataset = "applications_features"',
-            f"fields = {json.dumps([*FEATURES, 'eligible'])}",
-            'role = "region"',
-            'label = "eligible"',
-        ]
-        if r == val_region:
-            lines.append('eval_dataset = "validation"')
-    lines += [
-        "",
-        "[[participants]]",
-        'node = "aggregator"',
-        'role = "arbiter"',
-        "",
-        "[[participants]]",
-        'node = "keyholder"',
-        'role = "arbiter"',
-        "",
-        "[parameters]",
-        'aggregator = "aggregator"',
-        'key_holder = "keyholder"',
-    ]
-    lines += [f"{k.replace('-', '_')} = {json.dumps(v)}" for k, v in params.items()]
-    return "\n".join(lines) + "\n"
 
 
 def _fedavg(paths: list[str], params: dict) -> np.ndarray:
@@ -90,17 +36,6 @@ def _fedavg(paths: list[str], params: dict) -> np.ndarray:
         ]
         w = np.sum(ws, axis=0) / sum(len(y) for _, y in data)
     return w
-
-
-def _audit(fed_dir: Path, node: str, job_id: str, action: str) -> list[dict]:
-    """``fedgov node audit`` of one node process for one job (what it recorded itself)."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "fedgov", "node", "audit", "--json", "--job", job_id,
-         "--config", str(fed_dir / "nodes" / node / "node.toml")],
-        capture_output=True, text=True, check=True, timeout=60,
-    )
-    entries = json.loads(proc.stdout.splitlines()[-1])["entries"]
-    return [{**e, **e.get("detail", {})} for e in entries if e["action"] == action]
 
 
 def _flower_pids(under: Path) -> list[int]:
@@ -121,29 +56,10 @@ def _flower_pids(under: Path) -> list[int]:
 
 
 def test_horizontal_fl_job_through_the_coordinator(tmp_path: Path) -> None:
-    regional = generate_regional(tmp_path / "regional", households=1500)
-    regions = sorted(regional["regions"])
-    val_region = regions[0]
-    prof = tmp_path / "profiles"
-    nodes = []
-    for r in regions:
-        d = prof / r
-        d.mkdir(parents=True)
-        (d / "data.toml").write_text(_schema("applications_features"))
-        datasets = [DatasetSpec("applications_features", d / "data.toml", regional["regions"][r]["path"])]
-        if r == val_region:
-            (d / "val.toml").write_text(_schema("validation"))
-            datasets.append(DatasetSpec("validation", d / "val.toml", regional["validation"]["path"]))
-        (d / "policy.toml").write_text(_policy([ds.name for ds in datasets]))
-        nodes.append(NodeSpec(r, d / "policy.toml", datasets))
-    for name in ("aggregator", "keyholder"):
-        d = prof / name
-        d.mkdir(parents=True)
-        (d / "policy.toml").write_text('[arbiter]\nkinds = ["horizontal-fl"]\n')
-        nodes.append(NodeSpec(name, d / "policy.toml", []))
+    nodes, regions, val_region, regional = hfl_nodes(tmp_path, households=1500)
 
     with LocalFederation(tmp_path / "fed", nodes) as fed:
-        out = run_job(fed, manifest(regions, val_region, PARAMS), timeout=110)
+        out = run_job(fed, hfl_manifest(regions, val_region, PARAMS), timeout=110)
         # while the nodes still run: no Flower process (SuperLink, SuperNodes, SuperExec,
         # Server/ClientApps) outlives the job itself
         assert _flower_pids(tmp_path.resolve()) == []
@@ -156,7 +72,7 @@ def test_horizontal_fl_job_through_the_coordinator(tmp_path: Path) -> None:
     assert not ts.context_from((agg_job / "public.ctx").read_bytes()).is_private()
     # validation happened where the held-out data is: nothing of it reached the aggregator
     assert not [p for p in (tmp_path / "fed" / "state" / "aggregator").rglob("*") if "validation" in p.name]
-    sent = _audit(tmp_path / "fed", val_region, out["job"]["job_id"], "relay-send")
+    sent = node_audit(tmp_path / "fed", val_region, out["job"]["job_id"], "relay-send")
     to_agg = [e for e in sent if e["to"] == "aggregator"]
     assert {e["step"] for e in to_agg} == {"hfl/hello", "hfl/eval-metrics"}
     (metrics_msg,) = [e for e in to_agg if e["step"] == "hfl/eval-metrics"]

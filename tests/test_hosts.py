@@ -51,10 +51,8 @@ from fedgov.crypto.pki import create_ca
 from fedgov.runner import DatasetSpec, LocalFederation, NodeSpec, Proc
 from fedgov.runspec import federation_for, load_spec, manifest_for
 from fedgov.scenarios.regional import generate_regional
+from tests.helpers_learning import hfl_manifest, hfl_policy, hfl_schema
 from tests.relay_wait import TERMINAL, relay_state, wait_for_relay
-from tests.test_hfl_job import _policy as hfl_policy
-from tests.test_hfl_job import _schema as hfl_schema
-from tests.test_hfl_job import manifest as hfl_manifest
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import queue
 import threading
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -27,35 +26,11 @@ from fedgov.params import horizontal_fl as hfl_params
 from fedgov.params import vertical_lr as vlr_params
 from fedgov.policy import Decision, parse_policy
 from fedgov.protocols import vertical_lr as vlr
-
-FATE = Path(__file__).resolve().parents[1] / "examples" / "fate" / "data"
-
-VLR = """
-[job]
-kind = "vertical-lr"
-purpose = "test-purpose"
-[[participants]]
-node = "guest"
-dataset = "g"
-fields = ["id", "y", "x0"]
-role = "guest"
-label = "y"
-{guest_extra}
-[[participants]]
-node = "host"
-dataset = "h"
-fields = ["id", "x1"]
-role = "host"
-[[participants]]
-node = "arbiter"
-role = "arbiter"
-[parameters]
-{params}
-"""
+from tests.helpers_learning import FATE, hfl_manifest_text, vlr_manifest_text
 
 
 def _vlr(params_toml: str = "", guest_extra: str = "") -> Any:
-    return parse_manifest(VLR.format(params=params_toml, guest_extra=guest_extra))
+    return parse_manifest(vlr_manifest_text(params_toml, guest_extra))
 
 
 def _refusals(manifest: Any, node: str, policy: dict | None = None, dataset: str = "h") -> list[str]:
@@ -175,7 +150,7 @@ def _breast() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def test_arbiter_plan_comes_from_the_signed_manifest() -> None:
     p = vlr.VlrParams()
     hosts = ["a", "b", "c"]
-    m = parse_manifest(VLR.format(params="shapley = true", guest_extra=""))
+    m = _vlr("shapley = true")
     assert vlr_node.arbiter_plan(m, p, "guest", hosts, training=True) == vlr_node.ArbiterPlan(True, False, False, 0)
     m = _vlr("shapley = true", 'eval_dataset = "g2"')
     assert vlr_node.arbiter_plan(m, p, "guest", hosts, training=True).coalitions == 6
@@ -185,37 +160,74 @@ def test_arbiter_plan_comes_from_the_signed_manifest() -> None:
     assert vlr_node.arbiter_plan(m, p, "guest", hosts, training=False) == vlr_node.ArbiterPlan(False, False, True, 0)
 
 
-def test_a_guest_cannot_buy_decryptions_with_its_hello() -> None:
-    """The guest's hello claims an evaluation and 50 coalition re-scorings; the manifest has
-    neither. After training the arbiter serves nothing more: a score request goes unanswered."""
-    gx, y, hx = _breast()
-    p = vlr.VlrParams(epochs=1, batch_size=128, seed=1)
-    m = _vlr("epochs = 1\nbatch_size = 128")
-    pipe, saved = _Pipe(), {}
-    th, errors = _run_arbiter(m, p, pipe, saved)
+def _train_one_batch(pipe: _Pipe, p: vlr.VlrParams, gx: np.ndarray, y: np.ndarray, hx: np.ndarray,
+                     hello: dict) -> tuple[vlr.Guest, vlr.Host]:
+    """Scripted guest and host: hellos, then one honest batch and the end of training."""
     g, h = pipe.end("guest"), pipe.end("host")
-    g.send("arbiter", "vlr/hello", json.dumps({"features": gx.shape[1] + 1, "batches": 1, "eval": True,
-                                               "coalitions": 50}).encode())
+    g.send("arbiter", "vlr/hello", json.dumps({"features": gx.shape[1] + 1, "batches": 1, **hello}).encode())
     h.send("arbiter", "vlr/hello", json.dumps({"features": hx.shape[1], "batches": 1}).encode())
     ctx = g.recv("arbiter", "vlr/context")
     assert h.recv("arbiter", "vlr/context") == ctx
     host = vlr.Host("host", p, hx, ctx)
     guest = vlr.Guest("guest", p, gx, y, ctx, ["host"])
-    scores = host.partial_scores(0, 0)
-    resid = guest.residual_for_hosts(0, 0, {"host": scores})
+    resid = guest.residual_for_hosts(0, 0, {"host": host.partial_scores(0, 0)})
     h.send("arbiter", "vlr/grad", host.masked_gradient(resid))
     host.apply_unmasked(h.recv("arbiter", "vlr/grad-reply"))
     g.send("arbiter", "vlr/grad", guest.masked_gradient(0, 0))
     guest.apply_unmasked(g.recv("arbiter", "vlr/grad-reply"))
     g.send("arbiter", "vlr/epoch", b"\x00")
+    return guest, host
+
+
+def test_a_guest_cannot_buy_decryptions_with_its_hello() -> None:
+    """The guest's hello claims an evaluation and 50 coalition re-scorings; the manifest has
+    neither: the arbiter refuses before decrypting anything, naming the manifest. A guest that
+    says nothing and sends a coalition request anyway is refused at that request.
+    (Through real node processes: tests/test_learning_attacks_stack.py.)"""
+    gx, y, hx = _breast()
+    p = vlr.VlrParams(epochs=1, batch_size=128, seed=1)
+    m = _vlr("epochs = 1\nbatch_size = 128")
+    pipe, saved = _Pipe(), {}
+    th, errors = _run_arbiter(m, p, pipe, saved)
+    g = pipe.end("guest")
+    g.send("arbiter", "vlr/hello", json.dumps({"features": gx.shape[1] + 1, "batches": 1, "eval": True,
+                                               "coalitions": 50}).encode())
+    pipe.end("host").send("arbiter", "vlr/hello", json.dumps({"features": hx.shape[1], "batches": 1}).encode())
+    th.join(timeout=30)
+    assert not th.is_alive()
+    (err,) = errors
+    assert "the guest's hello asks for 1 evaluation and 50 coalition score decryptions" in str(err)
+    assert "the signed manifest allows 0 evaluation and 0 coalition" in str(err)
+    assert "parameters.shapley = false" in str(err)
+    assert saved["arbiter-decryptions"] == {"gradient": 0, "scores": 0}
+    with pytest.raises(queue.Empty):
+        g.recv("arbiter", "vlr/context", timeout=0.2)
+
+    pipe, saved = _Pipe(), {}
+    th, errors = _run_arbiter(m, p, pipe, saved)
+    guest, host = _train_one_batch(pipe, p, gx, y, hx, {})
+    # the host's partial scores, masked by the guest as a "coalition request": refused, not decrypted
+    _, req = vlr._mask_total(guest.ctx, np.zeros(0), {"host": host.validation_scores()}, ["host"], p, "guest")
+    pipe.end("guest").send("arbiter", "vlr/coalition", req)
+    th.join(timeout=30)
+    assert not th.is_alive()
+    (err,) = errors
+    assert "refused: the guest sent coalition score request 1" in str(err)
+    assert saved["arbiter-decryptions"] == {"gradient": 2, "scores": 0}
+    with pytest.raises(queue.Empty):
+        pipe.end("guest").recv("arbiter", "vlr/coalition-reply", timeout=0.2)
+
+
+def test_an_honest_guest_ends_its_requests_and_the_arbiter_finishes() -> None:
+    gx, y, hx = _breast()
+    p = vlr.VlrParams(epochs=1, batch_size=128, seed=1)
+    pipe, saved = _Pipe(), {}
+    th, errors = _run_arbiter(_vlr("epochs = 1\nbatch_size = 128"), p, pipe, saved)
+    _train_one_batch(pipe, p, gx, y, hx, {"eval": False, "coalitions": 0})
+    pipe.end("guest").send("arbiter", "vlr/coalition", b"")  # the end marker
     th.join(timeout=30)
     assert not th.is_alive() and not errors
     assert saved["arbiter-decryptions"] == {"gradient": 2, "scores": 0}
-    # the host's partial scores, masked by the guest as a "score request": nobody decrypts them
-    _, req = vlr._mask_total(guest.ctx, np.zeros(0), {"host": host.validation_scores()}, ["host"], p, "guest")
-    g.send("arbiter", "vlr/score-total", req)
-    with pytest.raises(queue.Empty):
-        g.recv("arbiter", "vlr/score-reply", timeout=0.5)
 
 
 def test_a_score_request_in_a_gradient_step_is_refused() -> None:
@@ -252,36 +264,8 @@ def test_scoring_parameters_must_agree_between_guest_and_hosts() -> None:
 
 # --------------------------------------------------------------------------- finding 3: HFL
 
-HFL = """
-[job]
-kind = "horizontal-fl"
-purpose = "test-purpose"
-[[participants]]
-node = "north"
-dataset = "apps"
-fields = ["x", "eligible"]
-role = "region"
-{extra}
-[[participants]]
-node = "south"
-dataset = "apps"
-fields = ["x", "eligible"]
-role = "region"
-[[participants]]
-node = "agg"
-role = "arbiter"
-[[participants]]
-node = "kh"
-role = "arbiter"
-[parameters]
-aggregator = "agg"
-key_holder = "kh"
-{params}
-"""
-
-
 def _hfl(params_toml: str = "", extra: str = 'eval_dataset = "validation"') -> Any:
-    return parse_manifest(HFL.format(params=params_toml, extra=extra))
+    return parse_manifest(hfl_manifest_text(params_toml, extra))
 
 
 def test_hfl_plain_aggregation_and_few_clients_are_the_regions_decision() -> None:
@@ -391,8 +375,7 @@ def test_key_holder_refuses_a_sum_of_one_and_a_second_decryption() -> None:
 def test_model_must_be_a_job_id_never_a_path(bad: str) -> None:
     with pytest.raises(ConfigError, match="is not a training job id"):
         vlr_params.check_model_id(bad)
-    m = parse_manifest(VLR.format(params=f'model = "{bad}"', guest_extra="").replace(
-        'kind = "vertical-lr"', 'kind = "vertical-lr-score"'))
+    m = parse_manifest(vlr_manifest_text(f'model = "{bad}"', kind="vertical-lr-score"))
     with pytest.raises(ConfigError, match="never by a path"):
         params.disclosure_refusals(m, m.participant("host"), params.default_disclosure())
     assert vlr_params.check_model_id("job-0123456789ab") == "job-0123456789ab"

@@ -8,40 +8,17 @@ itself recorded (its audit log, its private files).
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
+import os
 from pathlib import Path
 
 import pytest
 
 from fedgov.errors import ConfigError
-from fedgov.runner import DatasetSpec, LocalFederation, NodeSpec
+from fedgov.runner import LocalFederation
 from fedgov.runspec import federation_for, load_spec, manifest_for
-from fedgov.scenarios.regional import generate_regional
-from tests.test_hfl_job import _policy, _schema, manifest
-from tests.test_vlr_stack import _spec
+from tests.helpers_learning import LYING_GUEST, hfl_federation, hfl_manifest, node_audit, until, vlr_spec
 
 pytestmark = pytest.mark.slow
-
-
-def _audit(fed_dir: Path, node: str, job_id: str) -> list[dict]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "fedgov", "node", "audit", "--json", "--job", job_id,
-         "--config", str(fed_dir / "nodes" / node / "node.toml")],
-        capture_output=True, text=True, check=True, timeout=60,
-    )
-    return json.loads(proc.stdout.splitlines()[-1])["entries"]
-
-
-def _until(cond, what: str, timeout: float = 90.0):  # noqa: ANN001, ANN202
-    deadline = time.monotonic() + timeout
-    while True:
-        got = cond()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
 
 
 def _add_disclosure(policy: Path, dataset: str, table: str) -> None:
@@ -49,7 +26,7 @@ def _add_disclosure(policy: Path, dataset: str, table: str) -> None:
 
 
 def test_vlr_floors_arbiter_schedule_and_model_path_through_real_jobs(tmp_path: Path) -> None:
-    spec = load_spec(_spec(tmp_path, epochs=1))
+    spec = load_spec(vlr_spec(tmp_path, epochs=1))
     fed = federation_for(spec, tmp_path / "w")
     host = next(n for n in fed.nodes if n.name == "host")
     # the host's owner raises its mask floor above the default and lowers the precision ceiling
@@ -69,7 +46,7 @@ def test_vlr_floors_arbiter_schedule_and_model_path_through_real_jobs(tmp_path: 
         assert "datasets.data.disclosure.vlr_mask_bits_min" in st.reason
         assert "parameters.precision_bits = 12" in st.reason and "vlr_precision_bits_max" in st.reason
         for node in ("guest", "host", "arbiter"):  # refused before anything left any node
-            assert not [e for e in _audit(fed.workdir, node, loose.job_id) if e["action"] == "relay-send"]
+            assert not [e for e in node_audit(fed.workdir, node, loose.job_id) if e["action"] == "relay-send"]
         # stricter than the floors: runs
         strict = base.replace("[parameters]", "[parameters]\nmask_bits = 32\nprecision_bits = 8")
         train = c.wait(c.submit(strict).job_id, timeout=180)
@@ -98,53 +75,29 @@ def test_vlr_floors_arbiter_schedule_and_model_path_through_real_jobs(tmp_path: 
         assert json.loads(arb_score.read_text()) == {"gradient": 0, "scores": 1}
 
 
-def _hfl_federation(tmp_path: Path) -> tuple[LocalFederation, list[str], str]:
-    regional = generate_regional(tmp_path / "regional", households=600)
-    regions = sorted(regional["regions"])
-    val_region = regions[0]
-    prof = tmp_path / "profiles"
-    nodes = []
-    for r in regions:
-        d = prof / r
-        d.mkdir(parents=True)
-        (d / "data.toml").write_text(_schema("applications_features"))
-        datasets = [DatasetSpec("applications_features", d / "data.toml", regional["regions"][r]["path"])]
-        if r == val_region:
-            (d / "val.toml").write_text(_schema("validation"))
-            datasets.append(DatasetSpec("validation", d / "val.toml", regional["validation"]["path"]))
-        policy = _policy([ds.name for ds in datasets])
-        if r == val_region:  # the held-out set needs two approvers; the training set is automatic
-            policy += '\n[datasets.validation]\napproval = "manual"\napprovers_required = 2\n'
-        (d / "policy.toml").write_text(policy)
-        nodes.append(NodeSpec(r, d / "policy.toml", datasets))
-    for name in ("aggregator", "keyholder"):
-        d = prof / name
-        d.mkdir(parents=True)
-        (d / "policy.toml").write_text('[arbiter]\nkinds = ["horizontal-fl"]\n')
-        nodes.append(NodeSpec(name, d / "policy.toml", []))
-    return LocalFederation(tmp_path / "fed", nodes), regions, val_region
-
-
 def test_hfl_owner_settings_and_the_eval_dataset_decision_through_real_jobs(tmp_path: Path) -> None:
-    fed, regions, val_region = _hfl_federation(tmp_path)
+    # the held-out set needs two approvers; the training set is automatic
+    fed, regions, val_region, _ = hfl_federation(
+        tmp_path, households=600,
+        validation_policy='\n[datasets.validation]\napproval = "manual"\napprovers_required = 2\n')
     params = {"rounds": 1, "local-steps": 5, "min-clients": 2}
     with fed, fed.client() as c:
         # finding 3: plain aggregation is each region's decision, refused before any Flower process
-        plain = c.wait(c.submit(manifest(regions, val_region, {**params, "encrypted": False})).job_id,
+        plain = c.wait(c.submit(hfl_manifest(regions, val_region, {**params, "encrypted": False})).job_id,
                        timeout=90)
         assert plain.state == "rejected"
         assert "parameters.encrypted = false" in plain.reason and "hfl_require_encryption" in plain.reason
         # the eval dataset may not be the region's own training set
-        same = manifest(regions, val_region, params).replace(
+        same = hfl_manifest(regions, val_region, params).replace(
             'eval_dataset = "validation"', 'eval_dataset = "applications_features"')
         st = c.wait(c.submit(same).job_id, timeout=90)
         assert st.state == "rejected"
         assert "eval_dataset 'applications_features' is the dataset this region trains on" in st.reason
         assert "hfl_eval_on_training_data" in st.reason
         # the held-out dataset's own policy: manual approval by 2, though training is automatic
-        job = c.submit(manifest(regions, val_region, params))
-        waiting = _until(
-            lambda: [e for e in _audit(fed.workdir, val_region, job.job_id)
+        job = c.submit(hfl_manifest(regions, val_region, params))
+        waiting = until(
+            lambda: [e for e in node_audit(fed.workdir, val_region, job.job_id)
                      if e["action"] == "awaiting-approval"],
             "the validation region to ask for approval",
         )
@@ -152,5 +105,74 @@ def test_hfl_owner_settings_and_the_eval_dataset_decision_through_real_jobs(tmp_
         assert c.status(job.job_id).state not in ("running", "succeeded")
         others = [r for r in regions if r != val_region]
         for r in others:  # the other regions approved automatically
-            assert [e for e in _audit(fed.workdir, r, job.job_id)
+            assert [e for e in node_audit(fed.workdir, r, job.job_id)
                     if e["action"] == "decision" and e["detail"]["approve"]]
+
+
+def _lying_guest_federation(tmp_path: Path) -> tuple[LocalFederation, str, Path]:
+    """Guest, two hosts and an arbiter; the guest node process runs tests/liars/vlr_guest."""
+    spec = load_spec(vlr_spec(tmp_path, epochs=2, hosts=2))
+    fed = federation_for(spec, tmp_path / "w")
+    liar = tmp_path / "liar"
+    liar.mkdir()
+    guest = next(n for n in fed.nodes if n.name == "guest")
+    path = os.environ.get("PYTHONPATH", "")
+    guest.env = {"FEDGOV_TEST_LIAR": str(liar),
+                 "PYTHONPATH": os.pathsep.join([str(LYING_GUEST), *([path] if path else [])])}
+    text = manifest_for(spec)
+    assert "shapley" not in text  # the signed manifest: no coalition (Shapley) re-scoring
+    return fed, text, liar
+
+
+def _arbiter_served(fed: LocalFederation, job_id: str) -> tuple[dict, dict[str, int]]:
+    """(the arbiter process's own decryption counts, what it sent per step from its audit log)."""
+    counts = json.loads(
+        (fed.workdir / "state" / "arbiter" / "outputs" / job_id / "arbiter-decryptions.json").read_text())
+    sent: dict[str, int] = {}
+    for e in node_audit(fed.workdir, "arbiter", job_id, "relay-send"):
+        sent[e["step"]] = sent.get(e["step"], 0) + 1
+    return counts, sent
+
+
+def test_a_lying_guest_gets_no_decryption_beyond_the_signed_manifest(tmp_path: Path) -> None:
+    """Finding 2 through real node processes: the guest node lies (hello, extra coalition
+    requests, a full-vector score request in a gradient step); each job fails with the
+    arbiter's reason, and the arbiter's own records show nothing decrypted beyond the manifest."""
+    fed, text, liar = _lying_guest_federation(tmp_path)
+    with fed, fed.client() as c:
+        # (a) the hello claims an evaluation and a Shapley re-scoring the manifest does not have
+        (liar / "mode").write_text("hello-coalitions")
+        job = c.submit(text).job_id
+        st = c.wait(job, timeout=180)
+        assert st.state == "failed", st
+        assert "refused: the guest's hello asks for 1 evaluation and 2 coalition score decryptions" in st.reason
+        assert ("the signed manifest allows 1 evaluation and 0 coalition score decryptions "
+                "(parameters.shapley = false, guest eval_dataset 'eval')") in st.reason
+        counts, sent = _arbiter_served(fed, job)
+        assert counts == {"gradient": 0, "scores": 0} and sent == {}  # refused before the context
+        assert not (liar / f"loot-{job}.json").exists()
+
+        # (a') an honest hello, then the coalition requests anyway, after the evaluation
+        (liar / "mode").write_text("quiet-coalitions")
+        job = c.submit(text).job_id
+        st = c.wait(job, timeout=180)
+        assert st.state == "failed", st
+        assert "refused: the guest sent coalition score request 1; the signed manifest allows 1 evaluation " \
+               "and 0 coalition score decryptions" in st.reason
+        counts, sent = _arbiter_served(fed, job)
+        assert counts["scores"] == sent["vlr/score-reply"] == 1  # the manifest's one evaluation
+        assert counts["gradient"] == sent["vlr/grad-reply"] > 0
+        assert "vlr/coalition-reply" not in sent
+        assert not (liar / f"loot-{job}.json").exists()
+
+        # (b) a host's per-row partial scores wrapped as a score request in a gradient step
+        (liar / "mode").write_text("grad-score")
+        job = c.submit(text).job_id
+        st = c.wait(job, timeout=180)
+        assert st.state == "failed", st
+        assert "refused guest's 'vlr/grad' message, not decrypted: this step decrypts only masked gradient " \
+               "messages" in st.reason and "schedule comes from the signed manifest" in st.reason
+        counts, sent = _arbiter_served(fed, job)
+        assert counts["scores"] == 0 and "vlr/score-reply" not in sent
+        assert counts["gradient"] == sent.get("vlr/grad-reply", 0)
+        assert not (liar / f"loot-{job}.json").exists()

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import csv
-import json
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,22 +12,9 @@ import pytest
 
 from fedgov.protocols import vertical_lr as vlr
 from fedgov.runspec import federation_for, load_spec, manifest_for, run_spec
+from tests.helpers_learning import FATE, node_audit, vlr_spec
 
 pytestmark = pytest.mark.slow
-
-FATE = Path(__file__).resolve().parents[1] / "examples" / "fate" / "data"
-
-
-def _spec(tmp: Path, *, epochs: int = 5, extra: str = "") -> Path:
-    spec = tmp / "spec.toml"
-    spec.write_text(
-        f'[job]\nkind = "vertical-lr"\npurpose = "test"\nepochs = {epochs}\nlearning_rate = 0.1\nseed = 3\n{extra}'
-        f'[[parties]]\nname = "guest"\nrole = "guest"\ndata = "{FATE}/breast_hetero_guest.csv"\n'
-        f'eval_data = "{FATE}/breast_hetero_guest.csv"\nid = "id"\nlabel = "y"\n'
-        f'[[parties]]\nname = "host"\nrole = "host"\ndata = "{FATE}/breast_hetero_host.csv"\n'
-        f'eval_data = "{FATE}/breast_hetero_host.csv"\nid = "id"\n'
-    )
-    return spec
 
 
 def _load(path: Path) -> tuple[list[str], np.ndarray]:
@@ -40,7 +24,7 @@ def _load(path: Path) -> tuple[list[str], np.ndarray]:
 
 
 def test_breast_matches_the_plaintext_algorithm(tmp_path: Path) -> None:
-    summary = run_spec(_spec(tmp_path))
+    summary = run_spec(vlr_spec(tmp_path))
     gh, g = _load(FATE / "breast_hetero_guest.csv")
     hh, h = _load(FATE / "breast_hetero_host.csv")
     order = {v: i for i, v in enumerate(h[:, 0])}
@@ -64,7 +48,7 @@ def _wait_state(client, job_id: str, states: tuple[str, ...], timeout: float = 6
 
 
 def test_forbidden_host_field_is_refused_before_any_computation(tmp_path: Path) -> None:
-    spec = load_spec(_spec(tmp_path))
+    spec = load_spec(vlr_spec(tmp_path))
     fed = federation_for(spec, tmp_path / "w")
     host = next(n for n in fed.nodes if n.name == "host")
     policy = host.policy.read_text().replace('"x19"]', "]").replace('"x19", ', "")
@@ -75,33 +59,21 @@ def test_forbidden_host_field_is_refused_before_any_computation(tmp_path: Path) 
             st = c.wait(job.job_id, timeout=60)
         assert st.state == "rejected"
         assert "host" in st.reason and "x19" in st.reason and "may not be used" in st.reason
-        audit = subprocess.run(
-            [sys.executable, "-m", "fedgov", "node", "audit", "--json", "--job", job.job_id,
-             "--config", str(fed.workdir / "nodes" / "guest" / "node.toml")],
-            capture_output=True, text=True, check=True,
-        )
-        entries = json.loads(audit.stdout.splitlines()[-1])["entries"]
-        assert not [e for e in entries if e["action"] == "relay-send"]  # nothing left the guest
+        assert not node_audit(fed.workdir, "guest", job.job_id, "relay-send")  # nothing left the guest
 
 
 def _wait_training(fed_dir: Path, job_id: str, timeout: float = 120) -> None:
     """Wait until the host's own audit log shows a masked gradient sent to the arbiter."""
     deadline = time.monotonic() + timeout
     while True:
-        audit = subprocess.run(
-            [sys.executable, "-m", "fedgov", "node", "audit", "--json", "--job", job_id,
-             "--config", str(fed_dir / "nodes" / "host" / "node.toml")],
-            capture_output=True, text=True, check=True,
-        )
-        entries = json.loads(audit.stdout.splitlines()[-1])["entries"]
-        if any(e["action"] == "relay-send" and e["detail"].get("step") == "vlr/grad" for e in entries):
+        if any(e["step"] == "vlr/grad" for e in node_audit(fed_dir, "host", job_id, "relay-send")):
             return
         assert time.monotonic() < deadline, "training never started"
         time.sleep(0.5)
 
 
 def test_host_vanishing_mid_training_fails_the_job(tmp_path: Path) -> None:
-    spec = load_spec(_spec(tmp_path, epochs=400))
+    spec = load_spec(vlr_spec(tmp_path, epochs=400))
     fed = federation_for(spec, tmp_path / "w")
     fed.node_timeout = 6
     with fed:
@@ -116,7 +88,7 @@ def test_host_vanishing_mid_training_fails_the_job(tmp_path: Path) -> None:
 
 
 def test_scoring_with_a_stored_model(tmp_path: Path) -> None:
-    spec = load_spec(_spec(tmp_path, epochs=2))
+    spec = load_spec(vlr_spec(tmp_path, epochs=2))
     fed = federation_for(spec, tmp_path / "w")
     for n in fed.nodes:  # the same nodes may also score
         text = n.policy.read_text().replace('kinds = ["vertical-lr"]', 'kinds = ["vertical-lr", "vertical-lr-score"]')

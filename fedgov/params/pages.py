@@ -157,8 +157,11 @@ PAGES: dict[str, KindPage] = {
                 Message("vlr/resid", "host", "CKKS ciphertexts of residuals, per batch", "per batch"),
                 Message("vlr/grad", "arbiter", "masked gradient ciphertexts, per batch", "per batch"),
                 Message("vlr/val", "arbiter", "masked validation total, per epoch", "per epoch"),
+                Message("vlr/score-total", "arbiter", "masked total scores of the held-out rows, once",
+                        needs="extra:eval_dataset"),
                 Message("vlr/coalition", "arbiter", "masked coalition scores, one per coalition of departments",
                         needs="shapley"),
+                Message("vlr/coalition", "arbiter", "an empty end-of-requests marker (0 bytes), once"),
                 _RESULT,
             ),
             "host": (
@@ -185,7 +188,9 @@ PAGES: dict[str, KindPage] = {
         "docs/protocols/vertical-lr.md",
         (("guest", "in scoring: the final total score per row"),),
         {
-            "guest": (Message("vlr/score-total", "arbiter", "masked total scores, 1 slot per row"), _RESULT),
+            "guest": (Message("vlr/score-total", "arbiter", "masked total scores, 1 slot per row"),
+                      Message("vlr/coalition", "arbiter", "an empty end-of-requests marker (0 bytes), once"),
+                      _RESULT),
             "host": (Message("vlr/score", "guest", "CKKS ciphertexts of partial scores, 1 slot per row"), _RESULT),
             "arbiter": (_RESULT,),
         },

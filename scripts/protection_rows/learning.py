@@ -71,8 +71,11 @@ def _vlr_floors() -> None:
 @row(
     "vlr-arbiter-plan",
     "`fedgov.node.kinds.vertical_lr:arbiter_plan` reads evaluation and coalition decryptions from the signed "
-    "manifest (switched off: the arbiter serves an evaluation and 50 coalitions whatever the manifest says)",
+    "manifest; the arbiter refuses a guest hello or request beyond it (switched off: the arbiter serves an "
+    "evaluation and 50 coalitions whatever the manifest says)",
+    _ATT_STACK + "test_a_lying_guest_gets_no_decryption_beyond_the_signed_manifest",
     _ATT + "test_a_guest_cannot_buy_decryptions_with_its_hello",
+    level="stack",
 )
 def _vlr_plan() -> None:
     from fedgov.node.kinds import vertical_lr as node
@@ -87,7 +90,9 @@ def _vlr_plan() -> None:
     "vlr-arbiter-kinds",
     "`fedgov.protocols.vertical_lr:Arbiter.decrypt_masked` decrypts only the message kind of the step, with "
     "the arbiter's own block size (switched off: the message's kind decides)",
+    _ATT_STACK + "test_a_lying_guest_gets_no_decryption_beyond_the_signed_manifest",
     _ATT + "test_a_score_request_in_a_gradient_step_is_refused",
+    level="stack",
 )
 def _vlr_kinds() -> None:
     orig = _original("fedgov.protocols.vertical_lr:Arbiter.decrypt_masked")

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from fedgov.errors import ConfigError, FedgovError
+from fedgov.errors import ConfigError, CryptoError, FedgovError
 from fedgov.node.context import TaskContext, id_column, numeric
 from fedgov.node.kinds.psi import guest_and_hosts, psi_pairwise
 from fedgov.node.row_order import guest_order_key, ordered
@@ -212,6 +212,49 @@ def arbiter_plan(manifest: Manifest, params: vlr.VlrParams, guest: str, hosts: l
     )
 
 
+def _manifest_allows(manifest: Manifest, guest: str, plan: ArbiterPlan) -> str:
+    """What the signed manifest lets the guest have decrypted after training, in words (for refusals)."""
+    shapley = bool(manifest.parameters.get("shapley", False))
+    eval_ds = manifest.participant(guest).extra.get("eval_dataset")
+    return (
+        f"the signed manifest allows {1 if plan.eval_scores else 0} evaluation and {plan.coalitions} "
+        f"coalition score decryptions (parameters.shapley = {str(shapley).lower()}, "
+        f"guest eval_dataset {repr(str(eval_ds)) if eval_ds else 'not set'})"
+    )
+
+
+def _check_guest_hello(manifest: Manifest, guest: str, plan: ArbiterPlan, hello: dict[str, Any]) -> None:
+    """Refuse a guest whose hello asks for more score decryptions than ``plan`` (the manifest's).
+
+    The guest declares what it will ask for (``eval``, ``coalitions``); the
+    arbiter never serves more than its own plan anyway, but a guest asking for
+    more is refused here, before any decryption, with a reason naming the
+    manifest. Asking for fewer is allowed.
+    """
+    try:
+        want_eval, want_coalitions = bool(hello.get("eval", False)), int(hello.get("coalitions", 0))
+    except (TypeError, ValueError):
+        raise FedgovError(f"the guest's hello is malformed: {hello!r}", where="vertical-lr arbiter") from None
+    if (want_eval and not plan.eval_scores) or want_coalitions > plan.coalitions:
+        raise FedgovError(
+            f"refused: the guest's hello asks for {1 if want_eval else 0} evaluation and {want_coalitions} "
+            f"coalition score decryptions; {_manifest_allows(manifest, guest, plan)}",
+            where="vertical-lr arbiter",
+        )
+
+
+def _decrypt(arb: vlr.Arbiter, party: str, step: str, blob: bytes, *, expect: str = "gradient") -> bytes:
+    """``arb.decrypt_masked`` for the schedule's step ``step``; a refused message names that step."""
+    try:
+        return arb.decrypt_masked(party, blob, expect=expect)
+    except CryptoError as exc:
+        raise CryptoError(
+            f"refused {party}'s '{step}' message, not decrypted: {exc.message}; the arbiter's schedule "
+            f"comes from the signed manifest, and this step of it decrypts only {expect} messages",
+            where=exc.where,
+        ) from None
+
+
 def _agreed(hello: dict[str, dict[str, Any]], key: str) -> Any:
     values = {json.dumps(h.get(key), sort_keys=True) for h in hello.values()}
     if len(values) != 1:
@@ -223,7 +266,24 @@ def _arbiter(
     ctx: TaskContext, params: vlr.VlrParams, guest: str, hosts: list[str], *, training: bool
 ) -> dict[str, Any]:
     plan = arbiter_plan(ctx.manifest, params, guest, hosts, training=training)
+    started: list[vlr.Arbiter] = []
+    try:
+        _arbiter_serve(ctx, params, guest, hosts, plan, started, training=training)
+    finally:
+        # what this process decrypted (also when it refused a request and failed the job), kept
+        # locally for its operator's audit (and tests); counted by Arbiter.decrypt_masked itself
+        decrypted = dict(started[0].decrypted) if started else {"gradient": 0, "scores": 0}
+        ctx.save_json("arbiter-decryptions", decrypted)
+    return {}
+
+
+def _arbiter_serve(
+    ctx: TaskContext, params: vlr.VlrParams, guest: str, hosts: list[str], plan: ArbiterPlan,
+    started: list[vlr.Arbiter], *, training: bool,
+) -> None:
+    """Serve exactly ``plan``; ``started`` receives the key holder as soon as it exists."""
     hello = {p: json.loads(ctx.channel.recv(p, "vlr/hello")) for p in [guest, *hosts]}
+    _check_guest_hello(ctx.manifest, guest, plan, hello[guest])
     if training:
         counts = {p: int(h["features"]) for p, h in hello.items()}
         arb = vlr.Arbiter(params, counts)
@@ -233,6 +293,7 @@ def _arbiter(
         # scoring: the model's parameters, which every party holds in its own stored part
         arb = vlr.Arbiter(vlr.VlrParams.from_json(_agreed(hello, "params")), {})
         n_batches = 0
+    started.append(arb)
     public = arb.public_context()
     for p in [guest, *hosts]:
         ctx.channel.send(p, "vlr/context", public)
@@ -240,26 +301,29 @@ def _arbiter(
         for _epoch in range(params.epochs):
             for _b in range(n_batches):
                 for h in hosts:
-                    ctx.channel.send(
-                        h, "vlr/grad-reply", arb.decrypt_masked(h, ctx.channel.recv(h, "vlr/grad"))
-                    )
-                ctx.channel.send(
-                    guest, "vlr/grad-reply", arb.decrypt_masked(guest, ctx.channel.recv(guest, "vlr/grad"))
-                )
+                    ctx.channel.send(h, "vlr/grad-reply", _decrypt(arb, h, "vlr/grad", ctx.channel.recv(h, "vlr/grad")))
+                blob = ctx.channel.recv(guest, "vlr/grad")
+                ctx.channel.send(guest, "vlr/grad-reply", _decrypt(arb, guest, "vlr/grad", blob))
             if plan.validation_per_epoch:
                 blob = ctx.channel.recv(guest, "vlr/val")
-                ctx.channel.send(guest, "vlr/val-reply", arb.decrypt_masked(guest, blob, expect="scores"))
+                ctx.channel.send(guest, "vlr/val-reply", _decrypt(arb, guest, "vlr/val", blob, expect="scores"))
             if ctx.channel.recv(guest, "vlr/epoch") != b"\x01":
                 break
     if plan.eval_scores:
         blob = ctx.channel.recv(guest, "vlr/score-total")
-        ctx.channel.send(guest, "vlr/score-reply", arb.decrypt_masked(guest, blob, expect="scores"))
-    for _ in range(plan.coalitions):
-        blob = ctx.channel.recv(guest, "vlr/coalition")
-        ctx.channel.send(guest, "vlr/coalition-reply", arb.decrypt_masked(guest, blob, expect="scores"))
-    # what this process decrypted, kept locally for its operator's audit (and tests)
-    ctx.save_json("arbiter-decryptions", dict(arb.decrypted))
-    return {}
+        ctx.channel.send(guest, "vlr/score-reply", _decrypt(arb, guest, "vlr/score-total", blob, expect="scores"))
+    # coalition requests until the guest's empty end marker (every guest sends one): the first
+    # request beyond the manifest's count is refused, not decrypted, and fails the job
+    served = 0
+    while blob := ctx.channel.recv(guest, "vlr/coalition"):
+        if served >= plan.coalitions:
+            raise FedgovError(
+                f"refused: the guest sent coalition score request {served + 1}; "
+                f"{_manifest_allows(ctx.manifest, guest, plan)}",
+                where="vertical-lr arbiter",
+            )
+        ctx.channel.send(guest, "vlr/coalition-reply", _decrypt(arb, guest, "vlr/coalition", blob, expect="scores"))
+        served += 1
 
 
 def _score_rows(
@@ -293,7 +357,13 @@ def _score_rows(
                 ctx.channel.send(arbiter, "vlr/coalition", blob)
                 reply = ctx.channel.recv(arbiter, "vlr/coalition-reply")
                 coalitions["+".join(subset)] = vlr.auc(labels, scorer.scores(reply))
+    end_requests(ctx, arbiter)
     return scores
+
+
+def end_requests(ctx: TaskContext, arbiter: str) -> None:
+    """The guest's empty end marker after its last score request (the arbiter waits for it)."""
+    ctx.channel.send(arbiter, "vlr/coalition", b"")
 
 
 def run_vertical_lr(ctx: TaskContext) -> dict[str, Any]:
@@ -312,6 +382,8 @@ def run_vertical_lr(ctx: TaskContext) -> dict[str, Any]:
     n_batches = len(vlr.batches_for(len(train_rows), params))
     info: dict[str, Any] = {"features": x.shape[1] + (1 if is_guest else 0), "batches": n_batches}
     shapley = bool(ctx.manifest.parameters.get("shapley", False)) and has_eval
+    if is_guest:  # the score decryptions it will ask for after training (the arbiter checks them)
+        info.update(eval=has_eval, coalitions=(2 ** len(hosts) - 2) if shapley else 0)
     public = _hello(ctx, arbiter, info)
     started = time.monotonic()
     epochs = 0
@@ -379,6 +451,8 @@ def run_vertical_lr(ctx: TaskContext) -> dict[str, Any]:
             out["eval"] = {**vlr.metrics(ey, scores), "rows": en, "roc": vlr.roc_points(ey, scores)}
             if coalitions is not None:
                 out["eval"].update(coalitions=coalitions, coalition_metric="auc")
+    if is_guest and not has_eval:
+        end_requests(ctx, arbiter)
     if is_guest:
         out.update(
             intersection_size=n,
@@ -420,7 +494,7 @@ def run_vertical_lr_score(ctx: TaskContext) -> dict[str, Any]:
         x[slot[used]] = x_rows[used]
     else:
         x, _, _ = _party_matrix(ctx, table, slot, n, join=join, is_guest=False)
-    public = _hello(ctx, arbiter, {"params": model.params})
+    public = _hello(ctx, arbiter, {"params": model.params, **({"eval": True} if is_guest else {})})
     scores = _score_rows(ctx, model, x, public, guest, hosts, arbiter)
     if not is_guest or scores is None:
         return {}
