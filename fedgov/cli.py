@@ -485,9 +485,25 @@ def cmd_demo(ns: argparse.Namespace) -> None:
     from fedgov.demo import run_demo
 
     _setup_logging("warning")
-    summary = run_demo(keep=ns.keep, households=ns.households, seed=ns.seed, quiet=ns.json)
+    summary = run_demo(keep=ns.keep, households=ns.households, seed=ns.seed, quiet=ns.json, console=ns.console)
     if ns.json:
         _print_json(summary)
+
+
+def cmd_console(ns: argparse.Namespace) -> None:
+    from fedgov.console.serve import run_console
+
+    kit = ns.kit or os.environ.get("FEDGOV_KIT")
+    coord = ns.coordinator or os.environ.get("FEDGOV_COORDINATOR")
+    if not kit or not coord:
+        raise FedgovError("give --kit and --coordinator (or set FEDGOV_KIT and FEDGOV_COORDINATOR)")
+    _setup_logging("warning")
+
+    def ready(url: str) -> None:
+        print(f"fedgov console for {Path(kit)} at {coord}; open this link (it works once):", flush=True)
+        print(url, flush=True)
+
+    run_console(Path(kit), coord, port=ns.port, lang=ns.lang, node_config=ns.node_config, on_ready=ready)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -628,6 +644,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="write per-party outputs here")
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("console", help="the web console on 127.0.0.1, acting as your kit's person")
+    p.add_argument("--kit", help="your startup kit directory (or FEDGOV_KIT)")
+    p.add_argument("--coordinator", help="host:port (or FEDGOV_COORDINATOR)")
+    p.add_argument("--port", type=int, default=0, help="loopback port (default: a random free one)")
+    p.add_argument("--lang", choices=["zh", "en"], default="en", help="interface language (switchable in the page)")
+    p.add_argument("--node-config", type=Path,
+                   help="approvers: your department's node.toml (the approval inbox reads and signs locally)")
+    p.set_defaults(func=cmd_console)
+
     from fedgov.cli_ledger import add_ledger_parser, add_quality_parser
 
     add_ledger_parser(sub)
@@ -639,6 +664,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--households", type=int, default=6000,
                    help="size of the synthetic city (smaller runs faster; 1500 takes about half the time)")
     p.add_argument("--seed", type=int, default=7, help="seed of the synthetic city (same seed, same numbers)")
+    p.add_argument("--console", action="store_true",
+                   help="afterwards keep the federation up and serve the analyst's web console (Ctrl-C stops)")
     p.set_defaults(func=cmd_demo)
     return ap
 

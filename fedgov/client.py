@@ -63,6 +63,8 @@ class JobStatus:
     participants: tuple[Participant, ...]
     created_at: float
     updated_at: float
+    #: the signed manifest text (from :meth:`Client.status` only; "" in :meth:`Client.list`)
+    manifest: str = ""
 
     @classmethod
     def from_pb(cls, s: jobs_pb2.JobStatus) -> JobStatus:
@@ -79,6 +81,7 @@ class JobStatus:
             ),
             created_at=s.created_at,
             updated_at=s.updated_at,
+            manifest=s.manifest_toml,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -91,6 +94,26 @@ class JobStatus:
             "reason": self.reason,
             "participants": [p.__dict__ | {"approvers": list(p.approvers)} for p in self.participants],
         }
+
+
+def _dataset_info(d: Any) -> dict[str, Any]:
+    """One catalogue entry: name, rows, schema digest, field names, the full schema (field types,
+    descriptions, units, ranges) and the node's public quality scores ({} when it publishes none).
+    Metadata only: the catalogue never carries a row."""
+    schema = json.loads(d.schema_json or "{}")
+    try:
+        quality = json.loads(d.quality_json) if d.quality_json else {}
+    except ValueError:
+        quality = {}
+    return {
+        "name": d.name,
+        "rows": d.rows,
+        "schema_digest": d.schema_digest,
+        "fields": [f["name"] for f in schema.get("fields", [])],
+        "description": (schema.get("dataset") or {}).get("description", ""),
+        "schema": schema.get("fields", []),
+        "quality": quality if isinstance(quality, dict) else {},
+    }
 
 
 class Client:
@@ -128,15 +151,7 @@ class Client:
                 "name": n.name,
                 "online": n.online,
                 "last_seen": n.last_seen,
-                "datasets": [
-                    {
-                        "name": d.name,
-                        "rows": d.rows,
-                        "schema_digest": d.schema_digest,
-                        "fields": [f["name"] for f in json.loads(d.schema_json or "{}").get("fields", [])],
-                    }
-                    for d in n.datasets
-                ],
+                "datasets": [_dataset_info(d) for d in n.datasets],
             }
             for n in reply.nodes
         ]

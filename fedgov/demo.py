@@ -9,6 +9,7 @@ An analyst then runs joint jobs; the departments' own policies decide.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -333,10 +334,30 @@ def _reconcile(world: dict[str, Any], catalog: dict[str, dict[str, int]]) -> dic
     }
 
 
+def _serve_console(fed: LocalFederation, story: Story) -> None:
+    """Keep the demo's federation up and serve the analyst's web console on 127.0.0.1 until Ctrl-C."""
+    from fedgov.console.serve import run_console
+
+    def ready(url: str) -> None:
+        print(f"12. The federation stays up. The analyst's web console (Ctrl-C stops it and every process):\n"
+              f"    {url}", flush=True)
+        print(f"    an approver of medical: fedgov console --kit {fed.kits / MEDICAL_APPROVERS[0]} "
+              f"--coordinator {fed.address} --node-config {fed.workdir / 'nodes' / 'medical' / 'node.toml'}",
+              flush=True)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        run_console(fed.kits / "analyst", fed.address, on_ready=ready)
+    story.say("console stopped")
+
+
 def run_demo(
-    *, keep: Path | None = None, households: int = 6000, seed: int = 7, quiet: bool = False
+    *, keep: Path | None = None, households: int = 6000, seed: int = 7, quiet: bool = False,
+    console: bool = False,
 ) -> dict[str, Any]:
     """Run the story; return the JSON summary.
+
+    With ``console`` the federation stays up after the story and the analyst's
+    web console is served on 127.0.0.1 (its one-time URL printed) until Ctrl-C.
 
     Guarantees: for one ``(seed, households)`` every field except ``seconds``,
     ``model.seconds_per_epoch`` and ``model.auc_joint`` is identical across
@@ -562,6 +583,8 @@ def run_demo(
                     f"   {row['rank']}. {row['dept']:<14} {float(row['points']):>10.1f} points  "
                     f"{float(row['share']):6.1%}  -> {row['budget_amount']} of a 1000 budget pool"
                 )
+            if console:
+                _serve_console(fed, story)
         if refused["job"]["state"] != "rejected":
             raise FedgovError("the forbidden request was not refused")
         summary["seconds"] = round(time.monotonic() - story.t0, 1)

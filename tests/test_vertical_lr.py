@@ -315,3 +315,19 @@ def test_sigmoid_error_budget_is_documented_value() -> None:
     # docs/protocols/vertical-lr.md quotes these maxima
     assert vlr.sigmoid_error(vlr.VlrParams(sigmoid_range=6.0)) < 0.085
     assert vlr.sigmoid_error(vlr.VlrParams(sigmoid_range=8.0)) < 0.12
+
+
+def test_roc_points_follow_sklearn_roc_curve() -> None:
+    """The coarse ROC curve of a guest's evaluation: at each grid FPR the best TPR sklearn's curve reaches."""
+    from sklearn.metrics import roc_curve
+
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 400).astype(float)
+    s = y * 0.8 + rng.normal(0, 1, 400)
+    pts = vlr.roc_points(y, s)
+    fpr, tpr, _ = roc_curve(y, s)
+    assert len(pts) == 21 and pts[0][0] == 0.0 and pts[-1] == [1.0, 1.0]
+    for f, t in pts:
+        assert abs(t - float(tpr[fpr <= f + 1e-12].max())) < 1e-3
+    assert all(b[1] >= a[1] for a, b in zip(pts, pts[1:], strict=False))
+    assert vlr.roc_points([], []) == []

@@ -326,7 +326,9 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         ident = caller_identity(context)
         job = self._job(request.job_id, context)
         self._readable(job, ident, context)
-        return job_status(job)
+        st = job_status(job)
+        st.manifest_toml = job.manifest  # readers of the job may read what it asked
+        return st
 
     def List(self, request, context):  # noqa: N802
         ident = caller_identity(context)

@@ -1023,6 +1023,32 @@ def metrics(y: Any, scores: Any, threshold: float = 0.5) -> dict[str, float]:
     }
 
 
+def roc_points(y: Any, scores: Any, points: int = 21, decimals: int = 3) -> list[list[float]]:
+    """The ROC curve of ``scores`` against 0/1 labels ``y`` as at most ``points`` ``[fpr, tpr]`` pairs.
+
+    The pairs are read at ``points`` evenly spaced false-positive rates
+    (0, 0.05, ..., 1 for 21), each with the best true-positive rate reached at
+    or below it, rounded to ``decimals``: a coarse curve of the guest's own
+    labels and scores (the evaluation it already computes AUC and KS from),
+    no row and no threshold. Empty labels give ``[]``.
+    """
+    y = np.asarray(y, dtype=np.float64).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if y.shape != s.shape:
+        raise ConfigError("labels and scores differ in length", where="vertical-lr roc")
+    if not len(y) or points < 2:
+        return []
+    order = np.argsort(-s, kind="mergesort")
+    ys = y[order]
+    tpr = np.concatenate([[0.0], np.cumsum(ys) / max(ys.sum(), 1)])
+    fpr = np.concatenate([[0.0], np.cumsum(1 - ys) / max((1 - ys).sum(), 1)])
+    out = []
+    for f in np.linspace(0.0, 1.0, points):
+        reached = tpr[fpr <= f + 1e-12]
+        out.append([round(float(f), decimals), round(float(reached.max()) if len(reached) else 0.0, decimals)])
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # plaintext reference and in-process drivers
 

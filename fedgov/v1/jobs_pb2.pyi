@@ -36,7 +36,7 @@ class ParticipantStatus(_message.Message):
     def __init__(self, node: _Optional[str] = ..., decision: _Optional[str] = ..., reason: _Optional[str] = ..., task_state: _Optional[str] = ..., approvers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "kind", "purpose", "requester", "state", "reason", "participants", "created_at", "updated_at")
+    __slots__ = ("job_id", "kind", "purpose", "requester", "state", "reason", "participants", "created_at", "updated_at", "manifest_toml")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +46,7 @@ class JobStatus(_message.Message):
     PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_TOML_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     kind: str
     purpose: str
@@ -55,7 +56,8 @@ class JobStatus(_message.Message):
     participants: _containers.RepeatedCompositeFieldContainer[ParticipantStatus]
     created_at: float
     updated_at: float
-    def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[str] = ..., purpose: _Optional[str] = ..., requester: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., participants: _Optional[_Iterable[_Union[ParticipantStatus, _Mapping]]] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ...) -> None: ...
+    manifest_toml: str
+    def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[str] = ..., purpose: _Optional[str] = ..., requester: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., participants: _Optional[_Iterable[_Union[ParticipantStatus, _Mapping]]] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., manifest_toml: _Optional[str] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
     __slots__ = ("state",)

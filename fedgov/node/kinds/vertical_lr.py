@@ -371,7 +371,7 @@ def run_vertical_lr(ctx: TaskContext) -> dict[str, Any]:
         coalitions: dict[str, float] | None = {} if shapley and is_guest else None
         scores = _score_rows(ctx, model, ex, public, guest, hosts, arbiter, labels=ey, coalitions=coalitions)
         if is_guest and scores is not None and ey is not None:
-            out["eval"] = {**vlr.metrics(ey, scores), "rows": en}
+            out["eval"] = {**vlr.metrics(ey, scores), "rows": en, "roc": vlr.roc_points(ey, scores)}
             if coalitions is not None:
                 out["eval"].update(coalitions=coalitions, coalition_metric="auc")
     if is_guest:
