@@ -108,14 +108,29 @@ class LedgerClient:
 
         material = TlsMaterial.from_kit(Path(kit))
         self.ca = x509.load_pem_x509_certificate(material.ca)
-        self._channel = secure_channel(material, coordinator)
+        self._channel: Any = secure_channel(material, coordinator)
         self._stub = ledger_pb2_grpc.LedgerStub(self._channel)
         self._pinned = trusted_key
         self._key: Ed25519PublicKey | None = None
         self._statement: dict[str, str] | None = None
 
+    @classmethod
+    def over(cls, channel: Any, ca_pem: bytes, *, trusted_key: Ed25519PublicKey | None = None) -> LedgerClient:
+        """A client on an existing mTLS ``channel`` (the console shares its SDK client's); not closed by us."""
+        from fedgov.v1 import ledger_pb2_grpc
+
+        self = cls.__new__(cls)
+        self.ca = x509.load_pem_x509_certificate(ca_pem)
+        self._channel = None
+        self._stub = ledger_pb2_grpc.LedgerStub(channel)
+        self._pinned = trusted_key
+        self._key = None
+        self._statement = None
+        return self
+
     def close(self) -> None:
-        self._channel.close()
+        if self._channel is not None:
+            self._channel.close()
 
     def __enter__(self) -> LedgerClient:
         return self
