@@ -96,6 +96,9 @@ def quality_chart(series: dict[str, list[dict[str, Any]]], *, width: int = 640, 
             for p in s
         )
         parts.append(f'<polyline class="series s{k % 6}" data-dataset="{escape(name)}" points="{xy}"/>')
+        for pt in xy.split():  # a dot per publication (one publication draws no line)
+            cx, cy = pt.split(",")
+            parts.append(f'<circle class="dot s{k % 6}" cx="{cx}" cy="{cy}" r="3"/>')
         parts.append(f'<text class="series-label s{k % 6}" x="{pad + 4}" y="{height + 14 - 0}" font-size="10" '
                      f'dx="{k * 120}">{escape(name)}</text>')
     parts.append("</svg>")
