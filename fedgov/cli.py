@@ -389,16 +389,21 @@ def cmd_job(ns: argparse.Namespace) -> None:
                 st = c.wait(st.job_id, timeout=ns.timeout)
             _print_json(st.to_dict()) if ns.json else print(f"{st.job_id} {st.state} {st.reason}".rstrip())
         elif ns.action == "status":
-            from fedgov.opsview import iso
+            from fedgov.opsview import event_dict, iso
 
             st = c.status(ns.job_id)
             if ns.json:
-                _print_json(st.to_dict() | {"created": iso(st.created_at), "updated": iso(st.updated_at)})
+                _print_json(st.to_dict() | {"created": iso(st.created_at), "updated": iso(st.updated_at),
+                                            "events": [event_dict(e) for e in st.events]})
             else:
                 print(f"{st.job_id} {st.kind} {st.state} {st.reason}".rstrip())
                 print(f"  submitted {iso(st.created_at)} by {st.requester}; last change {iso(st.updated_at)}")
                 for p in st.participants:
                     print(f"  {p.node}: {p.decision} {p.task_state} {p.reason}".rstrip())
+                if st.events:
+                    print("  timeline (coordinator clock):")
+                for e in st.events:
+                    print(f"    {iso(e.ts)} {e.text}")
         elif ns.action == "list":
             from fedgov.opsview import iso
 
@@ -414,10 +419,15 @@ def cmd_job(ns: argparse.Namespace) -> None:
             from fedgov.opsview import follow
 
             last: dict[str, Any] = {}
+            recorded = False  # the coordinator records events: print those, with its own times
             for ev in follow(c, ns.job_id, timeout=ns.timeout):
                 last = ev
+                recorded = recorded or bool(ev["events"])
                 if ns.json:
                     _print_json({k: v for k, v in ev.items() if k != "status"})
+                elif recorded:
+                    for e in ev["events"]:
+                        print(f"{e['time']} {ev['job_id']} {e['text']}", flush=True)
                 else:
                     for change in ev["changes"]:
                         print(f"{ev['time']} {ev['job_id']} {change}", flush=True)
@@ -467,6 +477,8 @@ def cmd_catalog(ns: argparse.Namespace) -> None:
         print(f"{n['name']} ({'online' if n['online'] else 'offline'})")
         for d in n["datasets"]:
             print(f"  {d['name']}: {d['rows']} rows; fields {', '.join(d['fields'])}")
+            allowed = "; ".join(f"{p} ({', '.join(k)})" for p, k in sorted(d.get("purposes", {}).items()))
+            print(f"    purposes its policy allows: {allowed or 'none'}")
 
 
 def cmd_run(ns: argparse.Namespace) -> None:

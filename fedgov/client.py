@@ -52,6 +52,39 @@ class Participant:
     approvers: tuple[str, ...]
 
 
+#: how :attr:`JobEvent.text` words each event the coordinator records (fedgov/coordinator/store.py)
+EVENT_TEXT: dict[str, str] = {
+    "job-submitted": "job submitted",
+    "node-received": "{node} received the job for its policy check",
+    "node-approved": "{node} approved",
+    "node-rejected": "{node} refused",
+    "task-started": "{node} started its part",
+    "task-succeeded": "{node} finished its part",
+    "task-failed": "{node} failed",
+}
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One thing the coordinator recorded about a job, at ``ts`` (seconds, coordinator clock)."""
+
+    ts: float
+    event: str
+    node: str = ""
+    detail: str = ""
+
+    @property
+    def text(self) -> str:
+        """One English line: ``"tax approved: within policy (approvers: ann, bob)"``, ``"job succeeded"``."""
+        if self.event in EVENT_TEXT:
+            head = EVENT_TEXT[self.event].format(node=self.node or "?")
+        elif self.event.startswith("job-"):
+            head = "job " + self.event[4:]
+        else:
+            head = f"{self.node}: {self.event}" if self.node else self.event
+        return head + (f": {self.detail}" if self.detail else "")
+
+
 @dataclass(frozen=True)
 class JobStatus:
     job_id: str
@@ -65,6 +98,8 @@ class JobStatus:
     updated_at: float
     #: the signed manifest text (from :meth:`Client.status` only; "" in :meth:`Client.list`)
     manifest: str = ""
+    #: what the coordinator recorded about the job, oldest first (:meth:`Client.status` only)
+    events: tuple[JobEvent, ...] = ()
 
     @classmethod
     def from_pb(cls, s: jobs_pb2.JobStatus) -> JobStatus:
@@ -82,6 +117,7 @@ class JobStatus:
             created_at=s.created_at,
             updated_at=s.updated_at,
             manifest=s.manifest_toml,
+            events=tuple(JobEvent(e.ts, e.event, e.node, e.detail) for e in s.events),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -98,8 +134,9 @@ class JobStatus:
 
 def _dataset_info(d: Any) -> dict[str, Any]:
     """One catalogue entry: name, rows, schema digest, field names, the full schema (field types,
-    descriptions, units, ranges) and the node's public quality scores ({} when it publishes none).
-    Metadata only: the catalogue never carries a row."""
+    descriptions, units, ranges), the node's public quality scores ({} when it publishes none) and
+    ``purposes``: what its policy allows the dataset for, ``{purpose: [job kinds]}`` ({}: nothing, or a
+    node from before purposes were published). Metadata and policy only: the catalogue never carries a row."""
     schema = json.loads(d.schema_json or "{}")
     try:
         quality = json.loads(d.quality_json) if d.quality_json else {}
@@ -113,6 +150,7 @@ def _dataset_info(d: Any) -> dict[str, Any]:
         "description": (schema.get("dataset") or {}).get("description", ""),
         "schema": schema.get("fields", []),
         "quality": quality if isinstance(quality, dict) else {},
+        "purposes": {p.purpose: list(p.kinds) for p in d.purposes},
     }
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from cryptography import x509
 
-from fedgov.client import TERMINAL, Client, JobStatus
+from fedgov.client import TERMINAL, Client, JobEvent, JobStatus
 from fedgov.crypto.revocation import Revocations
 from fedgov.errors import FedgovError
 from fedgov.v1 import ledger_pb2, ledger_pb2_grpc
@@ -161,6 +161,12 @@ def _snapshot(st: JobStatus) -> tuple:
     return (st.state, st.reason, tuple((p.node, p.decision, p.task_state, p.reason) for p in st.participants))
 
 
+def event_dict(ev: JobEvent) -> dict[str, Any]:
+    """A coordinator event as JSON: ISO time (coordinator clock), event, department, detail, English text."""
+    return {"time": iso(ev.ts), "ts": ev.ts, "event": ev.event, "node": ev.node, "detail": ev.detail,
+            "text": ev.text}
+
+
 def follow(
     client: Client,
     job_id: str,
@@ -172,13 +178,19 @@ def follow(
     """Yield one event per change of the job's state or of any participant's
     decision/task state, until the job is terminal (the last event has ``done``).
 
+    ``events`` holds what the coordinator recorded since the previous yield
+    (:func:`event_dict`: its own ISO time, what, which department); ``changes``
+    is the difference between two polls, for a coordinator that records none.
+
     Raises :class:`FedgovError` when the job is not terminal after ``timeout`` seconds.
     """
     deadline = time.monotonic() + timeout
     prev: JobStatus | None = None
+    seen = 0
     while True:
         st = client.status(job_id)
-        if prev is None or _snapshot(st) != _snapshot(prev):
+        fresh = st.events[seen:]
+        if prev is None or _snapshot(st) != _snapshot(prev) or fresh:
             old = {p.node: p for p in prev.participants} if prev else {}
             changes = []
             if prev is None or st.state != prev.state:
@@ -194,10 +206,12 @@ def follow(
                 "job_id": st.job_id,
                 "state": st.state,
                 "changes": changes,
+                "events": [event_dict(e) for e in fresh],
                 "done": st.state in TERMINAL,
                 "status": st.to_dict(),
             }
             prev = st
+            seen = len(st.events)
         if st.state in TERMINAL:
             return
         if time.monotonic() > deadline:

@@ -65,6 +65,16 @@ class DatasetPolicy:
     #: where an operator changes them (named in refusals)
     disclosure_source: str = ""
 
+    def allowed_purposes(self) -> dict[str, tuple[str, ...]]:
+        """Each purpose some rule allows, with the job kinds allowed for it (sorted; what the node publishes
+        in the catalogue). A necessary condition only: a task must also be covered field by field, by an
+        allowed requester, within the disclosure settings. Leaks nothing about rows: it is the policy's text."""
+        out: dict[str, set[str]] = {}
+        for r in self.rules:
+            for p in r.purposes:
+                out.setdefault(p, set()).update(r.kinds)
+        return {p: tuple(sorted(k)) for p, k in sorted(out.items())}
+
 
 @dataclass(frozen=True)
 class Decision:

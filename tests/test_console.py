@@ -111,6 +111,30 @@ def test_every_response_carries_the_security_headers() -> None:
     assert "<script" not in c.get("/thing").text and "style=" not in c.get("/thing").text
 
 
+def _boom(ctx: PageContext) -> Any:
+    raise RuntimeError("kaboom-detail /secret/path/key.pem")
+
+
+def test_an_unhandled_error_is_a_500_page_with_the_security_headers_and_no_traceback(
+        caplog: pytest.LogCaptureFixture) -> None:
+    app = create_app(client=FakeClient("analyst"), pages=(),
+                     extra_pages=[TEST_PAGE, Page(routes=[route("/boom", _boom, {"analyst"})])])
+    c = _signed_in(app)
+    c = TestClient(app, base_url=BASE, raise_server_exceptions=False, cookies=dict(c.cookies))
+    for r in (c.get("/boom"), c.get("/boom?lang=zh"), c.get("/no/such/page")):
+        assert r.status_code in (404, 500)
+        assert r.headers.get("content-security-policy") == CSP, r.headers
+        assert r.headers.get("x-frame-options") == "DENY"
+        assert r.headers.get("cache-control") == "no-store"
+        assert r.headers.get("x-content-type-options") == "nosniff"
+        for leak in ("kaboom", "secret", "Traceback", "RuntimeError", "File \""):
+            assert leak not in r.text
+        assert r.headers["content-type"].startswith("text/html")
+    assert c.get("/boom").status_code == 500
+    assert "控制台内部出错" in c.get("/boom?lang=zh").text
+    assert any("kaboom-detail" in (rec.exc_text or str(rec.exc_info)) for rec in caplog.records)  # in the log
+
+
 def test_a_foreign_host_header_is_refused() -> None:
     app, _ = _app()
     c = TestClient(app, base_url="http://attacker.example:8765")
@@ -171,3 +195,73 @@ def test_the_console_is_for_people_and_the_inbox_for_approvers(tmp_path: Any) ->
     assert r.returncode == 2 and "--node-config is for an approver" in r.stderr
     r = run("--kit", str(tmp_path / "missing"))
     assert r.returncode == 2 and "missing" in r.stderr
+
+
+class JobsClient(FakeClient):
+    """A stand-in SDK client with one job and the events the coordinator recorded for it."""
+
+    def __init__(self, events: tuple[Any, ...]) -> None:
+        super().__init__("analyst")
+        from fedgov.client import JobStatus, Participant
+
+        self.job = JobStatus(job_id="job-1", kind="cohort-count", purpose="p", requester="analyst-1",
+                             state="succeeded", reason="", created_at=1_700_000_000.0, updated_at=1_700_000_090.0,
+                             participants=(Participant("tax", "approved", "ok", "succeeded", ("ann",)),),
+                             events=events)
+
+    def status(self, job_id: str) -> Any:
+        assert job_id == "job-1"
+        return self.job
+
+
+def test_the_job_timeline_shows_the_coordinators_events_with_iso_times() -> None:
+    from fedgov.client import JobEvent
+    from fedgov.opsview import iso
+
+    events = (JobEvent(1_700_000_000.25, "job-submitted", "", "cohort-count by analyst-1"),
+              JobEvent(1_700_000_012.0, "node-approved", "tax", "ok (approvers: ann)"),
+              JobEvent(1_700_000_047.0, "task-succeeded", "tax", ""),
+              JobEvent(1_700_000_090.0, "job-succeeded", "", ""),
+              JobEvent(1_700_000_091.0, "job-archived", "", "later kind"))
+    app = create_app(client=JobsClient(events), pages=("fedgov.console.pages_jobs",))
+    c = _signed_in(app)
+    html = c.get("/jobs/job-1").text
+    timeline = html.split('id="timeline"', 1)[1].split("</ol>", 1)[0]
+    items = re.findall(r'<li data-event="([a-z-]+)"><time class="muted" datetime="([^"]+)">([^<]+)</time> ([^<]+)</li>',
+                       timeline)
+    assert [(ev, when, shown) for ev, when, shown, _ in items] == [(e.event, iso(e.ts), iso(e.ts)) for e in events]
+    texts = [what for *_, what in items]
+    assert texts[1] == "tax approved: ok (approvers: ann)" and texts[2] == "tax finished its part"
+    assert texts[4] == events[4].text  # an event this console does not know: the SDK's wording
+    zh = c.get("/jobs/job-1?lang=zh").text
+    assert "tax 已批准: ok (approvers: ann)" in zh and iso(events[2].ts) in zh
+    # a coordinator that records no events: the status's own two times
+    app = create_app(client=JobsClient(()), pages=("fedgov.console.pages_jobs",))
+    plain = _signed_in(app).get("/jobs/job-1").text.split('id="timeline"', 1)[1].split("</ol>", 1)[0]
+    assert iso(1_700_000_000.0) in plain and "data-event" not in plain
+
+
+def test_a_stats_result_shows_each_figures_dp_error_from_the_shared_function() -> None:
+    from fedgov.protocols import he_stats as hs
+
+    q = hs.StatsQuery(job_id="job-1", requester="analyst-1", scope="hrss.p.x", cohort="c", clip=(0.0, 8000.0),
+                      stats=("count", "sum", "mean"), dp=hs.DPConfig("laplace", epsilon=0.5))
+    release = hs.Release("job-1", q.scope, q.cohort, {"east": {"count": 120, "sum": 240000.0, "mean": 2000.0}},
+                         {"count": 130, "sum": 250000.0, "mean": 1923.1}, {"west": "noisy count below 11"}, 0.5, 11,
+                         hs.NOISE_LABEL, dp_noise={"parties": [hs.dp_noise_spec(q, 0.5)]}).to_json()
+    client = JobsClient(())
+    client.result = lambda job_id: {"hrss": release}  # type: ignore[attr-defined]
+    app = create_app(client=client, pages=("fedgov.console.pages_jobs",))
+    c = _signed_in(app)
+    html = c.get("/jobs/job-1/result").text
+    err = hs.dp_error(release)
+    for label, cell in (("east", "east"), (hs.TOTAL, "Total (all cells)")):
+        row = html.split(f'<tr data-cell="{cell}">', 1)[1].split("</tr>", 1)[0]
+        for stat in ("count", "sum", "mean"):
+            td = row.split(f'data-stat="{stat}">', 1)[1].split("</td>", 1)[0]
+            assert f"± {err[label][stat]:.3g}" in td, (stat, td)
+    assert 'id="dp-error"' in html and 'data-suppressed="west"' in html
+    assert err["east"]["sum"] > err["east"]["count"] > 0  # the figures differ by statistic (clip 8,000)
+    # a release without DP noise: no ± anywhere
+    client.result = lambda job_id: {"hrss": {**release, "dp_noise": None}}  # type: ignore[attr-defined]
+    assert "dp-err" not in c.get("/jobs/job-1/result").text

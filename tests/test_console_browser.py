@@ -84,6 +84,12 @@ def test_analyst_submits_approvers_approve_analyst_sees_roc(world: dict[str, Any
     page = _open(world, "analyst", "/federation")
     assert page.locator("#nodes tr[data-node=tax] .online").count() == 1
     assert page.locator("[data-dataset='civil_affairs.data']").count() == 1
+    # the purposes tax's policy allows, as tax's node published them (policy.toml -> catalogue -> page)
+    from fedgov.policy import load_policy
+
+    allowed = load_policy(world["fed"].workdir / "nodes" / "tax" / "policy.toml").datasets["data"].allowed_purposes()
+    shown = page.locator("[data-dataset='tax.data'] .purpose")
+    assert allowed and sorted(shown.evaluate_all("els => els.map(e => e.dataset.purpose)")) == sorted(allowed)
     _shot(world, page, "federation")
 
     page = _open(world, "analyst", "/submit")

@@ -209,3 +209,68 @@ def test_horizontal_sum(world) -> None:
     for lab in labels:
         assert rel.cells[lab]["count"] == want[lab]["count"]
         assert rel.cells[lab]["sum"] == pytest.approx(want[lab]["sum"], rel=1e-6, abs=1e-3)
+
+
+@pytest.mark.parametrize("epsilon", [0.3, 1.0])
+def test_dp_error_is_the_spread_of_the_noise_actually_drawn(epsilon: float) -> None:
+    """dp_error's figures against the sample standard deviation of OpenDP's sampler at the scales the
+    owner uses (dp_noise_spec): count, sum (grid of clip/1024), a histogram bin, and the mean (delta method,
+    against means computed from noisy count and sum exactly as a release computes them)."""
+    q = query("j-err", "c", dp=hs.DPConfig("laplace", epsilon=epsilon), stats=("count", "sum", "mean", "histogram"),
+              clip=(0.0, 8000.0))
+    spec = hs.dp_noise_spec(q, epsilon)
+    n, mean = 2000, 3000.0
+    cell = {"count": n, "sum": n * mean, "mean": mean, "histogram": [n // 4] * 4}
+    err = hs.dp_error({"cells": {"a": cell}, "total": None, "dp_noise": {"parties": [spec]}})["a"]
+    draws = 40_000
+    zeros = [0] * draws
+    noise_n = np.array(hs.discrete_laplace(zeros, spec["count"]["scale"]), dtype=float)
+    noise_s = np.array(hs.discrete_laplace(zeros, spec["sum"]["scale"]), dtype=float) * spec["sum"]["step"]
+    noise_h = np.array(hs.discrete_laplace(zeros, spec["hist"]["scale"]), dtype=float)
+    assert err["count"] == pytest.approx(noise_n.std(ddof=1), rel=0.05)
+    assert err["sum"] == pytest.approx(noise_s.std(ddof=1), rel=0.05)
+    assert err["histogram"][0] == pytest.approx(noise_h.std(ddof=1), rel=0.05)
+    grid = round(n * mean / spec["sum"]["step"])
+    means = [hs._finish_stats(q, {"count": n + dn, "sum": (grid + ds / spec["sum"]["step"]) * spec["sum"]["step"],
+                                  **{f"bin{k}": 0.0 for k in range(4)}})["mean"]
+             for dn, ds in zip(noise_n[:8000], noise_s[:8000], strict=True)]
+    assert err["mean"] == pytest.approx(float(np.std(means, ddof=1)), rel=0.07)
+    # the figure follows ε: a smaller ε, proportionally more noise (no constant)
+    assert err["count"] == pytest.approx(hs.discrete_laplace_sd(spec["count"]["scale"]))
+    assert hs.dp_error({"cells": {"a": cell}, "dp_noise": {"parties": []}}) == {}
+    # two noising parties (horizontal regions): variances add
+    two = hs.dp_error({"cells": {"a": cell}, "total": {"count": n}, "dp_noise": {"parties": [spec, spec],
+                                                                               "total_count_cells": 3}})
+    assert two["a"]["count"] == pytest.approx(err["count"] * 2**0.5, rel=1e-5)
+    assert two[hs.TOTAL]["count"] == pytest.approx(err["count"] * 6**0.5, rel=1e-5)
+
+
+def test_a_dp_release_carries_its_error(world) -> None:
+    district, eligible, pension = world
+    codes, labels = hs.group_codes(district, in_cohort=eligible == 1)
+    q = query("j-err2", "cerr", dp=hs.DPConfig("laplace", epsilon=0.8), stats=("count", "sum", "mean"))
+    out = hs.run_local(q, codes, labels, pension, min_cohort=11).to_json()
+    spec = hs.dp_noise_spec(q, 0.8)
+    assert out["dp_noise"] == {"parties": [spec]}
+    assert set(out["dp_sd"]) == set(out["cells"]) | {hs.TOTAL}
+    for sd in out["dp_sd"].values():
+        assert sd["count"] == pytest.approx(hs.discrete_laplace_sd(spec["count"]["scale"]), rel=1e-5)
+        assert sd["sum"] == pytest.approx(spec["sum"]["step"] * hs.discrete_laplace_sd(spec["sum"]["scale"]),
+                                          rel=1e-5)
+    exact = hs.run_local(query("j-err3", "cerr3"), codes, labels, pension, min_cohort=11, disclosure=EXACT)
+    assert "dp_sd" not in exact.to_json()
+
+
+def test_a_horizontal_dp_release_adds_every_regions_noise(world) -> None:
+    district, eligible, pension = world
+    codes, labels = hs.group_codes(district, in_cohort=eligible == 0)
+    parts = np.arange(len(codes)) % 3
+    regions = {f"r{k}": (codes[parts == k], pension[parts == k]) for k in range(3)}
+    q = query("j-hdp", "regional-dp", dp=hs.DPConfig("laplace", epsilon=0.9), stats=("count", "sum", "mean"))
+    out = hs.run_local_horizontal(q, labels, regions, min_cohort=1).to_json()
+    spec = hs.dp_noise_spec(q, 0.9)
+    assert out["dp_noise"] == {"parties": [spec] * 3, "total_count_cells": len(labels)}
+    one = hs.discrete_laplace_sd(spec["count"]["scale"])
+    for lab in out["cells"]:
+        assert out["dp_sd"][lab]["count"] == pytest.approx(one * 3**0.5, rel=1e-5)
+    assert out["dp_sd"][hs.TOTAL]["count"] == pytest.approx(one * (3 * len(labels)) ** 0.5, rel=1e-5)

@@ -156,3 +156,25 @@ def test_standing_alignment_is_opt_in_per_dataset() -> None:
     assert on.datasets["a"].standing_alignment
     with pytest.raises(ConfigError, match="true or false"):
         parse_policy(parse_toml(base.replace("standing_alignment = true", 'standing_alignment = "yes"'), "p"), "p")
+
+
+def test_allowed_purposes_are_what_the_rules_say_with_their_kinds() -> None:
+    p = parse_policy(parse_toml("""
+[defaults]
+requesters = ["*"]
+[[datasets.income.rules]]
+purposes = ["social-assistance-eligibility", "audit"]
+kinds = ["psi", "vertical-lr"]
+fields = ["id", "annual_income"]
+[[datasets.income.rules]]
+purposes = ["social-assistance-eligibility"]
+kinds = ["he-stats"]
+fields = ["annual_income"]
+[datasets.empty]
+approval = "manual"
+""", "p"), "p")
+    assert p.datasets["income"].allowed_purposes() == {
+        "audit": ("psi", "vertical-lr"),
+        "social-assistance-eligibility": ("he-stats", "psi", "vertical-lr"),
+    }
+    assert p.datasets["empty"].allowed_purposes() == {}

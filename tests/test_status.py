@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from fedgov.runner import LocalFederation
-from tests.test_federation import build_world, manifest
+from tests.test_federation import PURPOSE, build_world, manifest
 
 pytestmark = pytest.mark.slow
 
@@ -112,6 +112,49 @@ def test_job_follow_streams_changes_until_done(fed: LocalFederation) -> None:
     assert re.search(r"submitted \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ by analyst", shown.stdout), shown.stdout
     listed = fedgov(fed, "analyst", "job", "list")
     assert job.job_id in listed.stdout and re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", listed.stdout)
+
+
+def test_the_catalogue_shows_the_purposes_each_policy_allows(fed: LocalFederation) -> None:
+    from fedgov.policy import load_policy
+
+    out = fedgov(fed, "other_analyst", "catalog", "--json")
+    assert out.returncode == 0, out.stderr
+    nodes = {n["name"]: n for n in json.loads(out.stdout)}
+    for spec in fed.nodes:  # each node published what its own policy.toml allows, as {purpose: [kinds]}
+        want = {p: list(k) for p, k in load_policy(spec.policy).datasets["data"].allowed_purposes().items()}
+        got = {d["name"]: d for d in nodes[spec.name]["datasets"]}["data"]["purposes"]
+        assert want and got == want, (spec.name, got, want)
+    text = fedgov(fed, "other_analyst", "catalog").stdout
+    assert f"purposes its policy allows: {PURPOSE} (cohort-count)" in text, text
+
+
+def test_job_status_and_follow_show_the_coordinators_events(fed: LocalFederation) -> None:
+    with fed.client() as c:
+        job = c.submit(manifest([("alpha", ["y"], ""), ("beta", ["x1"], "")]))
+        other = c.submit(manifest([("alpha", ["y"], "")]))
+        assert c.wait(job.job_id, timeout=60).state == "succeeded"
+        c.wait(other.job_id, timeout=60)
+        st = c.status(job.job_id)
+    out = fedgov(fed, "analyst", "job", "status", job.job_id, "--json")
+    assert out.returncode == 0, out.stderr
+    events = json.loads(out.stdout)["events"]
+    assert all(ISO.match(e["time"]) for e in events)
+    ts = [e["ts"] for e in events]
+    assert ts == sorted(ts) and st.created_at - 1 <= ts[0] and ts[-1] <= st.updated_at + 1
+    assert [e["event"] for e in events if not e["node"]] == ["job-submitted", "job-running", "job-succeeded"]
+    for node in ("alpha", "beta"):  # each department's own steps, in order; nothing of the other job
+        assert [e["event"] for e in events if e["node"] == node] == [
+            "node-received", "node-approved", "task-started", "task-succeeded"], events
+    text = fedgov(fed, "analyst", "job", "status", job.job_id).stdout
+    assert re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ beta finished its part", text), text
+    follow = fedgov(fed, "analyst", "job", "follow", job.job_id)
+    assert follow.returncode == 0 and [line.split(" ", 2)[2] for line in follow.stdout.splitlines()] == [
+        e["text"] for e in events]
+    assert [line.split(" ", 1)[0] for line in follow.stdout.splitlines()] == [e["time"] for e in events]
+    # the same readers as the rest of the status: another analyst gets no events (nor the job)
+    denied = fedgov(fed, "other_analyst", "job", "status", job.job_id, "--json")
+    assert denied.returncode != 0 and "may not see" in denied.stderr and "job-submitted" not in denied.stdout
+    assert json.loads(fedgov(fed, "auditor", "job", "status", job.job_id, "--json").stdout)["events"] == events
 
 
 def _metrics(fed: LocalFederation) -> str:

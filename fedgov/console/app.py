@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hmac
 import importlib
+import logging
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -67,6 +68,7 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]"})
 
 HERE = Path(__file__).resolve().parent
+LOG = logging.getLogger("fedgov.console")
 
 
 @dataclass
@@ -137,6 +139,37 @@ def _error(state: ConsoleState, scope: Scope, status: int, title_key: str, body_
     return state.render(request, "error.html", status_code=status, title=t(title_key), message=t(body_key))
 
 
+async def guarded(state: ConsoleState, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+    """Run ``app``; an exception it raises before its response starts becomes a 500 error page sent through
+    ``send`` (so it carries the gate's security headers) and the traceback goes to the console's log only.
+
+    Without this, Starlette's outermost ``ServerErrorMiddleware`` answers with a bare 500 that skips the gate:
+    no CSP, no ``no-store``, no ``X-Frame-Options``. Leaks: nothing — the page has a fixed text, never the
+    exception's message or traceback. An exception after the response started is re-raised (the server
+    closes the connection; nothing more can be sent).
+    """
+    started = False
+
+    async def tracking(message: Message) -> None:
+        nonlocal started
+        if message["type"] == "http.response.start":
+            started = True
+        await send(message)
+
+    try:
+        await app(scope, receive, tracking)
+    except Exception:
+        if started:
+            raise
+        LOG.exception("console: unhandled error in %s %s", scope.get("method"), scope.get("path"))
+        try:
+            page: Response = _error(state, scope, 500, "err.title", "err.internal")
+        except Exception:  # the error page itself failed: a fixed plain text, still through the gate's headers
+            LOG.exception("console: the error page failed too")
+            page = Response("Internal error; see the console's log.", status_code=500, media_type="text/plain")
+        await page(scope, receive, send)
+
+
 class ConsoleGate:
     """ASGI middleware: loopback Host, token → session cookie, session required, language, headers."""
 
@@ -157,33 +190,37 @@ class ConsoleGate:
                 message = {**message, "headers": headers}
             await send(message)
 
+        await guarded(self.state, self._gate, scope, receive, send_secured)
+
+    async def _gate(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Everything after the headers: Host, token, session, language; ``send`` already adds the headers."""
         request = Request(scope)
         st = self.state
         lang = i18n.pick_lang(request.query_params.get("lang")) or i18n.pick_lang(
             request.cookies.get(LANG_COOKIE)) or st.lang
         scope["fedgov.lang"] = lang
         if not loopback_host(request.headers.get("host", "")):
-            await _error(st, scope, 400, "err.title", "err.host.body")(scope, receive, send_secured)
+            await _error(st, scope, 400, "err.title", "err.host.body")(scope, receive, send)
             return
         path = scope["path"]
         if path.startswith("/static/"):
-            await self.app(scope, receive, send_secured)
+            await self.app(scope, receive, send)
             return
         token = request.query_params.get("token")
         if token is not None:
             sid = st.spend_token(token)
             if sid is None:
-                await _error(st, scope, 403, "err.auth.title", "err.auth.used")(scope, receive, send_secured)
+                await _error(st, scope, 403, "err.auth.title", "err.auth.used")(scope, receive, send)
                 return
             rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
             resp = RedirectResponse(path + ("?" + urlencode(rest) if rest else ""), status_code=303)
             resp.set_cookie(SESSION_COOKIE, sid, httponly=True, samesite="strict", path="/")
-            await resp(scope, receive, send_secured)
+            await resp(scope, receive, send)
             return
         sid = request.cookies.get(SESSION_COOKIE, "")
         csrf = st.sessions.get(sid) if sid else None
         if csrf is None:
-            await _error(st, scope, 401, "err.auth.title", "err.auth.body")(scope, receive, send_secured)
+            await _error(st, scope, 401, "err.auth.title", "err.auth.body")(scope, receive, send)
             return
         scope["fedgov.csrf"] = csrf
         if "lang" in request.query_params and i18n.pick_lang(request.query_params["lang"]):
@@ -194,11 +231,11 @@ class ConsoleGate:
                     cookie.set_cookie(LANG_COOKIE, lang, httponly=True, samesite="strict", path="/")
                     extra = [(k, v) for k, v in cookie.raw_headers if k == b"set-cookie"]
                     message = {**message, "headers": list(message.get("headers", [])) + extra}
-                await send_secured(message)
+                await send(message)
 
             await self.app(scope, receive, send_with_lang)
             return
-        await self.app(scope, receive, send_secured)
+        await self.app(scope, receive, send)
 
 
 def _home(ctx: PageContext) -> Response:

@@ -22,6 +22,7 @@ from fedgov.console import svg
 from fedgov.console.pages import NavEntry, Page, PageContext, route
 from fedgov.errors import FedgovError
 from fedgov.manifest import parse_manifest
+from fedgov.protocols.he_stats import TOTAL, dp_error
 
 READERS = frozenset({"analyst", "auditor", "admin"})
 SUBMITTERS = frozenset({"analyst", "admin"})
@@ -63,7 +64,28 @@ def jobs(ctx: PageContext) -> Response:
     return ctx.render("jobs.html", jobs=rows, can_submit=ctx.identity.role in SUBMITTERS)
 
 
-def _timeline(st: Any) -> list[tuple[float | None, str]]:
+#: events the coordinator records (fedgov.client.EVENT_TEXT); each has a message ``ev.<event>`` here
+EVENTS = ("job-submitted", "job-running", "job-succeeded", "job-failed", "job-rejected", "job-cancelled",
+          "node-received", "node-approved", "node-rejected", "task-started", "task-succeeded", "task-failed")
+
+
+def event_line(ev: Any, t: Any) -> str:
+    """One timeline line for a :class:`fedgov.client.JobEvent` in the page's language (the SDK's English
+    :attr:`~fedgov.client.JobEvent.text` for an event this console does not know)."""
+    if ev.event not in EVENTS:
+        return str(ev.text)
+    return t(f"ev.{ev.event}", node=ev.node or "?") + (f": {ev.detail}" if ev.detail else "")
+
+
+def _timeline(st: Any, t: Any) -> list[tuple[float | None, str, str]]:
+    """The job's timeline: the coordinator's recorded events with their times (``Client.status``), or,
+    from a coordinator that records none, what the status says (times of submission and last change only)."""
+    if st.events:
+        return [(e.ts, e.event, event_line(e, t)) for e in st.events]
+    return [(ts, "", what) for ts, what in _status_timeline(st)]
+
+
+def _status_timeline(st: Any) -> list[tuple[float | None, str]]:
     items: list[tuple[float | None, str]] = [(st.created_at, f"submitted by {st.requester}")]
     for p in st.participants:
         if p.decision != "pending":
@@ -88,7 +110,7 @@ def job(ctx: PageContext) -> Response:
     refusals = [(p.node, p.reason) for p in st.participants if p.decision == "rejected"]
     return ctx.render(
         "job.html", job=st, manifest=manifest, manifest_text=st.manifest, graph=graph,
-        refusals=refusals, timeline=_timeline(st), live=st.state not in TERMINAL,
+        refusals=refusals, timeline=_timeline(st, ctx.t), live=st.state not in TERMINAL,
         can_read_result=st.state == "succeeded" and (st.requester == ctx.identity.name
                                                       or ctx.identity.role == "admin"),
     )
@@ -126,14 +148,38 @@ def result(ctx: PageContext) -> Response:
             view["contributions"] = contrib
             view["contrib_svg"] = svg.bars(contrib) if contrib else ""
         if isinstance(value, dict) and isinstance(value.get("cells"), dict):
-            view["cells"] = sorted(value["cells"].items())
+            stats = sorted({k for c in value["cells"].values() if isinstance(c, dict) for k in c})
+            errors = dp_error(value)  # the release's own noise parameters -> each figure's noise sd
+            rows = sorted(value["cells"].items())
+            if isinstance(value.get("total"), dict):
+                rows.append((TOTAL, value["total"]))
+            view["cells"] = [(ctx.t("res.total") if label == TOTAL else label,
+                              [(st, _figure(cell.get(st, "") if isinstance(cell, dict) else ""),
+                                _sd_text(errors.get(label, {}).get(st))) for st in stats])
+                             for label, cell in rows]
+            view["has_error"] = bool(errors)
             view["suppressed"] = sorted((value.get("suppressed") or {}).items())
-            view["stats"] = sorted({k for c in value["cells"].values() if isinstance(c, dict) for k in c})
+            view["stats"] = stats
         if isinstance(value, dict) and isinstance(value.get("counts"), dict):
             view["counts"] = sorted(value["counts"].items())
         views.append(view)
     return ctx.render("result.html", job=st, views=views, raw=json.dumps(res, indent=2, sort_keys=True,
                                                                          ensure_ascii=False))
+
+
+def _figure(v: Any) -> str:
+    if isinstance(v, list):
+        return ", ".join(str(x) for x in v)
+    return "" if v is None else str(v)
+
+
+def _sd_text(sd: Any) -> str:
+    """``± σ`` to three significant figures ("" when there is none); a histogram's σ is the same per bin."""
+    if isinstance(sd, list):
+        sd = sd[0] if sd else None
+    if not isinstance(sd, (int, float)):
+        return ""
+    return "± " + f"{float(sd):.3g}"
 
 
 def result_download(ctx: PageContext) -> Response:
@@ -207,6 +253,10 @@ PAGE = Page(
             "res.cells": "Statistics", "res.cell": "Cell", "res.suppressed": "suppressed",
             "res.suppressed_cells": "Suppressed cells", "res.dp": "Differential privacy: ε spent {eps}, noise {noise}; "
             "every released figure carries this noise (cells below {mc} are suppressed).",
+            "res.total": "Total (all cells)",
+            "res.dp_error": "± is the standard deviation of the differential-privacy noise in that figure "
+            "(from the ε and clip bound the department used; for a mean, to first order; a histogram's is per "
+            "bin). Laplace noise stays within twice its standard deviation about 94% of the time.",
             "res.counts": "Counts", "res.download": "Download the released result (JSON)",
             "res.raw": "Released result as received (opened with this kit's per-job key)",
             "res.none": "No department released a result to you.",
@@ -216,6 +266,13 @@ PAGE = Page(
             "submit.send": "Sign and submit", "submit.empty": "Give a manifest: paste it or choose a file.",
             "submit.too_big": "That file is larger than 256 KiB; a manifest is a short TOML file.",
             "submit.not_utf8": "That file is not UTF-8 text.",
+            "job.timeline_clock": "Times are the coordinator's, in UTC.",
+            "ev.job-submitted": "Job submitted", "ev.job-running": "All departments approved: job running",
+            "ev.job-succeeded": "Job succeeded", "ev.job-failed": "Job failed", "ev.job-rejected": "Job refused",
+            "ev.job-cancelled": "Job cancelled", "ev.node-received": "{node} received the job for its policy check",
+            "ev.node-approved": "{node} approved", "ev.node-rejected": "{node} refused",
+            "ev.task-started": "{node} started its part", "ev.task-succeeded": "{node} finished its part",
+            "ev.task-failed": "{node} failed",
         },
         "zh": {
             "nav.jobs": "任务", "nav.submit": "提交任务",
@@ -239,6 +296,9 @@ PAGE = Page(
             "res.cells": "统计结果", "res.cell": "单元格", "res.suppressed": "已抑制",
             "res.suppressed_cells": "被抑制的单元格", "res.dp": "差分隐私：已消耗 ε {eps}，噪声 {noise}；"
             "所有发布的数值都含此噪声（小于 {mc} 的单元格被抑制）。",
+            "res.total": "合计（全部单元格）",
+            "res.dp_error": "± 为该数值所含差分隐私噪声的标准差（由部门实际使用的 ε 和截断上界算出；均值为一阶近似；"
+            "直方图为每个分箱的值）。拉普拉斯噪声约 94% 的情况下不超过其标准差的两倍。",
             "res.counts": "计数", "res.download": "下载已发布的结果（JSON）",
             "res.raw": "收到的已发布结果（用本密钥包的单任务密钥解封）",
             "res.none": "没有部门向您发布结果。",
@@ -247,6 +307,13 @@ PAGE = Page(
             "submit.file": "或选择文件", "submit.send": "签名并提交", "submit.empty": "请提供任务清单：粘贴或选择文件。",
             "submit.too_big": "文件超过 256 KiB；任务清单应是简短的 TOML 文件。",
             "submit.not_utf8": "该文件不是 UTF-8 文本。",
+            "job.timeline_clock": "时间为协调方时钟（UTC）。",
+            "ev.job-submitted": "任务已提交", "ev.job-running": "各部门均已批准：任务运行中",
+            "ev.job-succeeded": "任务成功", "ev.job-failed": "任务失败", "ev.job-rejected": "任务被拒绝",
+            "ev.job-cancelled": "任务已取消", "ev.node-received": "{node} 已收到任务并进行策略检查",
+            "ev.node-approved": "{node} 已批准", "ev.node-rejected": "{node} 已拒绝",
+            "ev.task-started": "{node} 开始执行其部分", "ev.task-succeeded": "{node} 已完成其部分",
+            "ev.task-failed": "{node} 执行失败",
         },
     },
 )

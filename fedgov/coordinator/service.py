@@ -143,6 +143,7 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
                 "schema_digest": d.schema_digest,
                 "rows": d.rows,
                 "fact": bytes(d.fact),
+                "purposes": {p.purpose: sorted(set(p.kinds)) for p in d.purposes if p.purpose},
             }
             if d.quality_json:
                 try:
@@ -178,6 +179,10 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
                             schema_digest=d["schema_digest"],
                             rows=d["rows"],
                             quality_json=json.dumps(d["quality"], sort_keys=True) if d.get("quality") else "",
+                            purposes=[
+                                common_pb2.PurposeAllowed(purpose=p, kinds=k)
+                                for p, k in sorted((d.get("purposes") or {}).items())
+                            ],
                         )
                         for d in n["catalog"]
                     ],
@@ -328,6 +333,10 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         self._readable(job, ident, context)
         st = job_status(job)
         st.manifest_toml = job.manifest  # readers of the job may read what it asked
+        st.events.extend(  # the same readers: when each of those things happened
+            jobs_pb2.JobEvent(ts=e.ts, event=e.event, node=e.node, detail=e.detail)
+            for e in self.store.job_events(job.job_id)
+        )
         return st
 
     def List(self, request, context):  # noqa: N802

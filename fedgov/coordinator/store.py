@@ -104,8 +104,10 @@ CREATE TABLE IF NOT EXISTS events (
     ts REAL NOT NULL,
     job_id TEXT,
     event TEXT NOT NULL,
-    detail TEXT NOT NULL DEFAULT ''
+    detail TEXT NOT NULL DEFAULT '',
+    node TEXT NOT NULL DEFAULT ''
 );
+CREATE INDEX IF NOT EXISTS events_by_job ON events(job_id, id);
 """
 
 TERMINAL = ("succeeded", "failed", "rejected", "cancelled")
@@ -171,6 +173,16 @@ class ParticipantRow:
 
 
 @dataclass(frozen=True)
+class EventRow:
+    """One recorded event of a job: coordinator time, what, which department ("" for the job), detail."""
+
+    ts: float
+    event: str
+    node: str
+    detail: str
+
+
+@dataclass(frozen=True)
 class JobRow:
     job_id: str
     kind: str
@@ -207,6 +219,9 @@ class CoordinatorStore:
         node_cols = {r[1] for r in self._db.execute("PRAGMA table_info(nodes)")}
         if "session" not in node_cols:  # the registered process (h14a: restart attribution)
             self._db.execute("ALTER TABLE nodes ADD COLUMN session TEXT")
+        event_cols = {r[1] for r in self._db.execute("PRAGMA table_info(events)")}
+        if "node" not in event_cols:  # which department a node-/task- event is about (the job timeline)
+            self._db.execute("ALTER TABLE events ADD COLUMN node TEXT NOT NULL DEFAULT ''")
         self._lock = threading.RLock()
         #: notified on every change, for long polls
         self.changed = threading.Condition(self._lock)
@@ -673,7 +688,8 @@ class CoordinatorStore:
                 ("approved" if approve else "rejected", reason, json.dumps(approvers), job_id, node),
             )
             self._event(
-                db, job_id, "node-approved" if approve else "node-rejected", f"{node} {reason} {approvers}"
+                db, job_id, "node-approved" if approve else "node-rejected",
+                reason + (f" (approvers: {', '.join(approvers)})" if approvers else ""), node=node,
             )
             own = _own_fact(fact, node, ("job_approved",) if approve else ("policy_refusal",), job=job_id)
             if own is not None:
@@ -731,6 +747,7 @@ class CoordinatorStore:
             db.execute(
                 "UPDATE participants SET facts_json=? WHERE job_id=? AND node=?", (json.dumps(own), job_id, node)
             )
+            self._event(db, job_id, "task-succeeded" if ok else "task-failed", "" if ok else error, node=node)
             if not ok:
                 self._set_state(db, job_id, "failed", f"{node}: {error}")
                 return "failed"
@@ -772,6 +789,9 @@ class CoordinatorStore:
                     db.execute(
                         "UPDATE participants SET task_state=? WHERE job_id=? AND node=?", (new, job_id, node)
                     )
+                    if new in ("evaluating", "delivered"):
+                        self._event(db, job_id, "node-received" if new == "evaluating" else "task-started", "",
+                                    node=node)
         result = []
         for action, job_id in out:
             job = self.job(job_id)
@@ -841,11 +861,29 @@ class CoordinatorStore:
         return row[0] if row else None
 
     # -- events ----------------------------------------------------------
-    def _event(self, db: sqlite3.Connection, job_id: str | None, event: str, detail: str) -> None:
+    def _event(
+        self, db: sqlite3.Connection, job_id: str | None, event: str, detail: str, *, node: str = ""
+    ) -> None:
         db.execute(
-            "INSERT INTO events(ts, job_id, event, detail) VALUES (?,?,?,?)",
-            (time.time(), job_id, event, detail),
+            "INSERT INTO events(ts, job_id, event, detail, node) VALUES (?,?,?,?,?)",
+            (time.time(), job_id, event, detail, node),
         )
+
+    #: at most this many events of one job are returned (the oldest first; a job has about 4 per department)
+    MAX_JOB_EVENTS = 1000
+
+    def job_events(self, job_id: str) -> list[EventRow]:
+        """What was recorded about ``job_id`` (and only that job), oldest first, at most MAX_JOB_EVENTS.
+
+        Leaks to whoever is shown them: only times of what the job's status says anyway (its states,
+        each department's decision with reason and approvers, task start/end, a failure's error).
+        """
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT ts, event, node, detail FROM events WHERE job_id=? ORDER BY id LIMIT ?",
+                (job_id, self.MAX_JOB_EVENTS),
+            ).fetchall()
+        return [EventRow(float(ts), ev, node or "", detail or "") for ts, ev, node, detail in rows]
 
 
 # -- ledger entry builders ---------------------------------------------------------

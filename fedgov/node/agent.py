@@ -276,6 +276,8 @@ class NodeAgent:
                     self.config.name, self.keys.sign, ds.name, ds.schema.digest(), table.num_rows, quality
                 ),
             )
+            policy = self.config.policy.datasets.get(ds.name)
+            allowed = policy.allowed_purposes() if policy is not None else {}
             datasets.append(
                 common_pb2.DatasetInfo(
                     name=ds.name,
@@ -284,6 +286,9 @@ class NodeAgent:
                     rows=table.num_rows,
                     quality_json=qjson,
                     fact=fact,
+                    purposes=[  # the policy's purposes (policy text, never data): the console's catalogue
+                        common_pb2.PurposeAllowed(purpose=p, kinds=list(k)) for p, k in allowed.items()
+                    ],
                 )
             )
         self.registry.PublishCatalog(registry_pb2.PublishCatalogRequest(datasets=datasets), timeout=10)

@@ -136,6 +136,86 @@ def discrete_laplace(values: Sequence[int], scale: float) -> list[int]:
     return [int(x) for x in _laplace(float(scale))([int(v) for v in values])]
 
 
+def discrete_laplace_sd(scale: float) -> float:
+    """Standard deviation of OpenDP's discrete Laplace of ``scale`` (P(x) ∝ exp(-|x|/scale) on the integers):
+    with ``p = exp(-1/scale)`` the variance is ``2p / (1-p)^2`` (≈ ``2 scale^2`` for large scales)."""
+    if scale <= 0:
+        return 0.0
+    p = math.exp(-1.0 / scale)
+    return math.sqrt(2.0 * p) / (1.0 - p)
+
+
+def dp_noise_spec(query: StatsQuery, epsilon: float) -> dict[str, dict[str, float]]:
+    """The discrete Laplace each noised quantity gets under ``epsilon``: ``{quantity: {step, scale}}``.
+
+    ``count`` (also every histogram bin: ``hist``) is noised in units of 1 with scale ``1/ε_q``; ``sum`` /
+    ``sumsq`` on a grid of ``step = bound / SUM_GRID`` with scale ``sensitivity / ε_q`` grid units
+    (:func:`_grid`), ``ε_q`` being the query's share per quantity (:meth:`StatsQuery.dp_split`). The owner
+    and the regions draw their noise from exactly these numbers, and :func:`dp_error` reads them back, so a
+    shown error is the one the sampler had. Public: a function of the manifest and the owner's ε only.
+    """
+    names, eps_q = query.dp_split(epsilon)
+    out: dict[str, dict[str, float]] = {}
+    for name in names:
+        step, sens = _grid(query, "bin0" if name == "hist" else name)
+        out[name] = {"step": float(step), "scale": float(sens) / eps_q}
+    return out
+
+
+def dp_error(release: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per released cell (and ``TOTAL``), the standard deviation of the DP noise in each statistic.
+
+    The one place the error figure comes from (the console shows it, ``fedgov job result`` prints it as the
+    release's ``dp_sd``). Reads the release's ``dp_noise`` (what the releasing owner, or each region, drew:
+    :func:`dp_noise_spec` per noising party) — noise of several parties adds up in variance. ``count``,
+    ``sum`` and each ``histogram`` bin: exact standard deviations of the added noise; ``mean``: the
+    first-order (delta-method) standard deviation ``sqrt(sd_sum² + mean²·sd_count²) / count`` at the
+    released figures (None when the released count is 0); ``variance`` is not given. Clamping after the
+    noise (counts ≥ 0, a sum within count × clip) only shrinks the error. ``{}`` without DP.
+    Leaks nothing: a function of public parameters and released figures.
+    """
+    spec = release.get("dp_noise")
+    if not isinstance(spec, Mapping) or not spec.get("parties"):
+        return {}
+    parties = [p for p in spec["parties"] if isinstance(p, Mapping)]
+
+    def sd(quantity: str, copies: int = 1) -> float | None:
+        var = 0.0
+        for p in parties:
+            q = p.get(quantity)
+            if not isinstance(q, Mapping):
+                return None
+            var += copies * (float(q["step"]) * discrete_laplace_sd(float(q["scale"]))) ** 2
+        return math.sqrt(var)
+
+    total_cells = int(spec.get("total_count_cells") or 0)  # horizontal: a region's total = sum of its cells
+    cells = dict(release.get("cells") or {})
+    if isinstance(release.get("total"), Mapping):
+        cells[TOTAL] = release["total"]
+    out: dict[str, dict[str, Any]] = {}
+    for label, cell in cells.items():
+        if not isinstance(cell, Mapping):
+            continue
+        sd_n = sd("count", total_cells if label == TOTAL and total_cells else 1)
+        sd_sum = sd("sum")
+        e: dict[str, Any] = {}
+        if "count" in cell:
+            e["count"] = sd_n
+        if "sum" in cell:
+            e["sum"] = sd_sum
+        if "mean" in cell:
+            n, mean = cell.get("count"), cell.get("mean")
+            if sd_n is None or sd_sum is None or not n or mean is None:
+                e["mean"] = None
+            else:
+                e["mean"] = math.sqrt(sd_sum**2 + (float(mean) * sd_n) ** 2) / float(n)
+        if isinstance(cell.get("histogram"), list):
+            h = sd("hist")
+            e["histogram"] = [h] * len(cell["histogram"])
+        out[label] = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in e.items()}
+    return out
+
+
 # --------------------------------------------------------------------------
 # the owner's disclosure settings
 
@@ -651,14 +731,20 @@ class Release:
     noise: str | None = None
     #: statistical hiding of the cohort holder's masks over the whole job (bits)
     mask_security_bits: float | None = None
+    #: the DP noise drawn: ``{"parties": [dp_noise_spec(...) per noising party], "total_count_cells": G}``
+    dp_noise: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "job_id": self.job_id, "scope": self.scope, "cohort": self.cohort,
             "cells": self.cells, "total": self.total, "suppressed": self.suppressed,
             "epsilon_spent": self.epsilon_spent, "min_cohort": self.min_cohort, "noise": self.noise,
             "mask_security_bits": self.mask_security_bits,
         }
+        if self.dp_noise is not None:
+            out["dp_noise"] = self.dp_noise
+            out["dp_sd"] = dp_error(out)  # per cell and statistic: the noise's standard deviation
+        return out
 
 
 NOISE_LABEL = "discrete-laplace (opendp)"
@@ -704,13 +790,13 @@ def _grid(query: StatsQuery, moment: str) -> tuple[float, int]:
 def _noise_moments(query: StatsQuery, cells: Mapping[str, Mapping[str, float]], epsilon: float,
                    noisy_counts: Mapping[str, int]) -> dict[str, dict[str, float]]:
     """OpenDP discrete Laplace on every value moment of every cell (counts come noised already)."""
-    _, eps_q = query.dp_split(epsilon)
+    spec = dp_noise_spec(query, epsilon)
     out: dict[str, dict[str, float]] = {c: {"count": float(noisy_counts[c])} for c in cells}
     names = [m for m in query.moments if m != "count"]
     for name in names:
-        step, sens = _grid(query, name)
         # histogram bins share one budget slice: a row is in one bin (L1 sensitivity 1)
-        scale = sens / eps_q
+        q = spec["hist" if name.startswith("bin") else name]
+        step, scale = q["step"], q["scale"]
         order = list(cells)
         noised = discrete_laplace([round(cells[c][name] / step) for c in order], scale)
         for c, v in zip(order, noised, strict=True):
@@ -905,10 +991,10 @@ class DataOwner:
         self.counts = counts
         q = self.query
         if self.epsilon is not None:
-            _, eps_q = q.dp_split(self.epsilon)
             keys = [*counts, TOTAL]
             true = [*counts.values(), sum(counts.values())]
-            noisy = dict(zip(keys, discrete_laplace(true, 1.0 / eps_q), strict=True))
+            scale = dp_noise_spec(q, self.epsilon)["count"]["scale"]
+            noisy = dict(zip(keys, discrete_laplace(true, scale), strict=True))
             self._plan = plan_noisy(noisy, query=q, min_cell=self.min_cohort)
         else:
             self._plan = plan_cells(counts, query=q, min_cohort=self.min_cohort,
@@ -964,7 +1050,8 @@ class DataOwner:
         return Release(q.job_id, q.scope, q.cohort, cells, total, dict(plan.suppressed),
                        self.epsilon or 0.0, self.min_cohort,
                        NOISE_LABEL if self.epsilon is not None else None,
-                       round(mask_security_bits(q, self._slots, len(self.values)), 2))
+                       round(mask_security_bits(q, self._slots, len(self.values)), 2),
+                       {"parties": [dp_noise_spec(q, self.epsilon)]} if self.epsilon is not None else None)
 
 
 def _empty(query: StatsQuery, n: int) -> dict[str, float]:
@@ -1183,8 +1270,12 @@ class RegionKeyHolder:
             if records:
                 self.history.add("*", q.scope, records)
         eps = float(meta.get("epsilon", 0.0))
+        dp_noise = None
+        epsilons = [float(e) for e in meta.get("epsilons", []) if float(e) > 0]
+        if self._dp and epsilons:  # each region noised its own part with its own ε
+            dp_noise = {"parties": [dp_noise_spec(q, e) for e in epsilons], "total_count_cells": len(self.labels)}
         return Release(q.job_id, q.scope, q.cohort, cells, total, dict(plan.suppressed), eps,
-                       self.min_cohort, NOISE_LABEL if self._dp else None)
+                       self.min_cohort, NOISE_LABEL if self._dp else None, dp_noise=dp_noise)
 
 
 class Region:
@@ -1241,8 +1332,7 @@ class Region:
         mom = _moments_of(self.values, q)["count"]
         vec = [int(mom[self.codes == g].sum()) for g in range(len(self.labels))]
         if self.epsilon is not None:
-            _, eps_q = q.dp_split(self.epsilon)
-            vec = discrete_laplace(vec, 1.0 / eps_q)
+            vec = discrete_laplace(vec, dp_noise_spec(q, self.epsilon)["count"]["scale"])
         self._noisy_counts = dict(zip(self.labels, vec, strict=True))
         meta = {"phase": 1, "min_cohort": self.min_cohort, "regions": [self.name],
                 "dp": self.epsilon is not None}
@@ -1280,7 +1370,8 @@ def combine(job_id: str, hello: bytes, parts: Sequence[bytes]) -> bytes:
     Checks that every part is for this job and under the hello's key; outputs
     one ciphertext. The combiner learns nothing (it holds no secret key);
     ``min_cohort`` in the output is the largest any region asked for, ``epsilon``
-    the largest any region spent (each region accounts its own), ``dp_all``
+    the largest any region spent (each region accounts its own; ``epsilons`` each
+    region's, for the release's DP error), ``dp_all``
     whether every region noised its part.
     """
     tag = job_tag("he-stats-h", job_id)
@@ -1292,6 +1383,7 @@ def combine(job_id: str, hello: bytes, parts: Sequence[bytes]) -> bytes:
     regions: list[str] = []
     blobs: list[bytes] = []
     mc, eps, dp_all = 0, 0.0, True
+    epsilons: list[float] = []
     for i, p in enumerate(parts):
         msg = unpack(p, magic=_MAGIC, kind=_REGION, tag=tag, key_id=pk.key_id,
                      where=f"combiner: part {i}")
@@ -1305,10 +1397,12 @@ def combine(job_id: str, hello: bytes, parts: Sequence[bytes]) -> bytes:
         regions += list(msg.meta.get("regions", []))
         mc = max(mc, int(msg.meta.get("min_cohort", 0)))
         eps = max(eps, float(msg.meta.get("epsilon", 0.0)))
+        epsilons += [float(msg.meta.get("epsilon", 0.0))] * len(msg.meta.get("regions", []))
         dp_all = dp_all and bool(msg.meta.get("dp", phase != 1))
     if len(set(regions)) != len(regions):
         raise CryptoError("a region contributed twice", where="combiner")
-    meta = {"phase": phase, "min_cohort": mc, "epsilon": eps, "regions": regions, "dp_all": dp_all}
+    meta = {"phase": phase, "min_cohort": mc, "epsilon": eps, "epsilons": epsilons, "regions": regions,
+            "dp_all": dp_all}
     return pack(_MAGIC, _REGION, pk.key_id, tag, meta, [pk.add_raw(blobs, "combiner")])
 
 

@@ -240,15 +240,27 @@ def stats_lines(result: dict[str, Any], owner: str = "hrss") -> list[str]:
     rel = result.get(owner)
     if not rel:
         raise FedgovError(f"the job result has no release from '{owner}'")
+    from fedgov.protocols.he_stats import TOTAL, dp_error
+
+    errors = dp_error(rel)  # the DP noise's standard deviation per figure ({} without DP)
+
+    def pm(label: str, stat: str, fmt: str) -> str:
+        sd = errors.get(label, {}).get(stat)
+        return f" ± {sd:{fmt}}" if isinstance(sd, float) else ""
+
     out = []
     for label, cell in sorted(rel["cells"].items()):
         mean = cell.get("mean")
-        out.append(f"{label:<12} n={cell.get('count', '?'):>5}  mean={'—' if mean is None else f'{mean:,.2f}'}")
+        out.append(f"{label:<12} n={cell.get('count', '?'):>5}{pm(label, 'count', '.1f')}  "
+                   f"mean={'—' if mean is None else f'{mean:,.2f}'}{pm(label, 'mean', ',.2f')}")
     for label, why in sorted(rel["suppressed"].items()):
         out.append(f"{label:<12} suppressed ({why})")
     if rel.get("total"):
         t = rel["total"]
-        out.append(f"{'all':<12} n={t.get('count', '?'):>5}  mean={t.get('mean') or 0:,.2f}")
+        out.append(f"{'all':<12} n={t.get('count', '?'):>5}{pm(TOTAL, 'count', '.1f')}  "
+                   f"mean={t.get('mean') or 0:,.2f}{pm(TOTAL, 'mean', ',.2f')}")
+    if errors:
+        out.append("(± is the standard deviation of the differential-privacy noise in that figure)")
     return out
 
 

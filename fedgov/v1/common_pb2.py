@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66\x65\x64gov/v1/common.proto\x12\tfedgov.v1\"\x05\n\x03\x41\x63k\"y\n\x0b\x44\x61tasetInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bschema_json\x18\x02 \x01(\t\x12\x15\n\rschema_digest\x18\x03 \x01(\t\x12\x0c\n\x04rows\x18\x04 \x01(\x03\x12\x14\n\x0cquality_json\x18\x05 \x01(\t\x12\x0c\n\x04\x66\x61\x63t\x18\x06 \x01(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66\x65\x64gov/v1/common.proto\x12\tfedgov.v1\"\x05\n\x03\x41\x63k\"\xa6\x01\n\x0b\x44\x61tasetInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bschema_json\x18\x02 \x01(\t\x12\x15\n\rschema_digest\x18\x03 \x01(\t\x12\x0c\n\x04rows\x18\x04 \x01(\x03\x12\x14\n\x0cquality_json\x18\x05 \x01(\t\x12\x0c\n\x04\x66\x61\x63t\x18\x06 \x01(\x0c\x12+\n\x08purposes\x18\x07 \x03(\x0b\x32\x19.fedgov.v1.PurposeAllowed\"0\n\x0ePurposeAllowed\x12\x0f\n\x07purpose\x18\x01 \x01(\t\x12\r\n\x05kinds\x18\x02 \x03(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,6 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ACK']._serialized_start=37
   _globals['_ACK']._serialized_end=42
-  _globals['_DATASETINFO']._serialized_start=44
-  _globals['_DATASETINFO']._serialized_end=165
+  _globals['_DATASETINFO']._serialized_start=45
+  _globals['_DATASETINFO']._serialized_end=211
+  _globals['_PURPOSEALLOWED']._serialized_start=213
+  _globals['_PURPOSEALLOWED']._serialized_end=261
 # @@protoc_insertion_point(module_scope)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from fedgov.v1 import common_pb2 as fedgov_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x66\x65\x64gov/v1/jobs.proto\x12\tfedgov.v1\x1a\x16\x66\x65\x64gov/v1/common.proto\"<\n\x10SubmitJobRequest\x12\x15\n\rmanifest_toml\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\x18\n\x06JobRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"j\n\x11ParticipantStatus\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x10\n\x08\x64\x65\x63ision\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\ntask_state\x18\x04 \x01(\t\x12\x11\n\tapprovers\x18\x05 \x03(\t\"\xdf\x01\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x11\n\trequester\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x32\n\x0cparticipants\x18\x07 \x03(\x0b\x32\x1c.fedgov.v1.ParticipantStatus\x12\x12\n\ncreated_at\x18\x08 \x01(\x01\x12\x12\n\nupdated_at\x18\t \x01(\x01\x12\x15\n\rmanifest_toml\x18\n \x01(\t\" \n\x0fListJobsRequest\x12\r\n\x05state\x18\x01 \x01(\t\"3\n\rListJobsReply\x12\"\n\x04jobs\x18\x01 \x03(\x0b\x32\x14.fedgov.v1.JobStatus\"o\n\tJobResult\x12$\n\x06status\x18\x01 \x01(\x0b\x32\x14.fedgov.v1.JobStatus\x12\x13\n\x0bresult_json\x18\x02 \x01(\t\x12\'\n\x06sealed\x18\x03 \x03(\x0b\x32\x17.fedgov.v1.SealedResult\">\n\x0cSealedResult\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x10\n\x08\x65nvelope\x18\x02 \x01(\x0c\x12\x0e\n\x06key_id\x18\x03 \x01(\t\"(\n\x10PollTasksRequest\x12\x14\n\x0cwait_seconds\x18\x01 \x01(\x01\"\x85\x01\n\x04Task\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x15\n\rmanifest_toml\x18\x03 \x01(\t\x12\x1a\n\x12manifest_signature\x18\x04 \x01(\x0c\x12\x1a\n\x12requester_cert_pem\x18\x05 \x01(\x0c\x12\x0e\n\x06reason\x18\x06 \x01(\t\"0\n\x0ePollTasksReply\x12\x1e\n\x05tasks\x18\x01 \x03(\x0b\x32\x0f.fedgov.v1.Task\"`\n\x0cTaskDecision\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61pprove\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x11\n\tapprovers\x18\x04 \x03(\t\x12\x0c\n\x04\x66\x61\x63t\x18\x05 \x01(\x0c\"\x87\x01\n\nTaskReport\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x13\n\x0bresult_json\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x13\n\x0bpublic_json\x18\x05 \x01(\t\x12\x15\n\rsealed_result\x18\x06 \x01(\x0c\x12\r\n\x05\x66\x61\x63ts\x18\x07 \x03(\x0c\x32\xc0\x03\n\x04Jobs\x12;\n\x06Submit\x12\x1b.fedgov.v1.SubmitJobRequest\x1a\x14.fedgov.v1.JobStatus\x12.\n\x03Get\x12\x11.fedgov.v1.JobRef\x1a\x14.fedgov.v1.JobStatus\x12<\n\x04List\x12\x1a.fedgov.v1.ListJobsRequest\x1a\x18.fedgov.v1.ListJobsReply\x12\x31\n\x06\x43\x61ncel\x12\x11.fedgov.v1.JobRef\x1a\x14.fedgov.v1.JobStatus\x12\x31\n\x06Result\x12\x11.fedgov.v1.JobRef\x1a\x14.fedgov.v1.JobResult\x12\x43\n\tPollTasks\x12\x1b.fedgov.v1.PollTasksRequest\x1a\x19.fedgov.v1.PollTasksReply\x12\x31\n\x06\x44\x65\x63ide\x12\x17.fedgov.v1.TaskDecision\x1a\x0e.fedgov.v1.Ack\x12/\n\x06Report\x12\x15.fedgov.v1.TaskReport\x1a\x0e.fedgov.v1.Ackb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x66\x65\x64gov/v1/jobs.proto\x12\tfedgov.v1\x1a\x16\x66\x65\x64gov/v1/common.proto\"<\n\x10SubmitJobRequest\x12\x15\n\rmanifest_toml\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\x18\n\x06JobRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"j\n\x11ParticipantStatus\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x10\n\x08\x64\x65\x63ision\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\ntask_state\x18\x04 \x01(\t\x12\x11\n\tapprovers\x18\x05 \x03(\t\"\x84\x02\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x11\n\trequester\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x32\n\x0cparticipants\x18\x07 \x03(\x0b\x32\x1c.fedgov.v1.ParticipantStatus\x12\x12\n\ncreated_at\x18\x08 \x01(\x01\x12\x12\n\nupdated_at\x18\t \x01(\x01\x12\x15\n\rmanifest_toml\x18\n \x01(\t\x12#\n\x06\x65vents\x18\x0b \x03(\x0b\x32\x13.fedgov.v1.JobEvent\"C\n\x08JobEvent\x12\n\n\x02ts\x18\x01 \x01(\x01\x12\r\n\x05\x65vent\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\" \n\x0fListJobsRequest\x12\r\n\x05state\x18\x01 \x01(\t\"3\n\rListJobsReply\x12\"\n\x04jobs\x18\x01 \x03(\x0b\x32\x14.fedgov.v1.JobStatus\"o\n\tJobResult\x12$\n\x06status\x18\x01 \x01(\x0b\x32\x14.fedgov.v1.JobStatus\x12\x13\n\x0bresult_json\x18\x02 \x01(\t\x12\'\n\x06sealed\x18\x03 \x03(\x0b\x32\x17.fedgov.v1.SealedResult\">\n\x0cSealedResult\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x10\n\x08\x65nvelope\x18\x02 \x01(\x0c\x12\x0e\n\x06key_id\x18\x03 \x01(\t\"(\n\x10PollTasksRequest\x12\x14\n\x0cwait_seconds\x18\x01 \x01(\x01\"\x85\x01\n\x04Task\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x15\n\rmanifest_toml\x18\x03 \x01(\t\x12\x1a\n\x12manifest_signature\x18\x04 \x01(\x0c\x12\x1a\n\x12requester_cert_pem\x18\x05 \x01(\x0c\x12\x0e\n\x06reason\x18\x06 \x01(\t\"0\n\x0ePollTasksReply\x12\x1e\n\x05tasks\x18\x01 \x03(\x0b\x32\x0f.fedgov.v1.Task\"`\n\x0cTaskDecision\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61pprove\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x11\n\tapprovers\x18\x04 \x03(\t\x12\x0c\n\x04\x66\x61\x63t\x18\x05 \x01(\x0c\"\x87\x01\n\nTaskReport\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x13\n\x0bresult_json\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x13\n\x0bpublic_json\x18\x05 \x01(\t\x12\x15\n\rsealed_result\x18\x06 \x01(\x0c\x12\r\n\x05\x66\x61\x63ts\x18\x07 \x03(\x0c\x32\xc0\x03\n\x04Jobs\x12;\n\x06Submit\x12\x1b.fedgov.v1.SubmitJobRequest\x1a\x14.fedgov.v1.JobStatus\x12.\n\x03Get\x12\x11.fedgov.v1.JobRef\x1a\x14.fedgov.v1.JobStatus\x12<\n\x04List\x12\x1a.fedgov.v1.ListJobsRequest\x1a\x18.fedgov.v1.ListJobsReply\x12\x31\n\x06\x43\x61ncel\x12\x11.fedgov.v1.JobRef\x1a\x14.fedgov.v1.JobStatus\x12\x31\n\x06Result\x12\x11.fedgov.v1.JobRef\x1a\x14.fedgov.v1.JobResult\x12\x43\n\tPollTasks\x12\x1b.fedgov.v1.PollTasksRequest\x1a\x19.fedgov.v1.PollTasksReply\x12\x31\n\x06\x44\x65\x63ide\x12\x17.fedgov.v1.TaskDecision\x1a\x0e.fedgov.v1.Ack\x12/\n\x06Report\x12\x15.fedgov.v1.TaskReport\x1a\x0e.fedgov.v1.Ackb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,25 +39,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PARTICIPANTSTATUS']._serialized_start=147
   _globals['_PARTICIPANTSTATUS']._serialized_end=253
   _globals['_JOBSTATUS']._serialized_start=256
-  _globals['_JOBSTATUS']._serialized_end=479
-  _globals['_LISTJOBSREQUEST']._serialized_start=481
-  _globals['_LISTJOBSREQUEST']._serialized_end=513
-  _globals['_LISTJOBSREPLY']._serialized_start=515
-  _globals['_LISTJOBSREPLY']._serialized_end=566
-  _globals['_JOBRESULT']._serialized_start=568
-  _globals['_JOBRESULT']._serialized_end=679
-  _globals['_SEALEDRESULT']._serialized_start=681
-  _globals['_SEALEDRESULT']._serialized_end=743
-  _globals['_POLLTASKSREQUEST']._serialized_start=745
-  _globals['_POLLTASKSREQUEST']._serialized_end=785
-  _globals['_TASK']._serialized_start=788
-  _globals['_TASK']._serialized_end=921
-  _globals['_POLLTASKSREPLY']._serialized_start=923
-  _globals['_POLLTASKSREPLY']._serialized_end=971
-  _globals['_TASKDECISION']._serialized_start=973
-  _globals['_TASKDECISION']._serialized_end=1069
-  _globals['_TASKREPORT']._serialized_start=1072
-  _globals['_TASKREPORT']._serialized_end=1207
-  _globals['_JOBS']._serialized_start=1210
-  _globals['_JOBS']._serialized_end=1658
+  _globals['_JOBSTATUS']._serialized_end=516
+  _globals['_JOBEVENT']._serialized_start=518
+  _globals['_JOBEVENT']._serialized_end=585
+  _globals['_LISTJOBSREQUEST']._serialized_start=587
+  _globals['_LISTJOBSREQUEST']._serialized_end=619
+  _globals['_LISTJOBSREPLY']._serialized_start=621
+  _globals['_LISTJOBSREPLY']._serialized_end=672
+  _globals['_JOBRESULT']._serialized_start=674
+  _globals['_JOBRESULT']._serialized_end=785
+  _globals['_SEALEDRESULT']._serialized_start=787
+  _globals['_SEALEDRESULT']._serialized_end=849
+  _globals['_POLLTASKSREQUEST']._serialized_start=851
+  _globals['_POLLTASKSREQUEST']._serialized_end=891
+  _globals['_TASK']._serialized_start=894
+  _globals['_TASK']._serialized_end=1027
+  _globals['_POLLTASKSREPLY']._serialized_start=1029
+  _globals['_POLLTASKSREPLY']._serialized_end=1077
+  _globals['_TASKDECISION']._serialized_start=1079
+  _globals['_TASKDECISION']._serialized_end=1175
+  _globals['_TASKREPORT']._serialized_start=1178
+  _globals['_TASKREPORT']._serialized_end=1313
+  _globals['_JOBS']._serialized_start=1316
+  _globals['_JOBS']._serialized_end=1764
 # @@protoc_insertion_point(module_scope)

@@ -36,7 +36,7 @@ class ParticipantStatus(_message.Message):
     def __init__(self, node: _Optional[str] = ..., decision: _Optional[str] = ..., reason: _Optional[str] = ..., task_state: _Optional[str] = ..., approvers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "kind", "purpose", "requester", "state", "reason", "participants", "created_at", "updated_at", "manifest_toml")
+    __slots__ = ("job_id", "kind", "purpose", "requester", "state", "reason", "participants", "created_at", "updated_at", "manifest_toml", "events")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +47,7 @@ class JobStatus(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_TOML_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     kind: str
     purpose: str
@@ -57,7 +58,20 @@ class JobStatus(_message.Message):
     created_at: float
     updated_at: float
     manifest_toml: str
-    def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[str] = ..., purpose: _Optional[str] = ..., requester: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., participants: _Optional[_Iterable[_Union[ParticipantStatus, _Mapping]]] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., manifest_toml: _Optional[str] = ...) -> None: ...
+    events: _containers.RepeatedCompositeFieldContainer[JobEvent]
+    def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[str] = ..., purpose: _Optional[str] = ..., requester: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., participants: _Optional[_Iterable[_Union[ParticipantStatus, _Mapping]]] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., manifest_toml: _Optional[str] = ..., events: _Optional[_Iterable[_Union[JobEvent, _Mapping]]] = ...) -> None: ...
+
+class JobEvent(_message.Message):
+    __slots__ = ("ts", "event", "node", "detail")
+    TS_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    ts: float
+    event: str
+    node: str
+    detail: str
+    def __init__(self, ts: _Optional[float] = ..., event: _Optional[str] = ..., node: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
     __slots__ = ("state",)

@@ -52,6 +52,19 @@ def _console_csp() -> None:
 
 
 @row(
+    "console-errors",
+    "`fedgov.console.app:guarded` (an unhandled exception becomes the console's own 500 page inside the gate; "
+    "switched off: Starlette's bare 500 without the headers)",
+    _UNIT + "test_an_unhandled_error_is_a_500_page_with_the_security_headers_and_no_traceback",
+)
+def _console_errors() -> None:
+    async def bare(state: Any, app: Any, scope: Any, receive: Any, send: Any) -> None:
+        await app(scope, receive, send)
+
+    _patch("fedgov.console.app:guarded", bare)
+
+
+@row(
     "console-roles",
     "`fedgov.console.pages:role_allowed` (a route and its nav entry exist only for the roles it lists)",
     _UNIT + "test_roles_decide_nav_and_access",
