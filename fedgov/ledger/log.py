@@ -623,6 +623,14 @@ class TransparencyLog:
                 yield idx, bytes(data)
             pos = rows[-1][0] + 1
 
+    def points_entries(self) -> list[Entry]:
+        """The entries :func:`~fedgov.ledger.points.compute_points` reads, parsed, in log order (via the index).
+
+        Points computed from these equal points computed from every entry (the
+        other types are ignored by it), at the cost of the points entries only.
+        """
+        return [parse_entry(b) for _, b in self.query_all(types=sorted(_POINTS_TYPES))]
+
     def parsed_entries(self, start: int = 0, end: int | None = None) -> list[Entry]:
         """Entries ``[start, end)`` parsed (for points and display)."""
         return [parse_entry(b) for _, b in self.iter_entries(start, end)]
