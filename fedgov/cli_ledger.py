@@ -46,6 +46,7 @@ from fedgov.ledger.log import (
     TransparencyLog,
     VerifyReport,
     cosignature_message,
+    entry_meta,
     load_export,
     public_key_bytes,
     verify_export,
@@ -97,6 +98,29 @@ class _ReadOnlyLog(TransparencyLog):
         self._size = 0
         self._frontier = {}
         self._load_state()
+        self._temp_index()
+
+    def _temp_index(self) -> None:
+        """A TEMP ``entry_meta`` (in memory) when the file has none or an incomplete one (older logs)."""
+        try:
+            n = self._db.execute("SELECT COUNT(*) FROM entry_meta").fetchone()[0]
+        except sqlite3.OperationalError:
+            n = -1
+        if n == self._size:
+            return
+        self._db.execute(
+            "CREATE TEMP TABLE entry_meta (idx INTEGER PRIMARY KEY, type TEXT NOT NULL, node TEXT, job TEXT, "
+            "ts INTEGER NOT NULL)"
+        )
+        rows = []
+        for idx, data in self.iter_entries():
+            try:
+                rows.append((idx, *entry_meta(parse_entry(data))))
+            except EntryError:
+                rows.append((idx, "?", None, None, 0))
+        self._db.executemany("INSERT INTO temp.entry_meta VALUES (?, ?, ?, ?, ?)", rows)
+        self._db.execute("CREATE INDEX temp.entry_meta_job ON entry_meta (job, idx)")
+        self._db.execute("CREATE INDEX temp.entry_meta_type ON entry_meta (type, idx)")
 
 
 def open_readonly(path: Path) -> TransparencyLog:
@@ -551,7 +575,79 @@ def _print_json(obj: Any) -> None:
     print(json.dumps(obj, sort_keys=True, default=str, ensure_ascii=False))
 
 
+def _cmd_verify_bundle(ns: argparse.Namespace) -> None:
+    """``ledger verify --bundle FILE``: offline, against the pinned log key or the CA-checked endorsement."""
+    from fedgov.auditor import resolve_log_key
+    from fedgov.ledger import bundle as B
+
+    try:
+        doc = B.loads(Path(ns.bundle).read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"cannot read the bundle: {exc.strerror}", where=str(ns.bundle)) from None
+    ca = _load_ca(ns)
+    if ca is None:
+        raise ConfigError("a bundle is checked against the federation CA: give --ca CA_CERT (or --kit)")
+    witnesses = sorted(set(ns.witnesses.split(","))) if ns.witnesses else None
+    rep = B.check_bundle(doc, ca_cert=ca, log_key=_load_key(ns.trusted_key),
+                         resolve_log_key=lambda s: resolve_log_key(s, ca), witnesses=witnesses, quorum=ns.quorum)
+    out = rep.to_dict()
+    if ns.json:
+        _print_json(out)
+    elif rep.ok:
+        a = rep.anchor
+        assert a is not None
+        print(f"evidence bundle of job {rep.job} verified: {out['entries_checked']} entries under head {a.size} "
+              f"(root {a.root.hex()[:16]}…), cosigned by {len(rep.cosigners)} of {rep.n} "
+              f"({', '.join(rep.cosigners)}); {len(rep.checks)} checks")
+    else:
+        print(f"evidence bundle of job {rep.job} FAILED:")
+        for p in out["problems"]:
+            print(f"  - {p}")
+    if not rep.ok:
+        raise rep.problems[0]
+
+
+def _cmd_bundle(ns: argparse.Namespace) -> None:
+    """``ledger bundle JOB --out FILE`` from a ledger.db (offline) or the coordinator (mTLS)."""
+    from fedgov.ledger import bundle as B
+
+    witnesses = sorted(set(ns.witnesses.split(","))) if ns.witnesses else None
+    if getattr(ns, "db", None):
+        log = open_readonly(ns.db)
+        try:
+            doc = B.build_bundle(log, ns.job, [(c.witness, c.sth, c.signature) for c in log.cosignatures()],
+                                 witnesses=witnesses, quorum=ns.quorum)
+        finally:
+            log.close()
+    else:
+        from fedgov.auditor import LedgerClient
+
+        kit = ns.kit or os.environ.get("FEDGOV_KIT")
+        coord = ns.coordinator or os.environ.get("FEDGOV_COORDINATOR")
+        if not kit or not coord:
+            raise FedgovError("give --db PATH (offline), or --kit and --coordinator (or FEDGOV_KIT and "
+                              "FEDGOV_COORDINATOR)")
+        with LedgerClient(kit, coord) as client:
+            doc = client.bundle(ns.job, witnesses=witnesses, quorum=ns.quorum)
+    text = B.dumps(doc)
+    if ns.out is None or str(ns.out) == "-":
+        sys.stdout.write(text)
+        return
+    tmp = Path(str(ns.out) + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(ns.out)
+    summary = {"out": str(ns.out), "job": ns.job, "entries": len(doc["entries"]), "anchor": doc["anchor"]["size"]}
+    if ns.json:
+        _print_json(summary)
+    else:
+        print(f"evidence bundle of job {ns.job}: {summary['entries']} entries under head {summary['anchor']} "
+              f"written to {ns.out}; check it with `fedgov ledger verify --bundle {ns.out}`")
+
+
 def _cmd_verify(ns: argparse.Namespace) -> None:
+    if getattr(ns, "bundle", None):
+        _cmd_verify_bundle(ns)
+        return
     src = _source(ns)
     try:
         out = _verify_source(src, ns)
@@ -771,6 +867,7 @@ def cmd_ledger(ns: argparse.Namespace) -> None:
         "show": _cmd_show,
         "export": _cmd_export,
         "points": _cmd_points,
+        "bundle": _cmd_bundle,
     }[ns.action](ns)
 
 
@@ -842,6 +939,21 @@ def add_ledger_parser(sub: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="fail unless every entry lies under a head cosigned by the quorum",
     )
+    q.add_argument(
+        "--bundle", type=Path,
+        help="check one job's evidence bundle (from `fedgov ledger bundle`) offline, against --trusted-key or "
+        "the log key's endorsement checked against the CA (--ca or the kit's)",
+    )
+    q = lsub.add_parser(
+        "bundle",
+        help="one job's evidence bundle: its entries, inclusion and consistency proofs, cosigned heads",
+        description="Checked offline by `fedgov ledger verify --bundle FILE`.",
+    )
+    q.add_argument("job", help="job id")
+    _source_opts(q)
+    q.add_argument("--out", type=Path, help="output file (default: stdout)")
+    q.add_argument("--witnesses", help="departments whose cosignatures count (default: all with a node_key)")
+    q.add_argument("--quorum", type=int, help="cosignatures the anchor head needs (default: a majority)")
     q = lsub.add_parser("head", help="the latest signed tree head")
     _source_opts(q)
     q = lsub.add_parser("proof", help="inclusion proof of one entry against the latest signed head")

@@ -48,6 +48,8 @@ PAGE_MODULES: tuple[str, ...] = (
     "fedgov.console.pages_federation",
     "fedgov.console.pages_jobs",
     "fedgov.console.pages_approvals",
+    "fedgov.console.pages_ledger",
+    "fedgov.console.pages_points",
 )
 
 SESSION_COOKIE = "fedgov_console"

@@ -622,6 +622,31 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
         for idx, data in self.ledger.iter_entries(request.start, end):
             yield ledger_pb2.LedgerEntry(index=idx, data=data)
 
+    def QueryEntries(self, request, context):  # noqa: N802
+        caller_identity(context)
+        self._flush(context)
+        page, nxt = self.ledger.query(
+            types=list(request.types),
+            node=request.node or None,
+            job=request.job or None,
+            since_ms=request.since_ms or None,
+            until_ms=request.until_ms or None,
+            before=request.before if request.has_before else None,
+            limit=request.limit or 50,
+            ascending=request.ascending,
+        )
+        return ledger_pb2.QueryEntriesReply(
+            entries=[ledger_pb2.LedgerEntry(index=i, data=d) for i, d in page],
+            next=nxt or 0,
+            has_next=nxt is not None,
+            size=self.ledger.size,
+        )
+
+    def ListHeads(self, request, context):  # noqa: N802
+        caller_identity(context)
+        heads = self.ledger.heads_page(before_ts=request.before_ts or None, limit=request.limit or 50)
+        return ledger_pb2.ListHeadsReply(heads=[head_to_pb(h) for h in heads])
+
     def AddCosignature(self, request, context):  # noqa: N802
         ident = _require(context, "node")
         bundle = self.store.node_bundle(ident.name)

@@ -447,7 +447,7 @@ class CoordinatorStore:
                     return done
                 if rows[0][1] == "award":
                     i, _, period = rows[0]
-                    entry = award_entry(self.ledger.parsed_entries(), period.decode(), self.rules)
+                    entry = award_entry(self.ledger.points_entries(), period.decode(), self.rules)
                     self.ledger.append(entry)
                     self._outbox_delete([i])
                     done += 1

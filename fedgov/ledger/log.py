@@ -10,7 +10,13 @@ so a ``SIGKILL`` right after it loses nothing):
                                as the leaf that completes it;
 ``heads(size, ts, root, signature)``   every signed tree head issued;
 ``cosignatures(...)``          witnesses' counter-signatures of those heads;
-``meta``                        format version and the log's Ed25519 public key.
+``meta``                        format version and the log's Ed25519 public key;
+``entry_meta(idx, type, node, job, ts)``   a derived, indexed copy of each entry's type,
+                               department, job and timestamp, written in the entry's own
+                               transaction (rebuilt on open if missing) so :meth:`TransparencyLog.query`
+                               serves filtered, keyset-paginated pages without parsing the
+                               log. It is an index, not evidence: every row a query returns
+                               carries the entry's stored bytes, which the caller proves.
 
 SQL triggers refuse ``UPDATE`` and ``DELETE`` on these tables, so the
 application cannot rewrite history by accident; someone with write access to
@@ -63,6 +69,7 @@ __all__ = [
     "TransparencyLog",
     "VerifyReport",
     "cosignature_message",
+    "entry_meta",
     "load_export",
     "public_key_bytes",
     "verify_export",
@@ -222,6 +229,14 @@ CREATE TABLE IF NOT EXISTS heads (
     size INTEGER NOT NULL, ts INTEGER NOT NULL, root BLOB NOT NULL, signature BLOB NOT NULL,
     PRIMARY KEY (size, ts)
 );
+CREATE TABLE IF NOT EXISTS entry_meta (
+    idx INTEGER PRIMARY KEY, type TEXT NOT NULL, node TEXT, job TEXT, ts INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS entry_meta_type ON entry_meta (type, idx);
+CREATE INDEX IF NOT EXISTS entry_meta_node ON entry_meta (node, type, idx);
+CREATE INDEX IF NOT EXISTS entry_meta_job ON entry_meta (job, idx);
+CREATE INDEX IF NOT EXISTS entry_meta_ts ON entry_meta (ts);
+CREATE INDEX IF NOT EXISTS heads_ts ON heads (ts, size);
 CREATE TABLE IF NOT EXISTS cosignatures (
     witness TEXT NOT NULL, size INTEGER NOT NULL, ts INTEGER NOT NULL, root BLOB NOT NULL,
     head_signature BLOB NOT NULL, signature BLOB NOT NULL, received INTEGER NOT NULL,
@@ -277,6 +292,7 @@ class TransparencyLog:
         self._size = 0
         self._frontier: dict[int, bytes] = {}
         self._load_state()
+        self._index_missing()
 
     # ------------------------------------------------------------------ plumbing
 
@@ -322,6 +338,25 @@ class TransparencyLog:
                     self._frontier[level] = self._subtree(level, (size >> level) - 1)
         except merkle.ProofError as exc:
             self._damaged = str(exc)
+
+    def _index_missing(self) -> None:
+        """Fill ``entry_meta`` for entries written before it existed (once, in batches)."""
+        row = self._db.execute("SELECT COALESCE(MAX(idx), -1) FROM entry_meta").fetchone()
+        start = row[0] + 1
+        while start < self._size:
+            batch = []
+            for idx, data in self._db.execute(
+                "SELECT idx, data FROM entries WHERE idx >= ? ORDER BY idx LIMIT 20000", (start,)
+            ).fetchall():
+                try:
+                    batch.append((idx, *entry_meta(parse_entry(bytes(data)))))
+                except EntryError:
+                    batch.append((idx, "?", None, None, 0))  # named by verify_all
+                start = idx + 1
+            if not batch:
+                break
+            with self._tx() as db:
+                db.executemany("INSERT OR REPLACE INTO entry_meta VALUES (?, ?, ?, ?, ?)", batch)
 
     def _check_usable(self) -> None:
         if self._damaged:
@@ -416,9 +451,11 @@ class TransparencyLog:
         size = self._size
         rows: list[tuple[int, bytes, bytes]] = []
         nodes: list[tuple[int, int, bytes]] = []
+        metas: list[tuple[int, str, str | None, str | None, int]] = []
         for blob in blobs:
             h = merkle.leaf_hash(blob)
             rows.append((size, blob, h))
+            metas.append((size, *entry_meta(parse_entry(blob))))
             level, i, cur = 0, size, h
             while i & 1:
                 cur = merkle.node_hash(frontier.pop(level), cur)
@@ -429,6 +466,7 @@ class TransparencyLog:
         with self._tx() as db:
             db.executemany("INSERT INTO entries (idx, data, leaf) VALUES (?, ?, ?)", rows)
             db.executemany("INSERT INTO tree (level, idx, hash) VALUES (?, ?, ?)", nodes)
+            db.executemany("INSERT OR REPLACE INTO entry_meta VALUES (?, ?, ?, ?, ?)", metas)
         self._frontier, self._size = frontier, size
 
     def tree_head(self, *, fresh: bool = False) -> SignedTreeHead:
@@ -585,9 +623,100 @@ class TransparencyLog:
                 yield idx, bytes(data)
             pos = rows[-1][0] + 1
 
+    def points_entries(self) -> list[Entry]:
+        """The entries :func:`~fedgov.ledger.points.compute_points` reads, parsed, in log order (via the index).
+
+        Points computed from these equal points computed from every entry (the
+        other types are ignored by it), at the cost of the points entries only.
+        """
+        return [parse_entry(b) for _, b in self.query_all(types=sorted(_POINTS_TYPES))]
+
     def parsed_entries(self, start: int = 0, end: int | None = None) -> list[Entry]:
         """Entries ``[start, end)`` parsed (for points and display)."""
         return [parse_entry(b) for _, b in self.iter_entries(start, end)]
+
+    def query(
+        self,
+        *,
+        types: Sequence[str] = (),
+        node: str | None = None,
+        job: str | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        before: int | None = None,
+        limit: int = 50,
+        ascending: bool = False,
+    ) -> tuple[list[tuple[int, bytes]], int | None]:
+        """A page of ``(index, stored bytes)`` matching every filter given, newest first.
+
+        ``types`` (any of), ``node`` (the department an entry is about: a fact's
+        department, ``node_*``'s node, a cosignature's witness), ``job``, and
+        ``since_ms <= ts < until_ms``. Keyset pagination: ``before`` is the
+        exclusive index cursor (``None``: from the end; with ``ascending``, the
+        exclusive lower cursor, from the start); the second value is the cursor
+        of the next page (``None``: no more). Uses the ``entry_meta`` indexes: a
+        page costs ``O(log n + limit)`` row reads for a selective filter. The
+        bytes returned are the stored ones; the index that selected them is
+        not evidence (prove each entry with :meth:`inclusion_proof`).
+        """
+        limit = max(1, min(int(limit), 10_000))
+        where, args = self._query_where(types, node, job, since_ms, until_ms)
+        if before is not None:
+            where.append("m.idx > ?" if ascending else "m.idx < ?")
+            args.append(int(before))
+        sql = (
+            "SELECT m.idx, e.data FROM entry_meta m JOIN entries e ON e.idx = m.idx"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + f" ORDER BY m.idx {'ASC' if ascending else 'DESC'} LIMIT ?"
+        )
+        with self._lock:
+            rows = self._db.execute(sql, (*args, limit + 1)).fetchall()
+        page = [(int(i), bytes(d)) for i, d in rows[:limit]]
+        return page, (page[-1][0] if len(rows) > limit else None)
+
+    def query_all(self, **filters: Any) -> list[tuple[int, bytes]]:
+        """Every ``(index, bytes)`` matching :meth:`query`'s filters, in log order."""
+        out: list[tuple[int, bytes]] = []
+        cursor: int | None = None
+        while True:
+            page, cursor = self.query(**filters, before=cursor, limit=10_000, ascending=True)
+            out.extend(page)
+            if cursor is None:
+                return out
+
+    @staticmethod
+    def _query_where(
+        types: Sequence[str], node: str | None, job: str | None, since_ms: int | None, until_ms: int | None
+    ) -> tuple[list[str], list[Any]]:
+        where: list[str] = []
+        args: list[Any] = []
+        if types:
+            where.append("m.type IN (" + ",".join("?" * len(types)) + ")")
+            args.extend(types)
+        if node:
+            where.append("m.node = ?")
+            args.append(node)
+        if job:
+            where.append("m.job = ?")
+            args.append(job)
+        if since_ms is not None:
+            where.append("m.ts >= ?")
+            args.append(int(since_ms))
+        if until_ms is not None:
+            where.append("m.ts < ?")
+            args.append(int(until_ms))
+        return where, args
+
+    def heads_page(self, *, before_ts: int | None = None, limit: int = 50) -> list[SignedTreeHead]:
+        """Signed heads newest first, ``limit`` at most, older than ``before_ts`` when given (keyset)."""
+        limit = max(1, min(int(limit), 1000))
+        q = "SELECT size, root, ts, signature FROM heads"
+        args: tuple[Any, ...] = ()
+        if before_ts is not None:
+            q, args = q + " WHERE ts < ?", (int(before_ts),)
+        with self._lock:
+            rows = self._db.execute(q + " ORDER BY ts DESC, size DESC LIMIT ?", (*args, limit)).fetchall()
+        return [SignedTreeHead(r[0], bytes(r[1]), r[2], bytes(r[3])) for r in rows]
 
     # -------------------------------------------------------------------- export
 
@@ -770,6 +899,18 @@ class TransparencyLog:
                     report.problems.append(f"{label}: witness signature does not verify")
             if c.sth.size <= report.size and self._root_from_levels(levels, c.sth.size) != c.sth.root:
                 report.problems.append(f"{label}: witnessed root differs from the stored entries")
+
+
+def entry_meta(e: Entry) -> tuple[str, str | None, str | None, int]:
+    """``(type, department, job, ts)`` of an entry, as :meth:`TransparencyLog.query` filters them."""
+    f = e.fields
+    node = f.get("node") if isinstance(f.get("node"), str) else None
+    if e.type == "cosignature":
+        node = f["witness"]
+    elif e.type == "model_contribution":
+        node = e.signer or str(f["validation"]).partition("/")[0] or None
+    job = f.get("job") if isinstance(f.get("job"), str) else None
+    return e.type, node, job, e.ts
 
 
 def _name_rows(report: VerifyReport) -> None:

@@ -290,6 +290,10 @@ class PointsBreakdown:
     model: float = 0.0
     records: int = 0
     jobs: list[str] = field(default_factory=list)
+    #: job -> {"data": term, "model": term} (before rounding of the totals)
+    terms: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: job -> the log indices of the entries each term rests on (with ``indices``)
+    sources: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def total(self) -> float:
@@ -312,25 +316,36 @@ def compute_points(
     rules: PointsRules | None = None,
     *,
     notes: list[str] | None = None,
+    indices: Sequence[int] | None = None,
 ) -> dict[str, PointsBreakdown]:
     """Points per department for jobs completed inside ``period`` (see the module docstring).
 
     Every registered node and every node that earned points has a row (sorted by
     name). Entries that were ignored and why are appended to ``notes`` when given.
+    Each row's ``terms`` give every job's data and model term; with ``indices``
+    (the log index of each entry) its ``sources`` name the entries behind them:
+    the job's submission and completion, the contribution, the dataset
+    publication whose quality it used and the model contribution.
     """
     rules = rules or PointsRules()
     per = _period(period)
     say = notes.append if notes is not None else (lambda _s: None)
     nodes: set[str] = set()
     published: dict[tuple[str, str], tuple[float, int]] = {}
+    published_at: dict[tuple[str, str], int] = {}
+    where: dict[int, int] = {}
     jobs: dict[str, _Job] = {}
-    for e in entries:
+    for k, e in enumerate(entries):
+        if indices is not None:
+            where[id(e)] = indices[k]
         t = e.type
         if t == "node_registered":
             nodes.add(e["node"])
         elif t == "dataset_published":
             q = e["quality"].get("overall", rules.unpublished_quality)
             published[(e["node"], e["dataset"])] = (min(max(float(q), 0.0), 1.0), e["rows"])
+            if indices is not None:
+                published_at[(e["node"], e["dataset"])] = indices[k]
         elif t == "job_submitted":
             if e["job"] in jobs:
                 say(f"job {e['job']}: submitted twice; the first submission counts")
@@ -352,6 +367,8 @@ def compute_points(
                     continue
                 q, rows = published.get((e["node"], e["dataset"]), (rules.unpublished_quality, None))
                 job.contributions[e["node"]] = (e, q, rows)
+                if (e["node"], e["dataset"]) in published_at:
+                    where[-id(e)] = published_at[(e["node"], e["dataset"])]
             elif t == "model_contribution":
                 if job.model is None:
                     job.model = e
@@ -387,16 +404,24 @@ def compute_points(
             bd = result.setdefault(node, PointsBreakdown())
             bd.records += records
             bd.jobs.append(name)
+            if indices is not None:
+                bd.sources[name] = sorted(
+                    where[x] for x in (id(job.submitted), id(done), id(c), -id(c)) if x in where
+                )
         if job.model is not None:
             values = _model_values(name, job, parts, set(job_data), rules, say)
             for node, (value, unit) in sorted(values.items()):
                 model_terms.setdefault(node, []).append(max(value, 0.0) * unit)
+                result[node].terms.setdefault(name, {})["model"] = max(value, 0.0) * unit
+                if indices is not None and id(job.model) in where:
+                    result[node].sources[name] = sorted({*result[node].sources.get(name, []), where[id(job.model)]})
                 if value < 0 and rules.negative_model_value_data_factor != 1.0:
                     say(f"job {name}: {node} made the model worse ({value:+.6f}); data term "
                         f"x {rules.negative_model_value_data_factor}")
                     job_data[node] *= rules.negative_model_value_data_factor
         for node, pts in job_data.items():
             data_terms.setdefault(node, []).append(pts)
+            result[node].terms.setdefault(name, {})["data"] = pts
     for node, terms in data_terms.items():
         result[node].data = round(math.fsum(terms), DECIMALS)
     for node, terms in model_terms.items():

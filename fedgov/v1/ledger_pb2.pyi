@@ -144,3 +144,51 @@ class GetGossipReply(_message.Message):
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     messages: _containers.RepeatedCompositeFieldContainer[GossipMessage]
     def __init__(self, messages: _Optional[_Iterable[_Union[GossipMessage, _Mapping]]] = ...) -> None: ...
+
+class QueryEntriesRequest(_message.Message):
+    __slots__ = ("types", "node", "job", "since_ms", "until_ms", "before", "has_before", "limit", "ascending")
+    TYPES_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    SINCE_MS_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_MS_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_FIELD_NUMBER: _ClassVar[int]
+    HAS_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    ASCENDING_FIELD_NUMBER: _ClassVar[int]
+    types: _containers.RepeatedScalarFieldContainer[str]
+    node: str
+    job: str
+    since_ms: int
+    until_ms: int
+    before: int
+    has_before: bool
+    limit: int
+    ascending: bool
+    def __init__(self, types: _Optional[_Iterable[str]] = ..., node: _Optional[str] = ..., job: _Optional[str] = ..., since_ms: _Optional[int] = ..., until_ms: _Optional[int] = ..., before: _Optional[int] = ..., has_before: _Optional[bool] = ..., limit: _Optional[int] = ..., ascending: _Optional[bool] = ...) -> None: ...
+
+class QueryEntriesReply(_message.Message):
+    __slots__ = ("entries", "next", "has_next", "size")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_FIELD_NUMBER: _ClassVar[int]
+    HAS_NEXT_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[LedgerEntry]
+    next: int
+    has_next: bool
+    size: int
+    def __init__(self, entries: _Optional[_Iterable[_Union[LedgerEntry, _Mapping]]] = ..., next: _Optional[int] = ..., has_next: _Optional[bool] = ..., size: _Optional[int] = ...) -> None: ...
+
+class ListHeadsRequest(_message.Message):
+    __slots__ = ("before_ts", "limit")
+    BEFORE_TS_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    before_ts: int
+    limit: int
+    def __init__(self, before_ts: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListHeadsReply(_message.Message):
+    __slots__ = ("heads",)
+    HEADS_FIELD_NUMBER: _ClassVar[int]
+    heads: _containers.RepeatedCompositeFieldContainer[TreeHead]
+    def __init__(self, heads: _Optional[_Iterable[_Union[TreeHead, _Mapping]]] = ...) -> None: ...

@@ -65,6 +65,16 @@ class LedgerStub:
                 request_serializer=fedgov_dot_v1_dot_ledger__pb2.GetCosignaturesRequest.SerializeToString,
                 response_deserializer=fedgov_dot_v1_dot_ledger__pb2.GetCosignaturesReply.FromString,
                 _registered_method=True)
+        self.QueryEntries = channel.unary_unary(
+                '/fedgov.v1.Ledger/QueryEntries',
+                request_serializer=fedgov_dot_v1_dot_ledger__pb2.QueryEntriesRequest.SerializeToString,
+                response_deserializer=fedgov_dot_v1_dot_ledger__pb2.QueryEntriesReply.FromString,
+                _registered_method=True)
+        self.ListHeads = channel.unary_unary(
+                '/fedgov.v1.Ledger/ListHeads',
+                request_serializer=fedgov_dot_v1_dot_ledger__pb2.ListHeadsRequest.SerializeToString,
+                response_deserializer=fedgov_dot_v1_dot_ledger__pb2.ListHeadsReply.FromString,
+                _registered_method=True)
         self.SendGossip = channel.unary_unary(
                 '/fedgov.v1.Ledger/SendGossip',
                 request_serializer=fedgov_dot_v1_dot_ledger__pb2.GossipMessage.SerializeToString,
@@ -123,6 +133,22 @@ class LedgerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def QueryEntries(self, request, context):
+        """Entries matching every filter given, newest first, one keyset page
+        (indexed on the coordinator: no full scan). The caller proves each entry
+        it relies on with GetInclusionProof.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListHeads(self, request, context):
+        """Signed tree heads, newest first, one keyset page.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SendGossip(self, request, context):
         """Node only: relay a sealed, signed envelope (a fedgov envelope, job
         "ledger-gossip") carrying the sender's latest cosigned head to one peer.
@@ -172,6 +198,16 @@ def add_LedgerServicer_to_server(servicer, server):
                     servicer.GetCosignatures,
                     request_deserializer=fedgov_dot_v1_dot_ledger__pb2.GetCosignaturesRequest.FromString,
                     response_serializer=fedgov_dot_v1_dot_ledger__pb2.GetCosignaturesReply.SerializeToString,
+            ),
+            'QueryEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueryEntries,
+                    request_deserializer=fedgov_dot_v1_dot_ledger__pb2.QueryEntriesRequest.FromString,
+                    response_serializer=fedgov_dot_v1_dot_ledger__pb2.QueryEntriesReply.SerializeToString,
+            ),
+            'ListHeads': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListHeads,
+                    request_deserializer=fedgov_dot_v1_dot_ledger__pb2.ListHeadsRequest.FromString,
+                    response_serializer=fedgov_dot_v1_dot_ledger__pb2.ListHeadsReply.SerializeToString,
             ),
             'SendGossip': grpc.unary_unary_rpc_method_handler(
                     servicer.SendGossip,
@@ -346,6 +382,60 @@ class Ledger:
             '/fedgov.v1.Ledger/GetCosignatures',
             fedgov_dot_v1_dot_ledger__pb2.GetCosignaturesRequest.SerializeToString,
             fedgov_dot_v1_dot_ledger__pb2.GetCosignaturesReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedgov.v1.Ledger/QueryEntries',
+            fedgov_dot_v1_dot_ledger__pb2.QueryEntriesRequest.SerializeToString,
+            fedgov_dot_v1_dot_ledger__pb2.QueryEntriesReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListHeads(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedgov.v1.Ledger/ListHeads',
+            fedgov_dot_v1_dot_ledger__pb2.ListHeadsRequest.SerializeToString,
+            fedgov_dot_v1_dot_ledger__pb2.ListHeadsReply.FromString,
             options,
             channel_credentials,
             insecure,

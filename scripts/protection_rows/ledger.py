@@ -77,3 +77,39 @@ def _starvation() -> None:
 )
 def _own_facts() -> None:
     _patch("fedgov.node.witness:NodeWitness._check_own_facts", lambda self, witness: None)
+
+
+_BUNDLE = "tests/test_ledger_bundle.py::"
+
+
+@row(
+    "evidence-bundle",
+    "`fedgov.ledger.merkle:verify_inclusion` (each bundled entry is the leaf its RFC 9162 proof claims under the "
+    "anchor head) accepts anything",
+    _BUNDLE + "test_one_byte_of_one_entry_changed_names_the_entry",
+    _BUNDLE + "test_dropped_proof_step_names_the_entry",
+    _BUNDLE + "test_cli_bundle_and_offline_verify",
+)
+def _evidence_bundle() -> None:
+    _patch("fedgov.ledger.merkle:verify_inclusion", lambda *a, **k: None)
+
+
+@row(
+    "evidence-bundle-quorum",
+    "`fedgov.ledger.bundle:quorum_head` counts the bundle's anchor with one cosignature instead of k of n",
+    _BUNDLE + "test_head_with_a_missing_cosignature_fails_naming_the_head",
+)
+def _bundle_quorum() -> None:
+    _patch("fedgov.ledger.bundle:quorum_head", _any_one)
+
+
+@row(
+    "console-ledger-proofs",
+    "`fedgov.auditor:prove_inclusion` (the Ledger page proves every entry it lists under the latest head) says yes",
+    "tests/test_console_ledger_browser.py::test_a_tampered_ledger_shows_failed_naming_the_entry",
+    level="stack",
+)
+def _console_proofs() -> None:
+    from fedgov.auditor import Proved
+
+    _patch("fedgov.auditor:prove_inclusion", lambda *a, **k: Proved(True, []))
