@@ -11,7 +11,11 @@ Wired into :func:`fedgov.cli.build_parser` with :func:`add_ledger_parser` and
   endorsement verified against the kit's federation CA.
 
 ``--trusted-key`` (hex, or a ``ledger.pub`` file obtained out of band) pins
-the log key: a source signed by another key fails verification.
+the log key: a source signed by another key fails verification. ``--crl`` (or
+the kit's ``crl.pem``, or online the coordinator's list, whichever is newest)
+is the federation CA's revocation list: a department fact signed with a key
+whose certificate was revoked before the fact's time fails verification; one
+signed before the revocation stays valid and is listed as such.
 :func:`verify_db` is the library entry point (used by ``fedgov demo``).
 """
 
@@ -35,6 +39,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from fedgov.crypto.revocation import RevocationList, load_crl
 from fedgov.errors import ConfigError, CryptoError, FedgovError
 from fedgov.ledger import merkle
 from fedgov.ledger.entries import Entry, EntryError, parse_entry
@@ -163,6 +168,7 @@ def verify_db(
     trusted_key: Ed25519PublicKey | None = None,
     witness_states: Sequence[Path] = (),
     ca_cert: x509.Certificate | Path | str | None = None,
+    revocations: RevocationList | Path | str | None = None,
 ) -> dict[str, Any]:
     """Audit a ``ledger.db`` offline; ``{"size", "verified", "problems", ...}`` (never raises for tampering).
 
@@ -173,6 +179,8 @@ def verify_db(
     With ``ca_cert`` (the federation CA or its PEM file) every department fact
     must carry its department's signature too (``facts`` in the result), as in
     ``fedgov ledger verify``; without it the facts are not checked (``facts``: None).
+    ``revocations`` (a verified list, or a ``crl.pem`` checked against ``ca_cert``)
+    also rejects facts signed by a key revoked before the fact's time.
     """
     log = open_readonly(Path(path))
     try:
@@ -185,7 +193,10 @@ def verify_db(
         out["facts"] = None
         if ca_cert is not None:
             ca = ca_cert if isinstance(ca_cert, x509.Certificate) else x509.load_pem_x509_certificate(Path(ca_cert).read_bytes())
-            src = _Source("db", log.public_key, log.entries(), [], [], ca=ca)
+            crl = revocations
+            if crl is not None and not isinstance(crl, RevocationList):
+                crl = load_crl(Path(crl).read_bytes(), ca, where=str(crl))
+            src = _Source("db", log.public_key, log.entries(), log.heads(), [], ca=ca, revocations=crl)
             out["problems"] += _check_department_facts(src, out)
             out["verified"] = not out["problems"]
         return out
@@ -241,6 +252,10 @@ class _Source:
     witness_keys: dict[str, Ed25519PublicKey] = field(default_factory=dict)
     #: the federation CA (departments' key bundles are checked against it)
     ca: x509.Certificate | None = None
+    #: the CA's revocation list (verified against ``ca``), if one was given or fetched
+    revocations: RevocationList | None = None
+    #: a list fetched from the coordinator (DER; verified once the CA is known)
+    fetched_crl: bytes = b""
 
     def entries(self) -> list[Entry]:
         return [parse_entry(b) for b in self.blobs]
@@ -346,6 +361,13 @@ class _Online:
                 continue  # reported as "witness key unknown" by the caller
         return keys
 
+    def revocations(self) -> bytes:
+        """The revocation list the coordinator relays (DER, unverified here; b"" if none)."""
+        from fedgov.v1 import registry_pb2
+
+        reply = self.call(self.registry.GetRevocations, registry_pb2.GetRevocationsRequest())
+        return bytes(reply.crl_der)
+
     def close(self) -> None:
         self.channel.close()
 
@@ -367,7 +389,35 @@ def _source(ns: argparse.Namespace) -> _Source:
     src = _source_raw(ns)
     if src.ca is None:
         src.ca = _load_ca(ns)
+    src.revocations = _load_revocations(ns, src)
     return src
+
+
+def _load_revocations(ns: argparse.Namespace, src: _Source) -> RevocationList | None:
+    """The newest revocation list among ``--crl``, the kit's ``crl.pem`` and the coordinator's.
+
+    Each is verified against the federation CA (:func:`load_crl`; a list that
+    does not verify is an error naming its file). The coordinator can withhold
+    a newer list; give ``--crl`` from the CA's admin to be sure.
+    """
+    kit = getattr(ns, "kit", None) or os.environ.get("FEDGOV_KIT")
+    spec = getattr(ns, "crl", None)
+    found: list[tuple[bytes, str]] = []
+    if spec:
+        try:
+            found.append((Path(spec).read_bytes(), str(spec)))
+        except OSError as exc:
+            raise ConfigError(f"cannot read the revocation list: {exc.strerror}", where=str(spec)) from None
+    if kit and (Path(kit) / "crl.pem").is_file():
+        found.append(((Path(kit) / "crl.pem").read_bytes(), str(Path(kit) / "crl.pem")))
+    if src.fetched_crl:
+        found.append((src.fetched_crl, "revocation list from the coordinator"))
+    if not found:
+        return None
+    if src.ca is None:
+        raise ConfigError("a revocation list is checked against the federation CA: give --ca CA_CERT (or --kit)")
+    lists = [load_crl(data, src.ca, where=where) for data, where in found]
+    return max(lists, key=lambda r: r.number)
 
 
 def _source_raw(ns: argparse.Namespace) -> _Source:
@@ -390,9 +440,10 @@ def _source_raw(ns: argparse.Namespace) -> _Source:
         blobs = [b for _, b in online.entries(0, sth.size)]
         cos = online.cosignatures()
         wkeys = online.witness_keys({w for w, _, _ in cos})
+        crl = online.revocations()
     finally:
         online.close()
-    return _Source("online", key, blobs, [sth], cos, witness_keys=wkeys, ca=online.ca)
+    return _Source("online", key, blobs, [sth], cos, witness_keys=wkeys, ca=online.ca, fetched_crl=crl)
 
 
 def _check_trusted(src: _Source, trusted: Ed25519PublicKey | None) -> list[str]:
@@ -453,12 +504,16 @@ def _check_department_facts(src: _Source, out: dict[str, Any]) -> list[str]:
 
     Problems name index, kind and department; awards are recomputed from the
     accepted facts alone, so points resting on a forged fact are named too.
+    With a revocation list, a fact signed by a key revoked before its time is
+    a problem naming the certificate; ``facts.signed_before_revocation`` lists
+    the facts signed before their certificate was revoked (still valid).
     """
     entries = _parse_all(src.blobs)
     if src.ca is None:
         out["facts"] = None
         return ["department signatures not checked: give --ca CA_CERT (or --kit) to check them"]
-    check = check_facts(((i, e) for i, e in entries.items()), src.ca)
+    check = check_facts(((i, e) for i, e in entries.items()), src.ca, src.revocations,
+                        head_times=[(h.size, h.timestamp) for h in src.heads])
     out["facts"] = check.to_dict()
     problems = list(check.problems)
     if not check.ok:
@@ -665,10 +720,28 @@ def _cmd_verify(ns: argparse.Namespace) -> None:
         print("ledger verification FAILED:")
         for p in out["problems"]:
             print(f"  - {p}")
+    if not ns.json:
+        _print_revocation_summary(out)
     if not out["verified"]:
         first = out["problems"][0]
         more = len(out["problems"]) - 1
         raise CryptoError(f"ledger verification failed: {first}" + (f" (and {more} more)" if more else ""))
+
+
+def _print_revocation_summary(out: dict[str, Any]) -> None:
+    facts = out.get("facts")
+    if not facts:
+        return
+    number = facts.get("revocation_list")
+    if number is None:
+        print("revocations not checked: no revocation list (give --crl CRL_FILE, or a kit with crl.pem)")
+        return
+    if out["verified"]:
+        print(f"revocation list #{number} consulted: no fact is signed by a key revoked before it")
+    else:
+        print(f"revocation list #{number} consulted: a fact signed after its key's certificate was revoked fails")
+    for note in facts.get("signed_before_revocation", []):
+        print(f"  note: {note}")
 
 
 def _cmd_head(ns: argparse.Namespace) -> None:
@@ -839,7 +912,8 @@ def _cmd_points(ns: argparse.Namespace) -> None:
     # only facts signed by the department they are about count (fedgov.ledger.facts)
     if src.ca is None:
         raise ConfigError("points count only department-signed facts: give --ca CA_CERT (or --kit)")
-    check = check_facts(enumerate(entries), src.ca)
+    check = check_facts(enumerate(entries), src.ca, src.revocations,
+                        head_times=[(h.size, h.timestamp) for h in src.heads])
     for line in check.problems:
         print(f"fedgov: not counted: {line}", file=sys.stderr)
     entries = accepted_entries(entries, src.ca, check)
@@ -907,6 +981,11 @@ def _source_opts(p: argparse.ArgumentParser) -> None:
     g.add_argument("--coordinator", help="online: host:port (or FEDGOV_COORDINATOR)")
     p.add_argument(
         "--ca", type=Path, help="federation CA certificate to check departments' signed facts (default: the kit's)"
+    )
+    p.add_argument(
+        "--crl", type=Path,
+        help="the federation CA's revocation list (crl.pem): facts signed after their key was revoked fail "
+        "(default: the newest of the kit's crl.pem and, online, the coordinator's)",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
 

@@ -62,6 +62,24 @@ def _original(target: str) -> Any:
     return obj
 
 
+#: The one imaginary-part flood (eligibility, HE statistics, vertical LR); rows switch it off per caller.
+FLOOD_GUARD = "fedgov.crypto.ckks:flood_imaginary_seal"
+
+
+def _without_imaginary_flood(where: str) -> None:
+    """Switch off :data:`FLOOD_GUARD` for the caller named ``where`` only: its flood shrinks to
+    ``2^-1000`` (encodes as zero); the real mask, the exact zero-sum check and every other
+    caller's flood stay as they are."""
+    orig = _original(FLOOD_GUARD)
+
+    def flood(seal_context: Any, ct: Any, size: float, *args: Any, **kw: Any) -> Any:
+        if kw.get("where", "ckks") == where:
+            size = 2.0**-1000
+        return orig(seal_context, ct, size, *args, **kw)
+
+    _patch(FLOOD_GUARD, flood)
+
+
 # --------------------------------------------------------------------------- transport and identity
 
 

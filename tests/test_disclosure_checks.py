@@ -296,6 +296,40 @@ def test_context_flood_imaginary_for_seal_ciphertexts() -> None:
     assert np.allclose(ctx.decrypt(ct), x, atol=1e-2)
 
 
+def test_gaussian_flood_with_a_zero_sum_real_mask_keeps_the_slot_sum_exact() -> None:
+    """The one flood's other mode (what HE statistics use): Gaussian imaginary parts of the
+    requested sigma, uncorrelated with what was there, and a real mask whose encoded slot sum
+    is exactly zero, so the key holder's exact sum is the plain one."""
+    ko = cs.KeyOwner()
+    pk = cs.PublicKey(ko.public_bytes(), where="t")
+    x = np.round(np.linspace(-1000, 1000, cs.SLOTS))
+    v = pk.load(pk.encrypt(x)[0], "t")
+    rng = np.random.default_rng(7)
+
+    def real() -> np.ndarray:
+        m = np.round(rng.normal(0.0, 2.0**30, cs.SLOTS))
+        m[-1] -= m.sum()
+        return m
+
+    before = ko.decrypt_complex(v.serialize(), "t")
+    (ct,) = ckks.flood_imaginary(v, 2.0**20, rng, distribution="gaussian", real=real, exact_real_sum=True,
+                                 where="t-stats")
+    blob = ckks.ciphertext_bytes(ct)
+    z = ko.decrypt_complex_raw(blob, "t")
+    assert 0.9 < np.std(z.imag) / 2.0**20 < 1.1 and abs(np.mean(z.imag)) < 2.0**20 * 0.1
+    assert abs(np.corrcoef(z.imag, before.imag)[0, 1]) < 0.1
+    assert np.std(z.real - x) > 2.0**29  # the real mask is there
+    assert abs(ko.decrypt_raw_sum(blob, "t") - x.sum()) < 1.0  # and cancels exactly in the sum
+    # the zero-sum check is real: a mask that does not sum to zero is never sent
+    with pytest.raises(CryptoError, match="t-stats.*zero-sum|zero-sum.*t-stats"):
+        ckks.flood_imaginary(v, 2.0**20, rng, distribution="gaussian", real=lambda: np.ones(cs.SLOTS),
+                             exact_real_sum=True, where="t-stats", tries=3)
+    with pytest.raises(CryptoError, match="t-stats.*distribution|distribution.*t-stats"):
+        ckks.flood_imaginary(v, 1.0, distribution="laplace", where="t-stats")  # type: ignore[arg-type]
+    with pytest.raises(CryptoError, match="does not fit"):
+        ckks.flood_imaginary(v, 1.0, real=np.zeros(cs.SLOTS + 1))
+
+
 def test_exact_ties_still_resolve_as_the_operator_says_under_flooding() -> None:
     """Flooding doubles the largest slot; the sign at an exact tie (margin = ±tie/2 after the
     shift, smallest blinding factor 1) must survive the extra decoding error."""

@@ -10,17 +10,21 @@ Each is named (index, kind, department) and left out of the points.
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from fedgov.cli_ledger import verify_db
+from fedgov.crypto import revocation
 from fedgov.crypto.keys import NodeKeys
 from fedgov.crypto.kits import issue_kit
 from fedgov.crypto.pki import create_ca
 from fedgov.ledger import entries as le
 from fedgov.ledger.facts import accepted_entries, check_facts, department, fact_message, sign_fact
+from fedgov.ledger.log import TransparencyLog
 from fedgov.ledger.points import compute_points
 
 
@@ -156,3 +160,79 @@ def test_model_contribution_counts_only_from_a_department_that_approved_the_job(
     ]
     honest = _roundtrip([*log, sign_fact(model, "tax", keys["tax"].sign)])
     assert check_facts(enumerate(honest), ca).ok
+
+
+def _revocation_world(tmp: Path) -> tuple[Path, Path, NodeKeys, NodeKeys, TransparencyLog]:
+    """A federation of its own (its CA revokes), and a ledger.db with tax's and health's facts."""
+    create_ca(tmp / "ca", "revocation test")
+    issue_kit(tmp / "ca", tmp / "tax", "tax", "node")
+    issue_kit(tmp / "ca", tmp / "health", "health", "node")
+    tax, health = NodeKeys.load(tmp / "tax"), NodeKeys.load(tmp / "health")
+    log = TransparencyLog(tmp / "ledger.db", Ed25519PrivateKey.generate())
+    log.append_many([le.node_key("tax", tax.bundle()), le.node_key("health", health.bundle())])
+    return tmp / "ca", tmp / "ca" / "ca.crt", tax, health, log
+
+
+def _verify(*args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from fedgov.cli import main
+
+    try:
+        main(["ledger", "verify", *args])
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_a_leaked_key_signing_after_revocation_fails_ledger_verify(tmp_path: Path, capsys) -> None:
+    """Attack: tax's node key leaks, the CA revokes tax's certificates (keyCompromise), and
+    whoever holds the key keeps signing facts about tax — once with the honest time, once
+    backdated to before the revocation. `fedgov ledger verify` with the CA's revocation list
+    names both entries and the revoked certificate; tax's fact signed before the revocation
+    stays valid and the output says so. Without the list, nothing is noticed (the attack is real)."""
+    ca_dir, ca_crt, tax, health, log = _revocation_world(tmp_path)
+    time.sleep(1.1)
+    early = time.time_ns() // 1_000_000 - 1000  # after the certificates were issued, before the revocation
+    before = log.append(sign_fact(le.dataset_published("tax", "income", "a" * 64, 100, {"overall": 1.0}, ts=early),
+                                  "tax", tax.sign))
+    log.tree_head(fresh=True)
+    time.sleep(1.1)  # revocation dates have one-second resolution
+    revoked, crl = revocation.revoke(ca_dir, name="tax", reason="keyCompromise")
+    serials = {f"{c.serial:x}" for c in revoked}
+    time.sleep(1.1)
+    log.tree_head(fresh=True)  # the log goes on: a head signed after the revocation
+    leaked = log.append(sign_fact(le.dataset_published("tax", "income", "f" * 64, 10**6, {"overall": 1.0}),
+                                  "tax", tax.sign))
+    backdated = log.append(sign_fact(le.job_approved("job-9", "tax", ts=early + 500), "tax", tax.sign))
+    log.append(sign_fact(le.dataset_published("health", "visits", "b" * 64, 80, {"overall": 1.0}),
+                         "health", health.sign))
+    log.tree_head(fresh=True)
+    log.close()
+    db = str(tmp_path / "ledger.db")
+
+    # without the revocation list the leaked key's facts pass: the attack works
+    code, out, _ = _verify("--db", db, "--ca", str(ca_crt), capsys=capsys)
+    assert code == 0 and "revocations not checked" in out, out
+
+    code, out, err = _verify("--db", db, "--ca", str(ca_crt), "--crl", str(crl), capsys=capsys)
+    assert code == 2, out
+    lines = [ln for ln in out.splitlines() if ln.startswith("  - ")]
+    mine = [ln for ln in lines if "revoked on" in ln]
+    assert len(mine) == 2, lines
+    assert mine[0].startswith(f"  - entry {leaked}: dataset_published about tax: signed at ")
+    assert mine[1].startswith(f"  - entry {backdated}: job_approved about tax: claims ")
+    assert "backdated" in mine[1]
+    for ln in mine:
+        assert "keyCompromise" in ln and any(f"certificate {s} of tax" in ln for s in serials), ln
+    assert err.startswith(f"fedgov: error: ledger verification failed: entry {leaked}")
+    # the fact signed before the revocation is still valid, and the output says so
+    (note,) = [ln for ln in out.splitlines() if ln.startswith("  note: ")]
+    assert note.startswith(f"  note: entry {before}: dataset_published about tax: signed at ")
+    assert "before certificate" in note and "was revoked on" in note and note.endswith("still valid")
+    assert not any(f"entry {before}:" in ln for ln in lines)
+
+    # the same through the library entry point, and the points count the honest facts only
+    got = verify_db(db, ca_cert=ca_crt, revocations=crl)
+    assert not got["verified"] and got["facts"]["rejected"] == [leaked, backdated]
+    assert len(got["facts"]["signed_before_revocation"]) == 1

@@ -24,11 +24,13 @@ other parties, and packs data so that few SEAL operations are needed:
   requested size fits the modulus left after the circuit and that the
   decoded result keeps the requested precision; reports how many bits of
   statistical hiding the mask gives.
-* :func:`flood_imaginary` / :func:`flood_imaginary_seal` /
-  :meth:`CkksContext.flood_imaginary` - adds fresh uniform imaginary noise to
-  every slot so that a key holder who decodes slots as complex numbers learns
-  nothing from the imaginary parts (real masks and blinding factors multiply
-  the encryption noise there too).
+* :func:`flood_imaginary_seal` - THE imaginary-part flood (uniform or
+  Gaussian, optionally together with a real mask whose slot sum is kept
+  exactly zero) that every protocol applies before a key holder decrypts, so
+  that a key holder who decodes slots as complex numbers learns nothing from
+  the imaginary parts (real masks and blinding factors multiply the
+  encryption noise there too); :func:`flood_imaginary` (TenSEAL vectors) and
+  :meth:`CkksContext.flood_imaginary` only adapt it.
 
 Leakage of the verbs themselves: a ciphertext reveals its level, scale and
 size (i.e. which step of a circuit produced it), nothing about the slots.
@@ -43,10 +45,10 @@ import math
 import os
 import struct
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import tenseal.sealapi as sealapi
@@ -59,7 +61,9 @@ __all__ = [
     "MaskBudget",
     "PackedMatrix",
     "bsgs_steps",
+    "FloodDistribution",
     "ciphertext_bytes",
+    "constant_coefficient",
     "flood_imaginary",
     "flood_imaginary_seal",
     "load_ciphertext",
@@ -210,56 +214,133 @@ def random_mask(n: int, mask_bits: int) -> np.ndarray:
     return rng.uniform(-(2.0**mask_bits), 2.0**mask_bits, size=n)
 
 
+#: How :func:`flood_imaginary_seal` draws the imaginary flood of each slot.
+FloodDistribution = Literal["uniform", "gaussian"]
+
+
 def _fresh_rng() -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(os.urandom(32), "little"))
 
 
+def constant_coefficient(seal_context: Any, pt: Any) -> int:
+    """The exact constant coefficient (centred, an integer) of an NTT-form CKKS plaintext.
+
+    For the negacyclic NTT, ``sum_k a_k = N * m_0`` modulo each prime, so
+    ``m_0 = N^-1 * sum_k a_k`` per prime, combined by the CRT. The sum of the
+    real parts of all slots is ``N * m_0 / (2 * scale)``, exactly.
+    """
+    parms = seal_context.get_context_data(pt.parms_id()).parms()
+    n = parms.poly_modulus_degree()
+    qs = [m.value() for m in parms.coeff_modulus()]
+    if pt.coeff_count() != n * len(qs) or not pt.is_ntt_form():
+        raise CryptoError("unexpected plaintext layout", where="ckks")
+    data = pt.data
+    big_q = 1
+    for q in qs:
+        big_q *= q
+    x = 0
+    for j, q in enumerate(qs):
+        tot = sum(data(j * n + i) for i in range(n)) % q
+        qi = big_q // q
+        x += (tot * pow(n, -1, q) % q) * qi * pow(qi, -1, q)
+    x %= big_q
+    return x - big_q if x > big_q // 2 else x
+
+
 def flood_imaginary_seal(
-    seal_context: Any, ct: Any, bound: float, rng: np.random.Generator | None = None
+    seal_context: Any,
+    ct: Any,
+    size: float,
+    rng: np.random.Generator | None = None,
+    *,
+    distribution: FloodDistribution = "uniform",
+    real: np.ndarray | Callable[[], np.ndarray] | None = None,
+    exact_real_sum: bool = False,
+    where: str = "ckks",
+    tries: int = 32,
 ) -> Any:
-    """Add ``i*u`` to every slot of the SEAL ciphertext ``ct`` (in place; returns it),
-    ``u`` i.i.d. uniform in ``[-bound, bound]`` (fresh per slot, from ``os.urandom``
-    unless ``rng`` is given).
+    """Add the plaintext ``real + i*u`` to every slot of the SEAL ciphertext ``ct``
+    (in place; returns it). The one imaginary-part flood of fedgov: eligibility
+    checks, HE statistics and vertical LR all call this just before a
+    ciphertext goes to a key holder.
+
+    ``u`` is fresh per slot, i.i.d., from ``rng`` (``os.urandom``-seeded when
+    not given): ``distribution="uniform"`` draws it on ``[-size, size]``,
+    ``"gaussian"`` from ``N(0, size^2)``. ``real`` is an optional real mask
+    added in the same plaintext (an array, zero-padded to the slot count, or a
+    callable drawing a fresh one); ``exact_real_sum`` requires the added
+    plaintext's constant coefficient to be exactly zero, so the slot sum of the
+    real parts is preserved exactly (double-precision encoding can leave a
+    residue; ``real`` and ``u`` are then drawn again, up to ``tries`` times).
+    ``where`` names the caller in errors (and lets a protection check switch
+    off one caller's flood).
 
     Why: CKKS slots are complex. Masks and blinding factors are real, so the
     imaginary part of a decrypted slot is encryption/rescaling noise times the
     same real factors that multiply the secret (``Im = s*r*eta``), and the key
-    holder can divide them out of the real part. Run this on a ciphertext just
-    before it goes to a key holder.
+    holder can divide them out of the real part.
 
-    Guarantees: after it, ``Im(slot) = Im_before + u``. For any two values
-    ``a, b`` of ``Im_before`` the distributions of ``Im`` differ in total
-    variation by at most ``|a - b| / (2*bound)``; so when
-    ``|Im_before| <= 2^-k * bound`` the imaginary part carries at most ``2^-k``
-    (statistical distance per slot) about anything that shaped the
-    ciphertext. The real parts are untouched except for decoding precision:
-    the decoded error grows with the largest slot magnitude, so the caller
-    picks ``bound`` no larger than its precision budget allows (at most
-    doubling the largest magnitude costs one bit). Leaks nothing itself (the
-    key holder learns ``u`` only mixed with ``Im_before``).
+    What the key holder learns after it, per slot:
+
+    * ``Im``: ``Im = Im_before + u``. For any two values ``a, b`` of
+      ``Im_before`` the distributions of ``Im`` differ in total variation by at
+      most ``|a - b| / (2*size)`` (uniform) or
+      ``2*Phi(|a - b| / (2*size)) - 1 <= |a - b| / (sqrt(2*pi)*size)``
+      (gaussian). So when ``|Im_before| <= 2^-k * size`` the imaginary part
+      carries at most about ``2^-k`` (statistical distance per slot; over ``n``
+      slots at most ``n`` times that) about anything that shaped the
+      ciphertext.
+    * ``Re``: ``Re_before + real``, up to decoding precision. The flood hides
+      nothing in the real part — that is ``real``'s job (sized by
+      :func:`mask_budget`). SEAL decodes through doubles, so the decoded error
+      grows with the largest slot magnitude: the caller picks ``size`` no
+      larger than its precision budget allows (at most doubling the largest
+      magnitude costs one bit). With ``exact_real_sum`` the slot sum of
+      ``Re`` is ``Re_before``'s, exactly.
+
+    Leaks nothing itself (the key holder sees ``u`` only mixed with
+    ``Im_before``). Raises :class:`CryptoError` (naming ``where``) for a
+    ``size`` that is not a positive finite number, an unknown distribution, a
+    ``real`` longer than the slots, or when no exactly zero-sum encoding was
+    found.
     """
-    if not (math.isfinite(bound) and bound > 0):
-        raise CryptoError(f"imaginary flooding bound must be > 0, got {bound!r}", where="ckks")
+    if not (math.isfinite(size) and size > 0):
+        raise CryptoError(f"imaginary flood size (uniform bound / gaussian sigma) must be > 0, got {size!r}",
+                          where=where)
+    if distribution not in ("uniform", "gaussian"):
+        raise CryptoError(f"unknown imaginary flood distribution {distribution!r}", where=where)
     gen = rng if rng is not None else _fresh_rng()
     encoder = sealapi.CKKSEncoder(seal_context)
-    u = gen.uniform(-bound, bound, encoder.slot_count())
+    slots = encoder.slot_count()
     pt = sealapi.Plaintext()
-    encoder.encode((1j * u).tolist(), ct.parms_id(), ct.scale, pt)
+    for _ in range(max(1, tries) if exact_real_sum else 1):
+        re = np.zeros(slots)
+        if real is not None:
+            m = np.asarray(real() if callable(real) else real, dtype=np.float64).ravel()
+            if m.size > slots:
+                raise CryptoError(f"real mask of {m.size} values does not fit {slots} slots", where=where)
+            re[: m.size] = m
+        u = gen.uniform(-size, size, slots) if distribution == "uniform" else gen.normal(0.0, size, slots)
+        encoder.encode((re + 1j * u).tolist(), ct.parms_id(), ct.scale, pt)
+        if not exact_real_sum or constant_coefficient(seal_context, pt) == 0:
+            break
+    else:
+        raise CryptoError("could not encode an exactly zero-sum mask (mask too large?)", where=where)
     sealapi.Evaluator(seal_context).add_plain_inplace(ct, pt)
     return ct
 
 
-def flood_imaginary(vec: Any, bound: float, rng: np.random.Generator | None = None) -> list[Any]:
-    """:func:`flood_imaginary_seal` on the ciphertexts of a TenSEAL ``CKKSVector``.
+def flood_imaginary(vec: Any, size: float, rng: np.random.Generator | None = None, **kwargs: Any) -> list[Any]:
+    """:func:`flood_imaginary_seal` on the ciphertexts of a TenSEAL ``CKKSVector``
+    (same arguments and guarantee, per slot).
 
     TenSEAL hands out *copies* of a vector's SEAL ciphertexts, so the vector
-    itself is left as it was: the flooded copies are returned (same
-    guarantee, per slot). Send those (:func:`ciphertext_bytes`), never the
-    vector's own serialisation.
+    itself is left as it was: the flooded copies are returned. Send those
+    (:func:`ciphertext_bytes`), never the vector's own serialisation.
     """
     sc = vec.context().data.seal_context()
     gen = rng if rng is not None else _fresh_rng()
-    return [flood_imaginary_seal(sc, ct, bound, gen) for ct in vec.ciphertext()]
+    return [flood_imaginary_seal(sc, ct, size, gen, **kwargs) for ct in vec.ciphertext()]
 
 
 def ciphertext_bytes(ct: Any) -> bytes:
@@ -547,9 +628,9 @@ class CkksContext:
         self._decryptor.decrypt(ct, pt)
         return np.asarray(self._encoder.decode_double(pt), dtype=np.float64)
 
-    def flood_imaginary(self, ct: Any, bound: float, rng: np.random.Generator | None = None) -> Any:
-        """:func:`flood_imaginary_seal` under this context (in place; returns ``ct``)."""
-        return flood_imaginary_seal(self._ctx, ct, bound, rng)
+    def flood_imaginary(self, ct: Any, size: float, rng: np.random.Generator | None = None, **kwargs: Any) -> Any:
+        """:func:`flood_imaginary_seal` under this context (in place; returns ``ct``; same arguments)."""
+        return flood_imaginary_seal(self._ctx, ct, size, rng, **kwargs)
 
     def ct_to_bytes(self, ct: Any) -> bytes:
         return _save(ct)

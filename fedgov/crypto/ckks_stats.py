@@ -36,6 +36,7 @@ import numpy as np
 import tenseal as ts
 import tenseal.sealapi as sealapi
 
+from fedgov.crypto.ckks import constant_coefficient
 from fedgov.errors import CryptoError
 
 __all__ = [
@@ -44,8 +45,6 @@ __all__ = [
     "KeyOwner",
     "Message",
     "PublicKey",
-    "add_masks",
-    "flood_imaginary",
     "job_tag",
     "pack",
     "unpack",
@@ -100,7 +99,7 @@ class _Keyed:
 
     # raw SEAL ciphertexts (what a key holder decrypts after another party's blinding) ----------
     def load_raw(self, blob: bytes, where: str) -> Any:
-        """A raw SEAL ciphertext (from :func:`flood_imaginary`) under this key's context."""
+        """A raw SEAL ciphertext (e.g. flooded by :func:`fedgov.crypto.ckks.flood_imaginary`) under this key's context."""
         with tempfile.TemporaryDirectory(prefix="fedgov-ckks-") as d:
             path = os.path.join(d, "ct")
             with open(path, "wb") as f:
@@ -132,65 +131,6 @@ def _dump(ct: Any) -> bytes:
         ct.save(path)
         with open(path, "rb") as f:
             return f.read()
-
-
-def _constant_coefficient(sc: Any, pt: Any) -> int:
-    """The exact constant coefficient (centred, an integer) of an NTT-form CKKS plaintext.
-
-    For the negacyclic NTT, ``sum_k a_k = N * m_0`` modulo each prime, so
-    ``m_0 = N^-1 * sum_k a_k`` per prime, combined by the CRT.
-    """
-    n = PARAMS[0]
-    qs = [m.value() for m in sc.get_context_data(pt.parms_id()).parms().coeff_modulus()]
-    if pt.coeff_count() != n * len(qs) or not pt.is_ntt_form():
-        raise CryptoError("unexpected plaintext layout", where="ckks")
-    data = pt.data
-    big_q = 1
-    for q in qs:
-        big_q *= q
-    x = 0
-    for j, q in enumerate(qs):
-        tot = sum(data(j * n + i) for i in range(n)) % q
-        qi = big_q // q
-        x += (tot * pow(n, -1, q) % q) * qi * pow(qi, -1, q)
-    x %= big_q
-    return x - big_q if x > big_q // 2 else x
-
-
-def add_masks(key: _Keyed, vec: ts.CKKSVector, real_mask: Any, imag_sigma: float,
-              rng: np.random.Generator, tries: int = 32) -> bytes:
-    """``vec`` plus the plaintext ``real_mask + i * N(0, imag_sigma^2)`` slot-wise; raw SEAL bytes.
-
-    ``real_mask()`` draws a fresh zero-sum real mask. Guarantees: the slot sum
-    of the added plaintext is *exactly* zero — its constant coefficient is
-    checked (double-precision encoding can leave a residue; the mask is then
-    drawn again) — so :meth:`KeyOwner.decrypt_raw_sum` recovers ``vec``'s slot
-    sum exactly; the imaginary part the key holder decrypts is the sender's
-    noise plus an independent Gaussian of ``imag_sigma`` (the imaginary-part
-    channel of docs/protocols/he-stats.md). TenSEAL's real vectors cannot carry
-    an imaginary part, hence SEAL's complex encoder and a raw ciphertext.
-    """
-    ct = vec.ciphertext()[0]
-    sc = key.ctx.data.seal_context()
-    enc = sealapi.CKKSEncoder(sc)
-    for _ in range(tries):
-        re = np.asarray(real_mask(), dtype=np.float64)
-        im = rng.normal(0.0, imag_sigma, SLOTS) if imag_sigma > 0 else np.zeros(SLOTS)
-        pt = sealapi.Plaintext()
-        enc.encode([complex(a, b) for a, b in zip(re.tolist(), im.tolist(), strict=True)], ct.parms_id(),
-                   ct.scale, pt)
-        if _constant_coefficient(sc, pt) == 0:
-            break
-    else:
-        raise CryptoError("could not encode an exactly zero-sum mask (mask too large?)", where="ckks")
-    sealapi.Evaluator(sc).add_plain_inplace(ct, pt)
-    return _dump(ct)
-
-
-def flood_imaginary(key: _Keyed, vec: ts.CKKSVector, sigma: float, rng: np.random.Generator) -> bytes:
-    """``vec`` plus a fresh imaginary part ``i * N(0, sigma^2)`` in every slot; raw SEAL bytes
-    (:func:`add_masks` with no real mask)."""
-    return add_masks(key, vec, lambda: np.zeros(SLOTS), sigma, rng)
 
 
 class KeyOwner(_Keyed):
@@ -240,7 +180,7 @@ class KeyOwner(_Keyed):
         sc = self.ctx.data.seal_context()
         pt = sealapi.Plaintext()
         sealapi.Decryptor(sc, self.ctx.data.secret_key()).decrypt(self.load_raw(blob, where), pt)
-        return float(_constant_coefficient(sc, pt)) * PARAMS[0] / (2.0 * pt.scale)
+        return float(constant_coefficient(sc, pt)) * PARAMS[0] / (2.0 * pt.scale)
 
     def decrypt_complex_raw(self, blob: bytes, where: str) -> np.ndarray:
         """Complex slots of a raw ciphertext: what a curious key holder can read

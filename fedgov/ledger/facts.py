@@ -18,9 +18,20 @@ key nor sign a fact for a department.
 :func:`check_facts` sorts every fact into *accepted* or a named problem: unsigned
 (the coordinator's word only), signed by someone other than its department, no
 certified key for the department, a signature that does not verify (forged or
-altered), or a replay of a fact already in the log. Guarantees: a fact is
-accepted only if the department's certified key signed exactly these bytes,
-and at most once. What it leaks: nothing beyond the entries themselves.
+altered), a replay of a fact already in the log, or — given the federation
+CA's revocation list — a signature by a key whose certificate was revoked
+before the fact's time. Guarantees: a fact is accepted only if the
+department's certified key signed exactly these bytes, at most once, and (with
+a revocation list) while that key's certificate was not revoked. A fact signed
+*before* its certificate was revoked stays valid (a key retired or leaked later
+does not undo what the department said while it held it); such facts are
+listed in :attr:`FactCheck.notes`. The fact's time is its own ``ts``, which the
+signer chose, so a leaked key could backdate a fact: when signed tree heads are
+given, a fact that is missing from a head the log signed *after* the
+revocation entered the log after it and is rejected too (a backdated fact
+logged before the next head remains possible; the department's own witness
+raises ``foreign-fact`` for any fact it never signed). What it leaks: nothing
+beyond the entries themselves.
 """
 
 from __future__ import annotations
@@ -29,7 +40,7 @@ import base64
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -37,6 +48,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedgov.errors import FedgovError
 from fedgov.ledger.entries import FACT_TYPES, Entry, EntryError, canonical_json
+
+if TYPE_CHECKING:
+    from fedgov.crypto.revocation import RevocationList
 
 __all__ = [
     "FACT_DOMAIN",
@@ -122,6 +136,10 @@ class KeyRing:
 
     def keys(self, node: str, at_ms: int) -> list[Ed25519PublicKey]:
         """``node``'s signing keys whose bundles verify against the CA at ``at_ms``."""
+        return [k for k, _ in self.certified(node, at_ms)]
+
+    def certified(self, node: str, at_ms: int) -> list[tuple[Ed25519PublicKey, x509.Certificate | None]]:
+        """``node``'s signing keys whose bundles verify against the CA at ``at_ms``, with their certificates."""
         from fedgov.crypto.keys import verify_bundle
 
         if self.ca_cert is None:
@@ -130,9 +148,11 @@ class KeyRing:
         out = []
         for b in self.bundles.get(node, []):
             try:
-                out.append(verify_bundle(b, self.ca_cert, node, now=when).signing_key)
+                peer = verify_bundle(b, self.ca_cert, node, now=when)
             except FedgovError as exc:
                 self.errors[node] = exc.message
+                continue
+            out.append((peer.signing_key, peer.signing_cert))
         return out
 
 
@@ -145,6 +165,10 @@ class FactCheck:
     unsigned: list[int] = field(default_factory=list)
     rejected: list[int] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    #: accepted facts signed before their certificate was revoked (still valid; said so)
+    notes: list[str] = field(default_factory=list)
+    #: the revocation list consulted (its CRL number), None if none was given
+    revocation_list: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -158,17 +182,33 @@ class FactCheck:
             "accepted": len(self.accepted),
             "unsigned": self.unsigned,
             "rejected": self.rejected,
+            "revocation_list": self.revocation_list,
+            "signed_before_revocation": self.notes,
         }
 
 
-def check_facts(indexed: Iterable[tuple[int, Entry]], ca_cert: x509.Certificate | None) -> FactCheck:
+def check_facts(
+    indexed: Iterable[tuple[int, Entry]],
+    ca_cert: x509.Certificate | None,
+    revocations: RevocationList | None = None,
+    *,
+    head_times: Sequence[tuple[int, int]] = (),
+) -> FactCheck:
     """Check every department fact among ``indexed`` (``(log index, entry)``, in log order).
 
     Keys come from the ``node_key`` entries seen *before* each fact. Each
     problem line names the index, the kind and the department.
+
+    ``revocations`` (a list verified against the CA, :func:`fedgov.crypto.revocation.load_crl`):
+    a fact whose verifying key's certificate was revoked at or before the fact's
+    ``ts`` is rejected, naming the certificate (serial), its revocation date and
+    reason; one signed before the revocation is accepted and noted.
+    ``head_times`` (``(size, timestamp ms)`` of the log's *verified* signed
+    heads) date a fact's arrival: a fact not yet in a head signed after the
+    revocation is rejected as backdated, whatever its ``ts`` says.
     """
     ring = KeyRing(ca_cert)
-    out = FactCheck()
+    out = FactCheck(revocation_list=revocations.number if revocations is not None else None)
     seen: dict[bytes, int] = {}
     approved: set[tuple[str, str]] = set()  # (job, department) with an accepted job_approved
     listed = 0
@@ -198,7 +238,7 @@ def check_facts(indexed: Iterable[tuple[int, Entry]], ca_cert: x509.Certificate 
             out.rejected.append(i)
             problem(i, f"{label} is signed by {e.signer}, not by {dept} (forged)")
             continue
-        keys = ring.keys(dept, e.ts)
+        keys = ring.certified(dept, e.ts)
         if not keys:
             out.rejected.append(i)
             why = ring.errors.get(dept, "no node_key entry for it before this fact")
@@ -209,10 +249,19 @@ def check_facts(indexed: Iterable[tuple[int, Entry]], ca_cert: x509.Certificate 
             sig = bytes.fromhex(e.sig)
         except ValueError:  # pragma: no cover - parse_entry checked the hex
             sig = b""
-        if not any(_verifies(k, sig, msg) for k in keys):
+        certs = [c for k, c in keys if _verifies(k, sig, msg)]
+        if not certs:
             out.rejected.append(i)
             problem(i, f"{label}: signature by {dept} does not verify (forged or altered by the coordinator)")
             continue
+        if revocations is not None:
+            verdict = _revocation_verdict(i, e, certs, revocations, head_times)
+            if verdict is not None and verdict[0]:
+                out.rejected.append(i)
+                problem(i, f"{label}: {verdict[1]}")
+                continue
+            if verdict is not None:
+                out.notes.append(f"{label}: {verdict[1]}")
         if msg in seen:
             out.rejected.append(i)
             problem(i, f"{label} repeats entry {seen[msg]} (a replayed fact; counted once)")
@@ -226,6 +275,52 @@ def check_facts(indexed: Iterable[tuple[int, Entry]], ca_cert: x509.Certificate 
         seen[msg] = i
         out.accepted.append(i)
     return out
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _revocation_verdict(
+    i: int,
+    e: Entry,
+    certs: Sequence[x509.Certificate | None],
+    revocations: RevocationList,
+    head_times: Sequence[tuple[int, int]],
+) -> tuple[bool, str] | None:
+    """``(rejected, text)`` for a fact whose verifying certificate(s) ``certs`` are on ``revocations``;
+    None when one of them is not revoked at all.
+
+    Rejected when every verifying certificate was revoked at or before the fact's
+    time — its own ``ts``, or later if a head the log signed after the
+    revocation does not contain it yet (it arrived after, whatever it claims).
+    """
+    hits = []
+    for c in certs:
+        hit = revocations.reason(c.serial_number) if c is not None else None
+        if hit is None:
+            return None
+        hits.append((c, hit))
+    claimed = datetime.fromtimestamp(e.ts / 1000, tz=UTC)
+    # the latest moment the log vouched the fact was not in it yet
+    absent = max((ts for size, ts in head_times if size <= i), default=None)
+    arrived = datetime.fromtimestamp(absent / 1000, tz=UTC) if absent is not None else None
+    kept, refused = [], []
+    for c, (since, reason) in hits:
+        assert c is not None
+        cert = f"certificate {c.serial_number:x} of {e.signer}"
+        when = f"{_iso(since)} ({reason}; revocation list #{revocations.number})"
+        if claimed >= since:
+            refused.append(f"signed at {_iso(claimed)} with {cert}, revoked on {when}: a revoked key's "
+                           "signature counts for nothing (not counted)")
+        elif arrived is not None and arrived >= since:
+            refused.append(f"claims {_iso(claimed)}, but the log's head of {_iso(arrived)} did not contain it yet: "
+                           f"it arrived after {cert} was revoked on {when} (backdated; not counted)")
+        else:
+            kept.append(f"{cert} was revoked on {when}")
+    if kept:
+        return False, f"signed at {_iso(claimed)}, before {'; '.join(kept)}: still valid"
+    return True, refused[0]
 
 
 def _verifies(key: Ed25519PublicKey, sig: bytes, msg: bytes) -> bool:

@@ -53,8 +53,7 @@ from typing import Any
 import numpy as np
 import tenseal.sealapi as sealapi
 
-from fedgov.crypto.ckks import ciphertext_bytes, load_ciphertext
-from fedgov.crypto.ckks import flood_imaginary as _flood_imaginary
+from fedgov.crypto.ckks import ciphertext_bytes, flood_imaginary, load_ciphertext
 from fedgov.crypto.ckks_stats import SLOTS, KeyOwner, PublicKey, job_tag, pack, unpack
 from fedgov.errors import ConfigError, CryptoError, FedgovError, PolicyDenied
 from fedgov.tomlutil import check_keys, get_str, get_table, load_toml, parse_toml
@@ -645,7 +644,7 @@ class CivilAffairs:
                     raise FedgovError(f"no department contributed to test '{r.name}'", where=w)
                 blinded = (acc - T[sl]) * mult[sl] + e[sl]
                 # Im would be s*r*noise: flood it so K's |Re/Im| says nothing about the margin
-                blobs += [ciphertext_bytes(ct) for ct in _flood_imaginary(blinded, flood, rng)]
+                blobs += [ciphertext_bytes(ct) for ct in flood_imaginary(blinded, flood, rng, where="eligibility")]
         meta = {"tests": [r.name for r in self.rules.threshold_rules], "chunks": m}
         return pack(_MAGIC, _BLINDED, pk.key_id, self._tag, meta, blobs)
 

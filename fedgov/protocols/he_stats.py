@@ -46,12 +46,11 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import opendp.prelude as _odp
 
+from fedgov.crypto.ckks import ciphertext_bytes, flood_imaginary
 from fedgov.crypto.ckks_stats import (
     SLOTS,
     KeyOwner,
     PublicKey,
-    add_masks,
-    flood_imaginary,
     job_tag,
     pack,
     unpack,
@@ -1117,8 +1116,10 @@ class CohortHolder:
         out = fresh if acc is None else acc + fresh
         # the imaginary channel carries noise x multipliers of size <= 2^-30 * bound: 2^-20 of the
         # mask is > 2^50 times that
-        return add_masks(pk, out, lambda: _zero_sum_mask(self._rng, sigma),
-                         sigma * 2.0**-IMAG_FLOOD_BELOW_MASK, self._rng)
+        (ct,) = flood_imaginary(out, sigma * 2.0**-IMAG_FLOOD_BELOW_MASK, self._rng, distribution="gaussian",
+                                real=lambda: _zero_sum_mask(self._rng, sigma), exact_real_sum=True,
+                                where="he-stats")
+        return ciphertext_bytes(ct)
 
     def counts(self, hello: bytes) -> bytes:
         """Message 2: per group, masked Enc(count of cohort rows with a value)."""
@@ -1315,8 +1316,9 @@ class Region:
         assert self._pk is not None
         ct = self._pk.load(self._pk.encrypt(np.asarray(vec))[0], self.name)
         # a fresh encryption's imaginary part is noise of ~2^-30, independent of vec: flood at 2^10
-        raw = flood_imaginary(self._pk, ct, 2.0**REGION_IMAG_FLOOD_LOG2, self._rng)
-        return pack(_MAGIC, _REGION, self._pk.key_id, self._tag, meta, [raw])
+        (raw,) = flood_imaginary(ct, 2.0**REGION_IMAG_FLOOD_LOG2, self._rng, distribution="gaussian",
+                                 exact_real_sum=True, where="he-stats-h")
+        return pack(_MAGIC, _REGION, self._pk.key_id, self._tag, meta, [ciphertext_bytes(raw)])
 
     def counts(self, hello: bytes) -> bytes:
         w = f"he-stats-h: hello at {self.name}"

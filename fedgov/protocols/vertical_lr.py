@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import tenseal.sealapi as sealapi
 
 from fedgov.crypto.ckks import CkksContext, CkksParams, PackedMatrix, bsgs_steps, mask_budget, random_mask
 from fedgov.errors import ConfigError, CryptoError, FedgovError
@@ -822,24 +821,18 @@ def _logloss(y: np.ndarray, z: np.ndarray) -> float:
 
 
 def add_mask(ctx: CkksContext, ct: Any, mask: np.ndarray, mask_bits: int) -> Any:
-    """``ct + mask + i * flood``: the real mask, and a fresh uniform flood of every slot's imaginary part.
+    """``ct + mask + i * flood`` (in place; returns ``ct``): the real mask, and a fresh uniform
+    flood of every slot's imaginary part (:func:`fedgov.crypto.ckks.flood_imaginary_seal`).
 
     CKKS slots are complex; the parties' values are real, but products and
     rescaling leave imaginary parts of size (value x noise) that a real mask
     does not touch, and a key holder can decode them. ``flood`` is fresh,
-    uniform on ``[-2^mask_bits, 2^mask_bits)``, so the imaginary part the
+    uniform on ``[-2^mask_bits, 2^mask_bits]``, so the imaginary part the
     arbiter could decode is as hidden as the real one. The real part is
-    unchanged (up to CKKS encoding error).
+    unchanged (up to CKKS encoding error). Callers pass a ciphertext of their
+    own that nothing else holds (a matvec result, a fresh sum).
     """
-    re = np.zeros(ctx.slots)
-    m = np.asarray(mask, dtype=np.float64).ravel()
-    re[: m.size] = m
-    im = random_mask(ctx.slots, mask_bits)
-    pt = sealapi.Plaintext()
-    ctx._encoder.encode((re + 1j * im).tolist(), ct.parms_id(), ct.scale, pt)
-    out = sealapi.Ciphertext()
-    ctx._evaluator.add_plain(ct, pt, out)
-    return out
+    return ctx.flood_imaginary(ct, 2.0**mask_bits, distribution="uniform", real=mask, where="vertical-lr")
 
 
 def _encrypt_rows(ctx: CkksContext, values: np.ndarray, kind: int) -> bytes:

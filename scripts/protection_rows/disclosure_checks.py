@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from protections import _original, _patch, row
+from protections import FLOOD_GUARD, _original, _patch, _without_imaginary_flood, row
 
 _ELIG_UNIT = "tests/test_disclosure_checks.py"
 _PSI_UNIT = "tests/test_disclosure_psi.py"
@@ -64,11 +64,12 @@ def _elig_budget() -> None:
 
 @row(
     "eligibility-imaginary-flooding",
-    "`fedgov.protocols.eligibility:_flood_imaginary` (fresh uniform imaginary parts before the key holder)",
+    f"`{FLOOD_GUARD}` called with `where=\"eligibility\"`: fresh uniform imaginary parts on every "
+    "blinded ciphertext before the key holder (switched off for this caller only)",
     f"{_ELIG_UNIT}::test_key_holder_learns_nothing_from_imaginary_parts_and_decisions_stay_exact",
 )
 def _elig_flood() -> None:
-    _patch("fedgov.protocols.eligibility:_flood_imaginary", lambda vec, bound, rng=None: vec.ciphertext())
+    _without_imaginary_flood("eligibility")
 
 
 # --------------------------------------------------------------------------- PSI

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from protections import _original, _patch, row
+from protections import FLOOD_GUARD, _original, _patch, _without_imaginary_flood, row
 
 _D = "tests/test_disclosure_stats.py::"
 _H = "tests/test_he_stats.py::"
@@ -117,12 +117,13 @@ def _auditor() -> None:
 
 @row(
     "stats-imaginary-flood",
-    "`fedgov.protocols.he_stats:IMAG_FLOOD_BELOW_MASK`: the cohort holder floods the imaginary "
-    "part of every slot it returns to the key holder",
+    f"`{FLOOD_GUARD}` called with `where=\"he-stats\"`: the cohort holder floods the imaginary "
+    "part of every slot it returns to the key holder with a Gaussian of "
+    "`fedgov.protocols.he_stats:IMAG_FLOOD_BELOW_MASK` below its mask (switched off for this caller only)",
     _D + "test_imaginary_part_estimator_is_at_chance",
 )
 def _imag() -> None:
-    _patch("fedgov.protocols.he_stats:IMAG_FLOOD_BELOW_MASK", 1000)
+    _without_imaginary_flood("he-stats")
 
 
 @row(

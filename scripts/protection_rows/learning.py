@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from protections import _original, _patch, row
+from protections import FLOOD_GUARD, _original, _patch, _without_imaginary_flood, row
 
 _ATT = "tests/test_learning_attacks.py::"
 _ATT_STACK = "tests/test_learning_attacks_stack.py::"
@@ -35,12 +35,13 @@ def _vlr_masking() -> None:
 
 @row(
     "vlr-imaginary-flood",
-    "`fedgov.protocols.vertical_lr:add_mask` floods the imaginary part of every slot the arbiter can decode "
-    "(switched off: the real mask only)",
+    f"`{FLOOD_GUARD}` called with `where=\"vertical-lr\"` (from `fedgov.protocols.vertical_lr:add_mask`) "
+    "floods the imaginary part of every slot the arbiter can decode (switched off for this caller: "
+    "the real mask only)",
     _VLR + "test_arbiter_only_ever_decrypts_masked_values",
 )
 def _vlr_flood() -> None:
-    _patch("fedgov.protocols.vertical_lr:add_mask", lambda ctx, ct, mask, mask_bits: ctx.add_plain(ct, mask))
+    _without_imaginary_flood("vertical-lr")
 
 
 @row(
