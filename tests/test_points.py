@@ -233,3 +233,20 @@ def test_png_needs_matplotlib(tmp_path: Path) -> None:
             render_png(rows, tmp_path / "p.png")
     else:
         assert render_png(rows, tmp_path / "p.png").stat().st_size > 0
+
+
+def test_only_the_listed_entry_types_move_points() -> None:
+    """Readers fetch only ``ENTRY_TYPES`` (the coordinator's award, ``ledger verify``): an entry
+    of any other type must never change a figure, and each listed type's removal must be seen."""
+    from fedgov.ledger.points import ENTRY_TYPES
+
+    r = PointsRules(shapley_decimals=-1)
+    full = _ledger()
+    noise = [E.job_started("vlr-1", ts=TS)]
+    assert {e.type for e in noise}.isdisjoint(ENTRY_TYPES)
+    base = {n: p.total for n, p in compute_points(full, "2024-Q2", r).items()}
+    assert {n: p.total for n, p in compute_points(full + noise, "2024-Q2", r).items()} == base
+    for i, e in enumerate(full):
+        without = full[:i] + full[i + 1 :]
+        if {n: p.total for n, p in compute_points(without, "2024-Q2", r).items()} != base:
+            assert e.type in ENTRY_TYPES, f"{e.type} moves points but readers do not fetch it"

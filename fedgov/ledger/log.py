@@ -57,6 +57,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from fedgov.errors import ConfigError, CryptoError, FedgovError
 from fedgov.ledger import merkle
 from fedgov.ledger.entries import Entry, EntryError, now_ms, parse_entry
+from fedgov.ledger.points import ENTRY_TYPES as _POINTS_TYPES
 from fedgov.ledger.points import verify_awards
 
 __all__ = [
@@ -81,19 +82,6 @@ EXPORT_FORMAT = "fedgov-ledger-export/1"
 _SCHEMA_VERSION = "1"
 _MAX_LISTED = 20  # problems of one kind listed by name before summarising
 #: Entry types that :func:`~fedgov.ledger.points.compute_points` reads.
-_POINTS_TYPES = frozenset(
-    {
-        "node_registered",
-        "dataset_published",
-        "job_submitted",
-        "job_approved",
-        "contribution",
-        "model_contribution",
-        "job_completed",
-        "points_rules",
-        "points_awarded",
-    }
-)
 
 
 class _Slot:

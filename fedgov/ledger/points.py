@@ -310,6 +310,25 @@ class _Job:
     completed: Entry | None = None
 
 
+
+#: every entry type :func:`compute_points` and :func:`verify_awards` read; the
+#: others (job_started, key statements, ...) never change a figure, so a
+#: reader may fetch only these through the log's type index
+#: (tests/test_points.py::test_only_the_listed_entry_types_move_points).
+ENTRY_TYPES = frozenset(
+    {
+        "node_registered",
+        "dataset_published",
+        "job_submitted",
+        "job_approved",
+        "contribution",
+        "model_contribution",
+        "job_completed",
+        "points_rules",
+        "points_awarded",
+    }
+)
+
 def compute_points(
     entries: Iterable[Entry],
     period: Period | str,
