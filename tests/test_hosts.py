@@ -186,7 +186,7 @@ class HostsFederation(LocalFederation):
                 fh.write(f'\n[hfl]\nlisten = "0.0.0.0"\nadvertise = "{self.hosts.addr["coord"]}"\n')
         return path
 
-    def _spawn(self, name: str, args: list[str]) -> Proc:
+    def _spawn(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> Proc:
         log = self.workdir / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         ns = self.hosts.ns(self.placement[name])
@@ -194,7 +194,7 @@ class HostsFederation(LocalFederation):
             popen = subprocess.Popen(
                 ["ip", "netns", "exec", ns, sys.executable, "-m", "fedgov", *args],
                 stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
-                env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True,
+                env=dict(os.environ, PYTHONUNBUFFERED="1", **(extra_env or {})), start_new_session=True,
             )
         proc = Proc(name, popen, log)
         self.procs[name] = proc

@@ -125,10 +125,10 @@ class PatchedFederation(LocalFederation):
         )
         return path
 
-    def _spawn(self, name: str, args: list[str]) -> Proc:
+    def _spawn(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> Proc:
         log = self.workdir / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(extra_env or {}))
         cmd = [sys.executable, "-m", "fedgov", *args]
         if name == "coordinator":
             env.update(self.env)
