@@ -194,6 +194,18 @@ def test_query_filters_and_keyset_pages_match_a_full_scan(fed, tmp_path: Path) -
         assert got == want[::-1] and [i for i, _ in log.query_all(**filters)] == want
     ts = parse_entry(log.entry(20)).ts
     assert all(parse_entry(b).ts >= ts for _, b in log.query(since_ms=ts, limit=1000)[0])
+    # time ranges (served as an index range first) equal a scan, bounds and pages included
+    stamps = sorted({parse_entry(b).ts for _, b in every})
+    for since, until in ((ts, None), (None, ts), (stamps[1], stamps[-1]), (stamps[-1] + 1, None)):
+        want = [i for i, b in every if (since is None or parse_entry(b).ts >= since)
+                and (until is None or parse_entry(b).ts < until)]
+        got, cursor = [], None
+        while True:
+            page, cursor = log.query(since_ms=since, until_ms=until, before=cursor, limit=2)
+            got += [i for i, _ in page]
+            if cursor is None:
+                break
+        assert got == want[::-1], (since, until)
     # an older ledger.db without the index: the read-only reader builds one in memory
     old = tmp_path / "old.db"
     import sqlite3
